@@ -1,0 +1,378 @@
+"""Starts, watches and stops real ``tritonserver`` processes on loopback ports.
+
+Each server runs in its own process group so that stopping it also ends the Python-backend
+stubs it spawned; readiness is awaited by asking the server, never by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.devfleet.errors import FleetError
+from gateway.devfleet.installation import TritonInstallation
+from gateway.devfleet.python_backend import build_repository
+
+LOOPBACK = "127.0.0.1"
+STATE_FILE = "fleet.json"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One server of the fleet: its name, gRPC port (0 picks a free one) and models."""
+
+    name: str
+    grpc_port: int = 0
+    models: tuple[str, ...] | None = None
+    """Models loaded at start; None loads every model of the repository."""
+
+
+@dataclass(slots=True)
+class TritonServer:
+    """A running (or stopped) tritonserver process of the fleet."""
+
+    name: str
+    grpc_port: int
+    models: tuple[str, ...]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pid: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    def is_running(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _is_tritonserver(self.pid)
+
+    def process_group(self) -> set[int]:
+        """PIDs still alive in this server's process group (the server and its stubs)."""
+        return _group_members(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class LocalFleet:
+    """A set of local Triton servers serving one model repository.
+
+    Usable as a context manager. ``detached=True`` lets the servers outlive this process (the
+    ``fleet up`` command); otherwise they die with the thread that started them.
+    """
+
+    def __init__(
+        self,
+        installation: TritonInstallation,
+        model_repository: Path,
+        work_dir: Path,
+        specs: Sequence[ServerSpec],
+        *,
+        ready_timeout_s: float = 60.0,
+        stop_grace_s: float = 10.0,
+        detached: bool = False,
+    ) -> None:
+        if len({spec.name for spec in specs}) != len(specs):
+            raise FleetError("server names in a fleet must be unique")
+        self._installation = installation
+        self._source_repository = model_repository
+        self._work_dir = work_dir.resolve()
+        self._specs = list(specs)
+        self._ready_timeout_s = ready_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._detached = detached
+        self._model_names: list[str] = []
+        self.servers: dict[str, TritonServer] = {}
+
+    @property
+    def repository(self) -> Path:
+        return self._work_dir / "model_repository"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [server.address for server in self.servers.values()]
+
+    def __enter__(self) -> LocalFleet:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def prepare(self) -> None:
+        """Build the Python-backend repository and backend folder (idempotent)."""
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        (self._work_dir / "logs").mkdir(exist_ok=True)
+        self._model_names = build_repository(
+            self._source_repository, self.repository, self._installation.model_site_packages
+        )
+        backend = self._work_dir / "backends" / "python"
+        backend.mkdir(parents=True, exist_ok=True)
+        for item in self._installation.python_backend_dir.iterdir():
+            if item.is_file():
+                shutil.copy2(item, backend / item.name)
+        # The backend looks for its stub next to libtriton_python.so under this exact name.
+        shutil.copy2(self._installation.backend_stub, backend / "triton_python_backend_stub")
+
+    def start(self) -> list[TritonServer]:
+        """Start every server and wait until each is ready with its models loaded."""
+        self.prepare()
+        try:
+            for spec in self._specs:
+                self.servers[spec.name] = self._launch(spec)
+            for server in self.servers.values():
+                self._wait_ready(server)
+        except BaseException:
+            self.stop()
+            raise
+        if self._detached:
+            self._write_state()
+        return list(self.servers.values())
+
+    def restart(self, name: str) -> TritonServer:
+        """Start a stopped or killed server again on the same port with the same models."""
+        old = self.servers[name]
+        if old.is_running():
+            raise FleetError(f"server {name} is still running")
+        spec = ServerSpec(name=name, grpc_port=old.grpc_port, models=old.models)
+        server = self._launch(spec)
+        self.servers[name] = server
+        self._wait_ready(server)
+        return server
+
+    def stop(self) -> None:
+        """SIGTERM every server, SIGKILL what is left after the grace period, reap all."""
+        for server in self.servers.values():
+            _terminate(server.pid)
+        deadline = time.monotonic() + self._stop_grace_s
+        for server in self.servers.values():
+            _wait_exit(server, deadline)
+            _kill_group(server.pid)
+            if server.process is not None:
+                server.process.wait()
+        state = self._work_dir / STATE_FILE
+        state.unlink(missing_ok=True)
+
+    def _launch(self, spec: ServerSpec) -> TritonServer:
+        models = spec.models if spec.models is not None else tuple(self._model_names)
+        unknown = sorted(set(models) - set(self._model_names))
+        if unknown:
+            raise FleetError(f"server {spec.name}: unknown models {unknown}")
+        port = spec.grpc_port or free_port()
+        ensure_port_free(port, spec.name)
+        log_path = self._work_dir / "logs" / f"{spec.name}.log"
+        args = [
+            str(self._installation.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self._work_dir / 'backends'}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={model}" for model in models),
+            "--allow-http=false",
+            "--allow-metrics=false",
+            f"--grpc-address={LOOPBACK}",
+            f"--grpc-port={port}",
+            "--exit-timeout-secs=5",
+            "--log-verbose=0",
+            # Shared-memory names must not collide between servers on one machine.
+            f"--backend-config=python,shm-region-prefix-name=tgw_{os.getpid()}_{spec.name}_",
+        ]
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = self._installation.library_path()
+        env.pop("PYTHONPATH", None)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=None if self._detached else _die_with_parent,
+            )
+        return TritonServer(
+            name=spec.name,
+            grpc_port=port,
+            models=models,
+            log_path=log_path,
+            process=process,
+            pid=process.pid,
+        )
+
+    def _wait_ready(self, server: TritonServer) -> None:
+        deadline = time.monotonic() + self._ready_timeout_s
+        with grpc.insecure_channel(server.address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while True:
+                if not server.is_running():
+                    raise FleetError(
+                        f"tritonserver {server.name} exited during start-up "
+                        f"(log {server.log_path}):\n{server.log_tail()}"
+                    )
+                if _server_ready(stub, server.models):
+                    return
+                if time.monotonic() > deadline:
+                    raise FleetError(
+                        f"tritonserver {server.name} not ready after {self._ready_timeout_s}s "
+                        f"(log {server.log_path}):\n{server.log_tail()}"
+                    )
+                # Bounded poll of a condition; start-up takes about a second.
+                time.sleep(0.05)
+
+    def _write_state(self) -> None:
+        state = {
+            "servers": [
+                {
+                    "name": s.name,
+                    "pid": s.pid,
+                    "grpc_port": s.grpc_port,
+                    "models": list(s.models),
+                    "log": str(s.log_path),
+                }
+                for s in self.servers.values()
+            ]
+        }
+        (self._work_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
+    """Stop a fleet started with ``detached=True`` from its state file; return stopped names."""
+    state_path = work_dir / STATE_FILE
+    if not state_path.is_file():
+        return []
+    state = json.loads(state_path.read_text())
+    servers = [
+        TritonServer(
+            name=item["name"],
+            grpc_port=item["grpc_port"],
+            models=tuple(item["models"]),
+            log_path=Path(item["log"]),
+            pid=item["pid"],
+        )
+        for item in state["servers"]
+    ]
+    running = [s for s in servers if _is_tritonserver(s.pid)]
+    for server in running:
+        _terminate(server.pid)
+    deadline = time.monotonic() + stop_grace_s
+    for server in running:
+        _wait_exit(server, deadline)
+        _kill_group(server.pid)
+    state_path.unlink()
+    return [s.name for s in running]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_port_free(port: int, owner: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise FleetError(
+                f"port {port} for server {owner} is already in use on {LOOPBACK}: "
+                "stop whatever listens there or choose another port"
+            ) from exc
+
+
+def _server_ready(stub: service_pb2_grpc.GRPCInferenceServiceStub, models: Iterable[str]) -> bool:
+    try:
+        if not stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1.0).ready:
+            return False
+        return all(
+            stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=1.0).ready
+            for m in models
+        )
+    except grpc.RpcError:
+        return False
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test run or demo dies without cleaning
+    # up, the kernel ends the server instead of leaving an orphan holding a port.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _is_tritonserver(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A zombie has exited; only a live process counts as running.
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return b"tritonserver" in cmdline and state != "Z"
+
+
+def _group_members(pgid: int) -> set[int]:
+    members: set[int] = set()
+    if pgid <= 0:
+        return members
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state, fields[2] the process group id.
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.add(int(entry.name))
+    return members
+
+
+def _terminate(pid: int) -> None:
+    if pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_group(pgid: int) -> None:
+    if pgid > 0:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_exit(server: TritonServer, deadline: float) -> None:
+    poll: Callable[[], bool] = server.is_running
+    while poll() and time.monotonic() < deadline:
+        if server.process is not None:
+            try:
+                server.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return
+        else:
+            time.sleep(0.05)
