@@ -6,6 +6,7 @@ stubs it spawned; readiness is awaited by asking the server, never by sleeping a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -210,7 +211,8 @@ class LocalFleet:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=None if self._detached else _die_with_parent,
+                # Only prctl runs between fork and exec: no lock is taken there.
+                preexec_fn=None if self._detached else _die_with_parent,  # noqa: PLW1509
             )
         return TritonServer(
             name=spec.name,
@@ -352,18 +354,14 @@ def _group_members(pgid: int) -> set[int]:
 
 def _terminate(pid: int) -> None:
     if pid > 0:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def _kill_group(pgid: int) -> None:
     if pgid > 0:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_exit(server: TritonServer, deadline: float) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from gateway.devfleet.errors import FleetError
 
-INSTALL_HINT = "run 'make install' (or scripts/install_triton.sh) to install the local Triton server"
+INSTALL_HINT = (
+    "run 'make install' (or scripts/install_triton.sh) to install the local Triton server"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,9 @@ class TritonInstallation:
             raise FleetError(f"no Python backend stub for Python {version} at {stub}")
         site = home / "model-env"
         if not (site / "onnxruntime").is_dir() or not (site / "numpy").is_dir():
-            raise FleetError(f"model environment (numpy<2, onnxruntime) missing at {site}: {INSTALL_HINT}")
+            raise FleetError(
+                f"model environment (numpy<2, onnxruntime) missing at {site}: {INSTALL_HINT}"
+            )
         return cls(
             home=home,
             binary=binary,

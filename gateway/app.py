@@ -1,0 +1,126 @@
+"""Composition root: builds every component from settings, owns start and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from gateway.backends.pool import BackendPool
+from gateway.backends.triton import TritonBackend
+from gateway.balancing.round_robin import RoundRobinBalancer
+from gateway.dataplane import DataPlane
+from gateway.discovery.base import Discovery, Endpoint
+from gateway.discovery.static import StaticDiscovery
+from gateway.routing.table import RouteTable
+from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
+from gateway.server.interceptor import ErrorMappingInterceptor
+from gateway.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """One gateway process: gRPC server, backend pool and data plane, wired together."""
+
+    def __init__(self, settings: GatewaySettings, discovery: Discovery | None = None) -> None:
+        self.settings = settings
+        max_bytes = settings.server.max_message_bytes
+        self._discovery = discovery or StaticDiscovery(
+            Endpoint(name=b.name, address=b.address) for b in settings.backends
+        )
+        self.pool = BackendPool(
+            lambda endpoint: TritonBackend(
+                endpoint.name, endpoint.address, max_message_bytes=max_bytes
+            ),
+            poll_interval_s=settings.health.poll_interval_s,
+            poll_timeout_s=settings.health.poll_timeout_s,
+        )
+        self.dataplane = DataPlane(self.pool, RoundRobinBalancer())
+        self._health = health_aio.HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._server.add_generic_rpc_handlers(
+            (inference_handler(InferenceServicer(self.dataplane)),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        self._follow_task: asyncio.Task[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind, learn the fleet, start serving; returns the bound port."""
+        address = f"{self.settings.server.host}:{self.settings.server.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.pool.on_change(self._report_readiness)
+        self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
+        await self.pool.wait_discovered(self.settings.health.startup_wait_s)
+        await self._set_serving(self.dataplane.is_ready())
+        await self._server.start()
+        log.info(
+            "gateway_started",
+            address=address,
+            port=self.port,
+            backends=[b.name for b in self.pool.backends],
+            ready=[b.name for b in self.pool.ready_backends],
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within the grace, then close."""
+        grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+        await self.pool.close()
+        log.info("gateway_stopped")
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
+        await self.stop()
+
+    def _report_readiness(self, table: RouteTable[TritonBackend]) -> None:
+        task = asyncio.create_task(self._set_serving(self.dataplane.is_ready()))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)

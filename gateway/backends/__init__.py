@@ -1,0 +1,1 @@
+"""Where requests run: Triton servers reached over gRPC."""

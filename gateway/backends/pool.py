@@ -1,0 +1,146 @@
+"""The live backend set: applies discovery events, polls health, publishes route tables.
+
+Only this object mutates backend state, and only off the request path; request handlers read
+``pool.table``, an immutable snapshot replaced in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from gateway.backends.triton import BackendHealth, TritonBackend
+from gateway.discovery.base import Add, Discovery, DiscoveryEvent, Endpoint, Remove, Reset
+from gateway.routing.table import RouteTable
+
+log = structlog.get_logger(__name__)
+
+BackendFactory = Callable[[Endpoint], TritonBackend]
+
+
+class BackendPool:
+    """Owns one ``TritonBackend`` per discovered endpoint and the route table built from them."""
+
+    def __init__(
+        self,
+        factory: BackendFactory,
+        *,
+        poll_interval_s: float,
+        poll_timeout_s: float,
+    ) -> None:
+        self._factory = factory
+        self._poll_interval_s = poll_interval_s
+        self._poll_timeout_s = poll_timeout_s
+        self._backends: dict[str, TritonBackend] = {}
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._listeners: list[Callable[[RouteTable[TritonBackend]], None]] = []
+        self._discovered = asyncio.Event()
+        self.table: RouteTable[TritonBackend] = RouteTable()
+        self.ready_backends: tuple[TritonBackend, ...] = ()
+
+    @property
+    def backends(self) -> tuple[TritonBackend, ...]:
+        return tuple(self._backends.values())
+
+    def on_change(self, listener: Callable[[RouteTable[TritonBackend]], None]) -> None:
+        """Call ``listener`` with every new table (readiness reporting hooks in here)."""
+        self._listeners.append(listener)
+
+    async def follow(self, discovery: Discovery) -> None:
+        """Apply discovery events until cancelled."""
+        async for event in discovery.watch():
+            await self._apply(event)
+            self._discovered.set()
+
+    async def wait_discovered(self, timeout_s: float) -> None:
+        """Wait for the first discovery event and the first health poll of its backends."""
+        try:
+            await asyncio.wait_for(self._discovered.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("discovery_slow", waited_s=timeout_s)
+            return
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Poll every backend now (after a model load/unload, or at start)."""
+        backends = list(self._backends.values())
+        results = await asyncio.gather(*(b.poll_health(self._poll_timeout_s) for b in backends))
+        changed = False
+        for backend, health in zip(backends, results, strict=True):
+            changed |= self._record(backend, health)
+        if changed:
+            self._publish()
+
+    async def close(self) -> None:
+        for task in self._pollers.values():
+            task.cancel()
+        await asyncio.gather(*self._pollers.values(), return_exceptions=True)
+        self._pollers.clear()
+        await asyncio.gather(*(b.close() for b in self._backends.values()))
+        self._backends.clear()
+
+    async def _apply(self, event: DiscoveryEvent) -> None:
+        if isinstance(event, Reset):
+            wanted = {e.name: e for e in event.endpoints}
+            for name in list(self._backends):
+                current = self._backends[name]
+                if name not in wanted or wanted[name].address != current.address:
+                    await self._remove(name)
+            for endpoint in event.endpoints:
+                if endpoint.name not in self._backends:
+                    self._add(endpoint)
+        elif isinstance(event, Add):
+            if event.endpoint.name in self._backends:
+                await self._remove(event.endpoint.name)
+            self._add(event.endpoint)
+        elif isinstance(event, Remove):
+            await self._remove(event.name)
+        self._publish()
+
+    def _add(self, endpoint: Endpoint) -> None:
+        backend = self._factory(endpoint)
+        self._backends[endpoint.name] = backend
+        self._pollers[endpoint.name] = asyncio.create_task(
+            self._poll_forever(backend), name=f"poll-{endpoint.name}"
+        )
+        log.info("backend_added", backend=endpoint.name, address=endpoint.address)
+
+    async def _remove(self, name: str) -> None:
+        backend = self._backends.pop(name, None)
+        task = self._pollers.pop(name, None)
+        if task is not None:
+            task.cancel()
+        if backend is not None:
+            await backend.close()
+            log.info("backend_removed", backend=name)
+
+    async def _poll_forever(self, backend: TritonBackend) -> None:
+        while True:
+            health = await backend.poll_health(self._poll_timeout_s)
+            if self._backends.get(backend.name) is not backend:
+                return
+            if self._record(backend, health):
+                self._publish()
+            await asyncio.sleep(self._poll_interval_s)
+
+    def _record(self, backend: TritonBackend, health: BackendHealth) -> bool:
+        if health == backend.health:
+            return False
+        previous = backend.health
+        backend.health = health
+        if health.ready and not previous.ready:
+            log.info("backend_ready", backend=backend.name, models=sorted(health.models))
+        elif previous.ready and not health.ready:
+            log.warning("backend_not_ready", backend=backend.name)
+        else:
+            log.info("backend_models_changed", backend=backend.name, models=sorted(health.models))
+        return True
+
+    def _publish(self) -> None:
+        live = [b for b in self._backends.values() if b.health.ready]
+        self.table = RouteTable.build({b: b.health.models for b in live})
+        self.ready_backends = tuple(live)
+        for listener in self._listeners:
+            listener(self.table)

@@ -1,0 +1,1 @@
+"""How one backend is chosen among the candidates a route allows."""

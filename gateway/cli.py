@@ -1,0 +1,124 @@
+"""``triton-gateway``: serve the gateway, run a local Triton fleet, or both as a demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet.fleet import stop_detached
+from gateway.observability.logging import configure_logging
+from gateway.settings import GatewaySettings, load_settings
+
+DEFAULT_TRITON_HOME = Path(os.environ.get("GATEWAY_TRITON_HOME", ".triton"))
+DEFAULT_FLEET_DIR = Path(".fleet")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except FleetError as exc:
+        print(f"triton-gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triton-gateway",
+        description="Model-aware gRPC gateway in front of NVIDIA Triton Inference Servers.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML settings file (GATEWAY_* env overrides)")
+    serve.set_defaults(run=_serve)
+
+    fleet = commands.add_parser("fleet", help="local Triton servers for development")
+    fleet_commands = fleet.add_subparsers(required=True, metavar="ACTION")
+    up = fleet_commands.add_parser("up", help="start local Triton servers in the background")
+    _fleet_options(up)
+    up.set_defaults(run=_fleet_up)
+    down = fleet_commands.add_parser("down", help="stop the servers started by 'fleet up'")
+    down.add_argument("--work-dir", type=Path, default=DEFAULT_FLEET_DIR)
+    down.set_defaults(run=_fleet_down)
+
+    demo = commands.add_parser(
+        "demo", help="start a local fleet and the gateway in front of it (Ctrl-C stops both)"
+    )
+    _fleet_options(demo)
+    demo.add_argument("--config", type=Path, help="gateway settings; backends come from the fleet")
+    demo.add_argument("--port", type=int, default=8001, help="gateway gRPC port")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--servers", type=int, default=2, help="number of Triton servers")
+    parser.add_argument("--base-port", type=int, default=8101, help="gRPC port of the first server")
+    parser.add_argument("--models", type=Path, default=Path("model_repository"))
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_FLEET_DIR)
+    parser.add_argument("--triton-home", type=Path, default=DEFAULT_TRITON_HOME)
+
+
+def _fleet(args: argparse.Namespace, *, detached: bool) -> LocalFleet:
+    specs = [
+        ServerSpec(name=f"triton-{i}", grpc_port=args.base_port + i) for i in range(args.servers)
+    ]
+    return LocalFleet(
+        TritonInstallation.locate(args.triton_home),
+        args.models,
+        args.work_dir,
+        specs,
+        detached=detached,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.logging)
+    asyncio.run(Gateway(settings).run_until_signal())
+    return 0
+
+
+def _fleet_up(args: argparse.Namespace) -> int:
+    fleet = _fleet(args, detached=True)
+    for server in fleet.start():
+        print(f"{server.name}\t{server.address}\tpid {server.pid}\tlog {server.log_path}")
+    return 0
+
+
+def _fleet_down(args: argparse.Namespace) -> int:
+    stopped = stop_detached(args.work_dir)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    base = load_settings(args.config)
+    configure_logging(base.logging)
+    with _fleet(args, detached=False) as fleet:
+        settings = GatewaySettings(
+            **{
+                **base.model_dump(),
+                "server": {**base.server.model_dump(), "port": args.port},
+                "backends": [
+                    {"name": s.name, "address": s.address} for s in fleet.servers.values()
+                ],
+            }
+        )
+        print(
+            f"demo: gateway on localhost:{args.port} in front of "
+            + ", ".join(f"{s.name}@{s.address}" for s in fleet.servers.values()),
+            file=sys.stderr,
+        )
+        asyncio.run(Gateway(settings).run_until_signal())
+    return 0

@@ -1,0 +1,252 @@
+"""The data path, top to bottom: request → route → choose a backend → forward → response.
+
+Model-scoped requests stay serialized bytes: the model name and version are read from fields 1
+and 2 without parsing tensors, and the original bytes go to the chosen Triton unchanged. Calls
+that span the fleet (repository index, statistics, load/unload) fan out and merge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+from tritonclient.grpc import service_pb2
+
+from gateway import __version__
+from gateway.aggregation import merge_model_statistics, merge_repository_index
+from gateway.backends.pool import BackendPool
+from gateway.backends.triton import TritonBackend
+from gateway.errors import (
+    ModelNotFoundError,
+    NoBackendAvailableError,
+    UpstreamError,
+)
+from gateway.routing.wire import read_model_key
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R", bound=Message)
+
+SERVER_NAME = "triton-gateway"
+# What the gateway itself honours. Shared-memory extensions are left out on purpose: a region
+# registered through the gateway would live on one backend, not where the next request lands.
+EXTENSIONS = (
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+)
+NO_BACKEND_READY = "no Triton backend is ready"
+
+
+class Balancer(Protocol):
+    def choose(
+        self, key: tuple[str, str], candidates: Sequence[TritonBackend]
+    ) -> TritonBackend: ...
+
+
+class CallContext(Protocol):
+    """The part of a grpc.aio ServicerContext the data path needs."""
+
+    def time_remaining(self) -> float | None: ...
+
+
+class DataPlane:
+    """Routes and forwards every data-plane call; servicers only delegate here."""
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        balancer: Balancer,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._pool = pool
+        self._balancer = balancer
+        self._clock = clock
+
+    # -- server-level -----------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return bool(self._pool.ready_backends)
+
+    @staticmethod
+    def server_metadata() -> service_pb2.ServerMetadataResponse:
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    # -- model-scoped, forwarded as bytes ---------------------------------------------------
+
+    async def model_infer(self, request: bytes, context: CallContext) -> bytes:
+        name, version = read_model_key(request)
+        candidates = self._pool.table.lookup(name, version)
+        backend = self._balancer.choose((name, version), candidates)
+        return await self._forward(backend, "ModelInfer", request, context, name, version)
+
+    async def model_query(self, method: str, request: bytes, context: CallContext) -> bytes:
+        """ModelMetadata / ModelConfig: answered by a backend that has the model.
+
+        For a model no backend has, any ready backend is asked, so the client gets Triton's own
+        answer for an unknown model.
+        """
+        name, version = read_model_key(request)
+        backend = self._choose_or_any(name, version)
+        return await self._forward(backend, method, request, context, name, version)
+
+    async def model_ready(self, request: bytes, context: CallContext) -> bytes:
+        name, version = read_model_key(request)
+        try:
+            candidates = self._pool.table.lookup(name, version)
+        except ModelNotFoundError:
+            # Triton answers ready=false (not an error) for a model it does not have; the
+            # empty message is exactly that response serialized.
+            return b""
+        backend = self._balancer.choose((name, version), candidates)
+        return await self._forward(backend, "ModelReady", request, context, name, version)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: CallContext
+    ) -> AsyncIterator[bytes]:
+        """Proxy one bidirectional stream to the backend chosen by its first request."""
+        first = await anext(requests, None)
+        if first is None:
+            return
+        name, version = read_model_key(first)
+        backend = self._choose_or_any(name, version)
+
+        async def upstream_requests() -> AsyncIterator[bytes]:
+            yield first
+            async for request in requests:
+                yield request
+
+        call = backend.stream_infer(upstream_requests(), timeout=context.time_remaining())
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+        finally:
+            call.cancel()
+
+    # -- fleet-wide: fan out and merge ------------------------------------------------------
+
+    async def model_statistics(
+        self, request: service_pb2.ModelStatisticsRequest, context: CallContext
+    ) -> service_pb2.ModelStatisticsResponse:
+        if request.name:
+            table = self._pool.table
+            if request.version:
+                backends = table.candidates.get((request.name, request.version), ())
+            else:
+                backends = table.backends_with_model(request.name)
+            # Unknown model: let one backend give Triton's own error.
+            targets = backends or self._any_ready()[:1]
+        else:
+            targets = self._any_ready()
+        responses: list[service_pb2.ModelStatisticsResponse] = await self._fan_out(
+            targets, lambda b: b.stub.ModelStatistics(request, timeout=context.time_remaining())
+        )
+        return merge_model_statistics(responses)
+
+    async def repository_index(
+        self, request: service_pb2.RepositoryIndexRequest, context: CallContext
+    ) -> service_pb2.RepositoryIndexResponse:
+        responses: list[service_pb2.RepositoryIndexResponse] = await self._fan_out(
+            self._any_ready(),
+            lambda b: b.stub.RepositoryIndex(request, timeout=context.time_remaining()),
+        )
+        return merge_repository_index(responses)
+
+    async def repository_model_load(
+        self, request: service_pb2.RepositoryModelLoadRequest, context: CallContext
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        """Load on every ready backend, then refresh routes so traffic can use it at once."""
+        try:
+            await self._fan_out(
+                self._any_ready(),
+                lambda b: b.stub.RepositoryModelLoad(request, timeout=context.time_remaining()),
+            )
+        finally:
+            await self._pool.refresh()
+        log.info("fleet_model_loaded", model=request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: service_pb2.RepositoryModelUnloadRequest, context: CallContext
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        try:
+            await self._fan_out(
+                self._any_ready(),
+                lambda b: b.stub.RepositoryModelUnload(request, timeout=context.time_remaining()),
+            )
+        finally:
+            await self._pool.refresh()
+        log.info("fleet_model_unloaded", model=request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        backend: TritonBackend,
+        method: str,
+        request: bytes,
+        context: CallContext,
+        name: str,
+        version: str,
+    ) -> bytes:
+        started = self._clock()
+        try:
+            response: bytes = await backend.unary[method](request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+        log.debug(
+            "request",
+            method=method,
+            model=name,
+            version=version,
+            backend=backend.name,
+            status="OK",
+            latency_ms=round((self._clock() - started) * 1000, 3),
+        )
+        return response
+
+    def _choose_or_any(self, name: str, version: str) -> TritonBackend:
+        try:
+            candidates = self._pool.table.lookup(name, version)
+        except ModelNotFoundError:
+            if not self._pool.ready_backends:
+                raise
+            candidates = self._pool.ready_backends
+        return self._balancer.choose((name, version), candidates)
+
+    def _any_ready(self) -> tuple[TritonBackend, ...]:
+        ready = self._pool.ready_backends
+        if not ready:
+            raise NoBackendAvailableError(NO_BACKEND_READY)
+        return ready
+
+    @staticmethod
+    async def _fan_out(
+        backends: Sequence[TritonBackend],
+        call: Callable[[TritonBackend], grpc.aio.UnaryUnaryCall],
+    ) -> list[R]:
+        async def one(backend: TritonBackend) -> R:
+            try:
+                result: R = await call(backend)
+            except grpc.aio.AioRpcError as exc:
+                raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+            return result
+
+        return list(await asyncio.gather(*(one(b) for b in backends)))

@@ -1,0 +1,1 @@
+"""Where the backend list comes from: static configuration now, DNS and Consul later."""

@@ -1,0 +1,1 @@
+"""Which backends may serve a (model name, model version): immutable snapshots and lookups."""

@@ -1,0 +1,69 @@
+"""Reads the model name and version straight from serialized request bytes.
+
+Every model-scoped request of the protocol (ModelInfer, ModelReady, ModelMetadata, ModelConfig,
+ModelStatistics, ...) keeps the model name in field 1 and the version in field 2, so the gateway
+routes without parsing tensors and forwards the original bytes untouched.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import InvalidRequestError
+
+_WIRE_VARINT = 0
+_WIRE_FIXED64 = 1
+_WIRE_LENGTH_DELIMITED = 2
+_WIRE_FIXED32 = 5
+_MALFORMED = "failed to parse the request: malformed protobuf message"
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    end = len(data)
+    while True:
+        if pos >= end or shift > 63:
+            raise InvalidRequestError(_MALFORMED)
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def read_model_key(data: bytes) -> tuple[str, str]:
+    """Return (field 1, field 2) as strings; raise InvalidRequestError on malformed bytes."""
+    name = version = ""
+    pos = 0
+    end = len(data)
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == _WIRE_LENGTH_DELIMITED:
+            length, pos = _read_varint(data, pos)
+            stop = pos + length
+            if stop > end:
+                raise InvalidRequestError(_MALFORMED)
+            if field in (1, 2):
+                try:
+                    text = data[pos:stop].decode()
+                except UnicodeDecodeError as exc:
+                    raise InvalidRequestError(
+                        "failed to parse the request: model name or version is not UTF-8"
+                    ) from exc
+                if field == 1:
+                    name = text
+                else:
+                    version = text
+            pos = stop
+        elif wire == _WIRE_VARINT:
+            _, pos = _read_varint(data, pos)
+        elif wire == _WIRE_FIXED64:
+            pos += 8
+        elif wire == _WIRE_FIXED32:
+            pos += 4
+        else:
+            raise InvalidRequestError(_MALFORMED)
+        if field == 0 or pos > end:
+            raise InvalidRequestError(_MALFORMED)
+    return name, version

@@ -1,0 +1,1 @@
+"""The gRPC face of the gateway: servicers, the error interceptor, server assembly."""

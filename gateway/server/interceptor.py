@@ -1,0 +1,100 @@
+"""Maps the ``GatewayError`` tree to gRPC statuses, in one place, for every method.
+
+Unknown exceptions become INTERNAL with a fixed message; the traceback goes to the log only.
+Wrapped handlers are built once per method and cached, so a call allocates no new handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from gateway.errors import GatewayError
+
+log = structlog.get_logger(__name__)
+
+INTERNAL_MESSAGE = "internal error in triton-gateway"
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # Unknown method: gRPC answers UNIMPLEMENTED; not cached, so junk names cannot
+            # grow the cache.
+            return None
+        wrapped = _wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _streaming(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+def _unary(
+    method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except GatewayError as exc:
+            await _abort(context, method, exc)
+        except Exception:
+            log.exception("internal_error", method=method)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return mapped
+
+
+def _streaming(
+    method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def mapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        except GatewayError as exc:
+            await _abort(context, method, exc)
+        except Exception:
+            log.exception("internal_error", method=method)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return mapped
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: GatewayError) -> None:
+    log.warning(
+        "request_failed",
+        method=method,
+        code=exc.code.name,
+        message=exc.message,
+        backend=getattr(exc, "backend", None),
+    )
+    await context.abort(exc.code, exc.message)

@@ -1,0 +1,99 @@
+"""Gateway configuration: a YAML file overlaid by ``GATEWAY_*`` environment variables.
+
+Validated once at start; everything downstream receives these frozen models, never raw dicts.
+Nested fields are set from the environment with a double underscore, for example
+``GATEWAY_SERVER__PORT=9001`` or ``GATEWAY_LOGGING__LEVEL=debug``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Frozen):
+    host: str = "0.0.0.0"
+    """Address the gateway's gRPC server listens on."""
+    port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port; 8001 like Triton so clients' defaults work; 0 picks a free port."""
+    max_message_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest request or response message accepted, in bytes, on both hops."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """How long in-flight calls may finish after SIGTERM before they are cancelled."""
+
+
+class BackendSettings(_Frozen):
+    name: str
+    """Stable name used in logs, metrics and admin calls."""
+    address: str
+    """host:port of the Triton gRPC endpoint."""
+
+
+class HealthSettings(_Frozen):
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """How often each backend is asked for readiness and its READY model versions."""
+    poll_timeout_s: float = Field(default=2.0, gt=0)
+    """Deadline of one health poll call."""
+    startup_wait_s: float = Field(default=10.0, ge=0)
+    """How long start-up waits for the first poll of every backend before serving."""
+
+
+class LoggingSettings(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe level written; per-request lines are written at debug."""
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: console in a terminal, JSON otherwise."""
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway needs to start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    server: ServerSettings = ServerSettings()
+    backends: list[BackendSettings] = Field(default_factory=list)
+    """Static list of Triton backends."""
+    health: HealthSettings = HealthSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backend_names(cls, backends: list[BackendSettings]) -> list[BackendSettings]:
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError("backend names must be unique")
+        return backends
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init values), as operators expect.
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Read the YAML file (if any), apply overrides, then the environment; validate once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level must be a mapping")
+        data.update(loaded)
+    data.update(overrides)
+    return GatewaySettings(**data)
