@@ -43,33 +43,17 @@ class Gateway:
             poll_timeout_s=settings.health.poll_timeout_s,
         )
         self.dataplane = DataPlane(self.pool, RoundRobinBalancer())
-        self._health = health_aio.HealthServicer()
-        self._server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
-            options=[
-                ("grpc.max_send_message_length", max_bytes),
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        self._server.add_generic_rpc_handlers(
-            (inference_handler(InferenceServicer(self.dataplane)),)
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._server,
-        )
+        self._health: health_aio.HealthServicer | None = None
+        self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
+        # grpc.aio objects bind to the running loop, so they are built here, not in __init__.
+        self._health = health_aio.HealthServicer()
+        self._server = self._build_server()
         address = f"{self.settings.server.host}:{self.settings.server.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
@@ -91,8 +75,10 @@ class Gateway:
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace, then close."""
         grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -111,12 +97,37 @@ class Gateway:
         log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
         await self.stop()
 
+    def _build_server(self) -> grpc.aio.Server:
+        max_bytes = self.settings.server.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.max_receive_message_length", max_bytes),
+                # Without this a second process could bind the same port and split traffic.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.dataplane)),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        return server
+
     def _report_readiness(self, table: RouteTable[TritonBackend]) -> None:
         task = asyncio.create_task(self._set_serving(self.dataplane.is_ready()))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
     async def _set_serving(self, serving: bool) -> None:
+        if self._health is None:
+            return
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

@@ -90,7 +90,11 @@ class DataPlane:
 
     async def model_infer(self, request: bytes, context: CallContext) -> bytes:
         name, version = read_model_key(request)
-        candidates = self._pool.table.lookup(name, version)
+        try:
+            candidates = self._pool.table.lookup(name, version)
+        except ModelNotFoundError:
+            self._any_ready()  # with no backend up, say so rather than "unknown model"
+            raise
         backend = self._balancer.choose((name, version), candidates)
         return await self._forward(backend, "ModelInfer", request, context, name, version)
 
@@ -226,9 +230,7 @@ class DataPlane:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError:
-            if not self._pool.ready_backends:
-                raise
-            candidates = self._pool.ready_backends
+            candidates = self._any_ready()
         return self._balancer.choose((name, version), candidates)
 
     def _any_ready(self) -> tuple[TritonBackend, ...]:

@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step they use.
+PYTHON ?= python3
+VENV := .venv
+TRITON_HOME := .triton
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint models fleet-up fleet-down clean
+
+install: $(VENV)/.installed $(TRITON_HOME)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
+	scripts/install_triton.sh $(BIN)/python $(TRITON_HOME)
+
+demo: install
+	$(BIN)/triton-gateway demo
+
+test: install
+	$(BIN)/ruff check gateway tests load_tests scripts
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+models: $(VENV)/.installed
+	$(BIN)/python scripts/generate_models.py
+
+fleet-up: install
+	$(BIN)/triton-gateway fleet up
+
+fleet-down:
+	$(BIN)/triton-gateway fleet down
+
+clean:
+	rm -rf $(VENV) $(TRITON_HOME) .fleet
