@@ -21,7 +21,9 @@ class BackgroundGateway:
     def __init__(self, gateway: Gateway, start_timeout_s: float = 30.0) -> None:
         self.gateway = gateway
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="gateway-loop", daemon=True
+        )
         self._start_timeout_s = start_timeout_s
 
     @property

@@ -1,0 +1,71 @@
+"""With no backend up the gateway says so; a backend that comes up later is picked up."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.settings import load_settings
+from tests.conftest import MODEL_REPOSITORY
+from tests.support.background import BackgroundGateway
+from tests.support.models import simple_arrays, simple_inputs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_no_backend_then_a_backend_comes_up(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    port = _free_port()
+    settings = load_settings(
+        server={"host": "127.0.0.1", "port": 0},
+        backends=[{"name": "late", "address": f"127.0.0.1:{port}"}],
+        health={"poll_interval_s": 0.1, "poll_timeout_s": 0.5, "startup_wait_s": 1},
+    )
+    with BackgroundGateway(Gateway(settings)) as gateway:
+        client = grpcclient.InferenceServerClient(gateway.url)
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(gateway.url))
+        assert client.is_server_live()
+        assert not client.is_server_ready()
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        a, b = simple_arrays()
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("simple", simple_inputs(a, b))
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "no Triton backend is ready" in info.value.message()
+
+        spec = ServerSpec("late", grpc_port=port, models=("simple",))
+        fleet_dir = tmp_path_factory.mktemp("late-fleet")
+        with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, [spec]):
+            _wait_for(client.is_server_ready)
+            result = client.infer("simple", simple_inputs(a, b))
+            assert (result.as_numpy("OUTPUT0") == a + b).all()
+            _wait_for(
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
+            )
+        _wait_for(lambda: not client.is_server_ready())

@@ -1,0 +1,181 @@
+"""The rest of the protocol: server and model queries, the fleet-wide calls, health, reflection."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from gateway.devfleet import LocalFleet
+from tests.support.models import classifier_features, classifier_input, simple_arrays, simple_inputs
+
+
+@pytest.fixture(scope="module")
+def client(gateway_url: str) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(gateway_url)
+
+
+@pytest.fixture(scope="module")
+def channel(gateway_url: str) -> grpc.Channel:
+    return grpc.insecure_channel(gateway_url)
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> service_pb2_grpc.GRPCInferenceServiceStub:
+    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _direct(fleet: LocalFleet, name: str = "triton-a") -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(fleet.servers[name].address)
+
+
+def test_server_live_ready_and_metadata(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata.name == "triton-gateway"
+    assert "model_repository" in metadata.extensions
+    assert "system_shared_memory" not in metadata.extensions
+
+
+def test_model_metadata_and_config_match_triton(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
+    for model, version in (("simple", ""), ("classifier", "1"), ("classifier", "2")):
+        assert client.get_model_metadata(model, version) == _direct(fleet).get_model_metadata(
+            model, version
+        )
+        assert client.get_model_config(model, version) == _direct(fleet).get_model_config(
+            model, version
+        )
+    metadata = client.get_model_metadata("classifier")
+    assert metadata.versions == ["1", "2"]
+    assert [t.name for t in metadata.inputs] == ["INPUT"]
+
+
+def test_model_ready_by_version(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_model_ready("simple")
+    assert client.is_model_ready("classifier", "1")
+    assert client.is_model_ready("classifier", "2")
+    assert not client.is_model_ready("classifier", "3")
+    assert not client.is_model_ready("no_such_model")
+
+
+def test_metadata_of_unknown_model_is_tritons_not_found(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    for call in (client.get_model_metadata, client.get_model_config):
+        with pytest.raises(InferenceServerException) as info:
+            call("no_such_model")
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+        assert info.value.message() == "Request for unknown model: 'no_such_model' is not found"
+
+
+def test_repository_index_is_the_union_of_the_fleet(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    index = client.get_model_repository_index()
+    assert [(m.name, m.version, m.state) for m in index.models] == [
+        ("classifier", "1", "READY"),
+        ("classifier", "2", "READY"),
+        ("simple", "1", "READY"),
+    ]
+
+
+def test_statistics_add_up_over_the_fleet(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
+    a, b = simple_arrays()
+    for _ in range(4):
+        client.infer("simple", simple_inputs(a, b))
+    via_gateway = client.get_inference_statistics("simple").model_stats[0]
+    per_server = [_direct(fleet, name).get_inference_statistics("simple") for name in fleet.servers]
+    assert via_gateway.inference_stats.success.count == sum(
+        s.model_stats[0].inference_stats.success.count for s in per_server
+    )
+    assert via_gateway.last_inference == max(s.model_stats[0].last_inference for s in per_server)
+    everything = client.get_inference_statistics()
+    assert {(s.name, s.version) for s in everything.model_stats} >= {
+        ("simple", "1"),
+        ("classifier", "1"),
+        ("classifier", "2"),
+    }
+
+
+def test_statistics_of_unknown_model_is_tritons_error(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_inference_statistics("no_such_model")
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "no_such_model" in info.value.message()
+
+
+def test_unload_and_load_across_the_fleet_moves_routes(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
+    x = classifier_features()
+    client.unload_model("classifier")
+    try:
+        assert not client.is_model_ready("classifier")
+        assert not _direct(fleet).is_model_ready("classifier")
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("classifier", classifier_input(x))
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+    finally:
+        client.load_model("classifier")
+    assert client.is_model_ready("classifier", "2")
+    assert client.infer("classifier", classifier_input(x)).get_response().model_version == "2"
+
+
+def test_shared_memory_is_unimplemented_with_a_reason(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.register_system_shared_memory("region", "/key", 64)
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "shared-memory region is local to one server" in info.value.message()
+
+
+def test_malformed_request_bytes_are_invalid_argument(channel: grpc.Channel) -> None:
+    raw_infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as info:
+        raw_infer(b"\x0a\x40truncated", timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed" in (info.value.details() or "")
+
+
+def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")(b"", timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_expired_client_deadline_is_deadline_exceeded_and_gateway_keeps_serving(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: grpcclient.InferenceServerClient
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=1e-6)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    a, b = simple_arrays()
+    assert client.infer("simple", simple_inputs(a, b)).as_numpy("OUTPUT0") is not None
+
+
+def test_health_service_reports_serving(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inference.GRPCInferenceService"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (response,) = list(reflection.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
