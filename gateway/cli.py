@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _fleet_options(demo)
     demo.add_argument("--config", type=Path, help="gateway settings; backends come from the fleet")
+    demo.add_argument("--host", default="127.0.0.1", help="gateway listen address")
     demo.add_argument("--port", type=int, default=8001, help="gateway gRPC port")
     demo.set_defaults(run=_demo)
     return parser
@@ -109,7 +110,7 @@ def _demo(args: argparse.Namespace) -> int:
         settings = GatewaySettings(
             **{
                 **base.model_dump(),
-                "server": {**base.server.model_dump(), "port": args.port},
+                "server": {**base.server.model_dump(), "host": args.host, "port": args.port},
                 "backends": [
                     {"name": s.name, "address": s.address} for s in fleet.servers.values()
                 ],

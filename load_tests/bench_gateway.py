@@ -1,0 +1,236 @@
+"""Benchmark: the gateway against direct Triton on the same fleet, interleaved in one run.
+
+Starts one local Triton server (``simple``) and the gateway as a separate process in front of
+it, then alternates rounds (direct, gateway, direct, gateway, ...) at each concurrency, so drift
+in the machine hits both alike. Each round is closed-loop, bounded in time and in count.
+Prints p50/p99 latency, added microseconds, throughput ratio and gateway CPU per request.
+
+    .venv/bin/python load_tests/bench_gateway.py --duration 3 --reps 3
+
+A benchmark, not a test: it prints figures and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet.fleet import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Round:
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    cpu_us_per_request: float | None
+
+
+def simple_request() -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(np.arange(16, dtype=np.int32).tobytes())
+    return request.SerializeToString()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def closed_loop(
+    address: str, payload: bytes, concurrency: int, duration_s: float, max_requests: int
+) -> tuple[list[int], int]:
+    latencies: list[int] = []
+    errors = 0
+    deadline = time.monotonic() + duration_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary(INFER)
+        await infer(payload, timeout=10)  # warm the connection outside the measurement
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline and len(latencies) + errors < max_requests:
+                started = time.perf_counter_ns()
+                try:
+                    await infer(payload, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter_ns() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def measure(
+    target: str, address: str, cpu_pid: int | None, concurrency: int, args: argparse.Namespace
+) -> Round:
+    payload = simple_request()
+    cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid else 0.0
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(
+        closed_loop(address, payload, concurrency, args.duration, args.max_requests)
+    )
+    seconds = time.perf_counter() - started
+    cpu = (process_cpu_seconds(cpu_pid) - cpu_before) if cpu_pid else None
+    values = np.array(latencies, dtype=np.float64) / 1000.0
+    return Round(
+        target=target,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        seconds=seconds,
+        p50_us=float(np.percentile(values, 50)),
+        p99_us=float(np.percentile(values, 99)),
+        cpu_us_per_request=(cpu * 1e6 / len(latencies)) if cpu is not None and latencies else None,
+    )
+
+
+def start_gateway(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = workdir / "gateway.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"backends: [{{name: triton-0, address: '{backend}'}}]\n"
+        "logging: {level: warning, format: json}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stderr=(workdir / "gateway.log").open("wb"),
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(address) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerReadyResponse.FromString,
+        )
+        while True:
+            try:
+                if ready(service_pb2.ServerReadyRequest(), timeout=1).ready:
+                    return process, address
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"gateway did not become ready; see {workdir}/gateway.log")
+            time.sleep(0.05)
+
+
+def summarize(rounds: list[Round], concurrency: int) -> dict[str, float]:
+    def median(target: str, attr: str) -> float:
+        values = [
+            getattr(r, attr)
+            for r in rounds
+            if r.target == target and r.concurrency == concurrency and getattr(r, attr) is not None
+        ]
+        return float(np.median(values)) if values else float("nan")
+
+    direct_rps = median("direct", "requests") / median("direct", "seconds")
+    gateway_rps = median("gateway", "requests") / median("gateway", "seconds")
+    return {
+        "concurrency": concurrency,
+        "direct_p50_us": median("direct", "p50_us"),
+        "direct_p99_us": median("direct", "p99_us"),
+        "gateway_p50_us": median("gateway", "p50_us"),
+        "gateway_p99_us": median("gateway", "p99_us"),
+        "added_p50_us": median("gateway", "p50_us") - median("direct", "p50_us"),
+        "added_p99_us": median("gateway", "p99_us") - median("direct", "p99_us"),
+        "direct_rps": direct_rps,
+        "gateway_rps": gateway_rps,
+        "throughput_ratio": gateway_rps / direct_rps,
+        "gateway_cpu_us_per_request": median("gateway", "cpu_us_per_request"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per round")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="cap per round")
+    parser.add_argument("--reps", type=int, default=3, help="rounds per target and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--triton-home", type=Path, default=ROOT / ".triton")
+    parser.add_argument("--output", type=Path, default=ROOT / "load_tests" / "results")
+    args = parser.parse_args()
+
+    installation = TritonInstallation.locate(args.triton_home)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        specs = [ServerSpec("triton-0", models=("simple",))]
+        with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
+            backend = fleet.servers["triton-0"]
+            gateway, gateway_address = start_gateway(backend.address, workdir)
+            try:
+                rounds: list[Round] = []
+                for concurrency in args.concurrency:
+                    for _ in range(args.reps):
+                        for target, address, pid in (
+                            ("direct", backend.address, None),
+                            ("gateway", gateway_address, gateway.pid),
+                        ):
+                            result = measure(target, address, pid, concurrency, args)
+                            rounds.append(result)
+                            print(
+                                f"  {target:8} c={concurrency:<3} n={result.requests:<7} "
+                                f"err={result.errors} p50={result.p50_us:8.0f}us "
+                                f"p99={result.p99_us:8.0f}us "
+                                f"rps={result.requests / result.seconds:8.0f}",
+                                file=sys.stderr,
+                            )
+            finally:
+                gateway.terminate()
+                gateway.wait(15)
+
+    summary = [summarize(rounds, c) for c in args.concurrency]
+    print(f"\nmachine: {platform.node()} {os.cpu_count()} cores, {platform.python_version()}")
+    print(
+        f"{'conc':>4} {'direct p50':>10} {'gw p50':>8} {'+p50 us':>8} {'direct p99':>10} "
+        f"{'gw p99':>8} {'+p99 us':>8} {'direct rps':>10} {'gw rps':>8} {'ratio':>6} "
+        f"{'gw cpu us/req':>13}"
+    )
+    for row in summary:
+        print(
+            f"{row['concurrency']:>4} {row['direct_p50_us']:>10.0f} {row['gateway_p50_us']:>8.0f} "
+            f"{row['added_p50_us']:>8.0f} {row['direct_p99_us']:>10.0f} "
+            f"{row['gateway_p99_us']:>8.0f} {row['added_p99_us']:>8.0f} "
+            f"{row['direct_rps']:>10.0f} {row['gateway_rps']:>8.0f} "
+            f"{row['throughput_ratio']:>6.2f} {row['gateway_cpu_us_per_request']:>13.0f}"
+        )
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(
+        json.dumps({"rounds": [asdict(r) for r in rounds], "summary": summary}, indent=2)
+    )
+    print(f"\nraw rounds: {path}")
+
+
+if __name__ == "__main__":
+    main()
