@@ -176,26 +176,19 @@ class DataPlane:
         self, request: service_pb2.RepositoryModelLoadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelLoadResponse:
         """Load on every ready backend, then refresh routes so traffic can use it at once."""
-        try:
-            await self._fan_out(
-                self._any_ready(),
-                lambda b: b.stub.RepositoryModelLoad(request, timeout=context.time_remaining()),
-            )
-        finally:
-            await self._pool.refresh()
+        await self._on_every_backend_then_refresh(
+            lambda b: b.stub.RepositoryModelLoad(request, timeout=context.time_remaining())
+        )
         log.info("fleet_model_loaded", model=request.model_name)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: service_pb2.RepositoryModelUnloadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        try:
-            await self._fan_out(
-                self._any_ready(),
-                lambda b: b.stub.RepositoryModelUnload(request, timeout=context.time_remaining()),
-            )
-        finally:
-            await self._pool.refresh()
+        """Unload on every ready backend; routes stop offering it as soon as this returns."""
+        await self._on_every_backend_then_refresh(
+            lambda b: b.stub.RepositoryModelUnload(request, timeout=context.time_remaining())
+        )
         log.info("fleet_model_unloaded", model=request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
@@ -238,6 +231,15 @@ class DataPlane:
         if not ready:
             raise NoBackendAvailableError(NO_BACKEND_READY)
         return ready
+
+    async def _on_every_backend_then_refresh(
+        self, call: Callable[[TritonBackend], grpc.aio.UnaryUnaryCall]
+    ) -> None:
+        try:
+            await self._fan_out(self._any_ready(), call)
+        finally:
+            # Even a partial failure changed some backends: re-read them all now.
+            await self._pool.refresh()
 
     @staticmethod
     async def _fan_out(

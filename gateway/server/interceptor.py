@@ -64,11 +64,10 @@ def _unary(
     async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
-        except GatewayError as exc:
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
             await _abort(context, method, exc)
-        except Exception:
-            log.exception("internal_error", method=method)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     return mapped
 
@@ -80,16 +79,20 @@ def _streaming(
         try:
             async for response in behavior(requests, context):
                 yield response
-        except GatewayError as exc:
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
             await _abort(context, method, exc)
-        except Exception:
-            log.exception("internal_error", method=method)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     return mapped
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: GatewayError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """End the call with the error's status (raises inside grpc; never returns normally)."""
+    if not isinstance(exc, GatewayError):
+        log.exception("internal_error", method=method)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        return
     log.warning(
         "request_failed",
         method=method,

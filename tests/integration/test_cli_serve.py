@@ -1,0 +1,61 @@
+"""`triton-gateway serve --config` as an operator runs it: serves, then drains on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.devfleet import LocalFleet
+from gateway.devfleet.fleet import free_port
+from tests.conftest import ROOT
+from tests.support.models import simple_arrays, simple_inputs
+
+
+def test_serve_from_a_config_file_then_stop_on_sigterm(fleet: LocalFleet, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    backends = "".join(
+        f"  - {{name: {s.name}, address: '{s.address}'}}\n" for s in fleet.servers.values()
+    )
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\nbackends:\n{backends}"
+        "logging: {level: debug, format: json}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while not _ready(client):
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.05)
+        a, b = simple_arrays()
+        result = client.infer("simple", simple_inputs(a, b))
+        assert np.array_equal(result.as_numpy("OUTPUT0"), a + b)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    # JSON logs: one debug line for the request, then the drain.
+    assert '"event": "request"' in stderr
+    assert '"model": "simple"' in stderr
+    assert '"event": "gateway_stopped"' in stderr
+
+
+def _ready(client: grpcclient.InferenceServerClient) -> bool:
+    try:
+        return bool(client.is_server_ready())
+    except InferenceServerException:
+        return False
