@@ -6,7 +6,6 @@ path never decodes tensors; the typed stub is used only for health polls and fan
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -84,11 +83,6 @@ class TritonBackend:
             (model.name, model.version) for model in index.models if model.state == "READY"
         )
         return BackendHealth(ready=True, models=models)
-
-    def stream(
-        self, requests: AsyncIterator[bytes], timeout: float | None
-    ) -> grpc.aio.StreamStreamCall:
-        return self.stream_infer(requests, timeout=timeout)
 
     async def close(self) -> None:
         await self._channel.close()

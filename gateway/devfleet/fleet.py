@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -365,8 +365,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def _wait_exit(server: TritonServer, deadline: float) -> None:
-    poll: Callable[[], bool] = server.is_running
-    while poll() and time.monotonic() < deadline:
+    while server.is_running() and time.monotonic() < deadline:
         if server.process is not None:
             try:
                 server.process.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -54,9 +54,6 @@ class RouteTable(Generic[B]):
             raise ModelNotFoundError(name, version)
         return found
 
-    def has_model(self, name: str) -> bool:
-        return name in self.latest_version
-
     def backends_with_model(self, name: str) -> tuple[B, ...]:
         """Every backend with any version of ``name`` READY, in a stable order."""
         seen: dict[B, None] = {}

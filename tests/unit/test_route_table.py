@@ -48,6 +48,6 @@ def test_backends_with_model_spans_versions() -> None:
 
 def test_empty_table_knows_no_model() -> None:
     table: RouteTable[str] = RouteTable.build({})
-    assert not table.has_model("simple")
+    assert table.latest_version == {}
     with pytest.raises(ModelNotFoundError):
         table.lookup("simple", "1")
