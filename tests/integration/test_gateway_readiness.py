@@ -1,7 +1,9 @@
-"""With no backend up the gateway says so; a backend that comes up later is picked up."""
+"""Backends that are absent, late or hung: the gateway says so clearly and keeps serving."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 
@@ -69,3 +71,30 @@ def test_no_backend_then_a_backend_comes_up(
                 )
             )
         _wait_for(lambda: not client.is_server_ready())
+
+
+def test_client_deadline_bounds_a_call_to_a_hung_backend(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spec = ServerSpec("hung", models=("simple",))
+    fleet_dir = tmp_path_factory.mktemp("hung-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, [spec]) as fleet:
+        server = fleet.servers["hung"]
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            backends=[{"name": "hung", "address": server.address}],
+            # Slow polls, so the hang is met by the request, not first noticed by a poll.
+            health={"poll_interval_s": 30, "poll_timeout_s": 0.5},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.url)
+            a, b = simple_arrays()
+            os.kill(server.pid, signal.SIGSTOP)  # a real hang: the process stops answering
+            try:
+                with pytest.raises(InferenceServerException) as info:
+                    client.infer("simple", simple_inputs(a, b), client_timeout=0.5)
+                assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            result = client.infer("simple", simple_inputs(a, b), client_timeout=10)
+            assert (result.as_numpy("OUTPUT1") == a - b).all()

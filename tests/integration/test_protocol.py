@@ -7,7 +7,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.devfleet import LocalFleet
@@ -22,11 +21,6 @@ def client(gateway_url: str) -> grpcclient.InferenceServerClient:
 @pytest.fixture(scope="module")
 def channel(gateway_url: str) -> grpc.Channel:
     return grpc.insecure_channel(gateway_url)
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.Channel) -> service_pb2_grpc.GRPCInferenceServiceStub:
-    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 def _direct(fleet: LocalFleet, name: str = "triton-a") -> grpcclient.InferenceServerClient:
@@ -153,17 +147,6 @@ def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")(b"", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
-def test_expired_client_deadline_is_deadline_exceeded_and_gateway_keeps_serving(
-    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: grpcclient.InferenceServerClient
-) -> None:
-    request = service_pb2.ModelInferRequest(model_name="simple")
-    with pytest.raises(grpc.RpcError) as info:
-        stub.ModelInfer(request, timeout=1e-6)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    a, b = simple_arrays()
-    assert client.infer("simple", simple_inputs(a, b)).as_numpy("OUTPUT0") is not None
 
 
 def test_health_service_reports_serving(channel: grpc.Channel) -> None:
