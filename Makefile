@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint models fleet-up fleet-down clean
 
-install: $(VENV)/.installed $(TRITON_HOME)/.installed
+install: $(VENV)/.installed $(TRITON_HOME)/.installed $(BIN)/tgw-edge
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,16 @@ $(VENV)/.installed: pyproject.toml
 $(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
 	scripts/install_triton.sh $(BIN)/python $(TRITON_HOME)
 
+$(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml $(wildcard edge/src/*.rs)
+	scripts/build_edge.sh $(BIN)
+
 demo: install
 	$(BIN)/triton-gateway demo
 
 test: install
 	$(BIN)/ruff check gateway tests load_tests scripts
 	$(BIN)/mypy
+	cd edge && cargo test --release --offline --quiet
 	$(BIN)/pytest
 
 models: $(VENV)/.installed

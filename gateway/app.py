@@ -19,6 +19,7 @@ from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
 from gateway.routing.table import RouteTable
+from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor
 from gateway.settings import GatewaySettings
@@ -47,25 +48,35 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._edge = self._edge_process(settings)
         self.port = 0
+        """The public port: tgw-edge's when it fronts the gateway, else the gRPC server's."""
+        self.grpc_port = 0
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
         # grpc.aio objects bind to the running loop, so they are built here, not in __init__.
         self._health = health_aio.HealthServicer()
         self._server = self._build_server()
-        address = f"{self.settings.server.host}:{self.settings.server.port}"
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
+        public = f"{self.settings.server.host}:{self.settings.server.port}"
+        # With tgw-edge in front, the gRPC server only listens on loopback for it.
+        address = "127.0.0.1:0" if self._edge is not None else public
+        self.grpc_port = self._server.add_insecure_port(address)
+        if self.grpc_port == 0:
             raise OSError(f"cannot listen on {address}")
+        self.port = self.grpc_port
         self.pool.on_change(self._report_readiness)
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)
         await self._set_serving(self.dataplane.is_ready())
         await self._server.start()
+        if self._edge is not None:
+            self.pool.on_change(self._edge.publish)
+            self.port = await self._edge.start(f"127.0.0.1:{self.grpc_port}", self.pool.table)
         log.info(
             "gateway_started",
-            address=address,
+            address=public,
+            edge=self._edge is not None,
             port=self.port,
             backends=[b.name for b in self.pool.backends],
             ready=[b.name for b in self.pool.ready_backends],
@@ -77,6 +88,8 @@ class Gateway:
         grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._edge is not None:
+            await self._edge.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
         if self._follow_task is not None:
@@ -96,6 +109,23 @@ class Gateway:
         await stop.wait()
         log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
         await self.stop()
+
+    @staticmethod
+    def _edge_process(settings: GatewaySettings) -> EdgeProcess | None:
+        edge = settings.edge
+        if edge.mode == "off":
+            return None
+        binary = find_edge_binary(edge.binary)
+        if binary is None:
+            if edge.mode == "on":
+                raise EdgeError(
+                    "edge.mode is 'on' but tgw-edge was not found: run 'make install' or set "
+                    "edge.binary"
+                )
+            log.info("edge_not_installed", fallback="python data plane only")
+            return None
+        listen = f"{settings.server.host}:{settings.server.port}"
+        return EdgeProcess(binary, listen, edge.threads)
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.errors import (
+    GatewayError,
     ModelNotFoundError,
     NoBackendAvailableError,
     UpstreamError,
@@ -47,6 +48,10 @@ EXTENSIONS = (
     "statistics",
 )
 NO_BACKEND_READY = "no Triton backend is ready"
+# Model states in which a backend still holds (or is about to hold) a model.
+_HELD_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
+_UNLOAD_POLL_S = 0.05
+_UNLOAD_WAIT_S = 60.0
 
 
 class Balancer(Protocol):
@@ -185,11 +190,23 @@ class DataPlane:
     async def repository_model_unload(
         self, request: service_pb2.RepositoryModelUnloadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        """Unload on every ready backend; routes stop offering it as soon as this returns."""
-        await self._on_every_backend_then_refresh(
-            lambda b: b.stub.RepositoryModelUnload(request, timeout=context.time_remaining())
-        )
-        log.info("fleet_model_unloaded", model=request.model_name)
+        """Unload on every ready backend and return once no backend still holds the model.
+
+        Triton answers an unload before the model is gone; a load sent right after would race
+        the unload and lose. Waiting here makes "unload, then load" through the gateway work.
+        """
+        name = request.model_name
+        timeout = context.time_remaining()
+
+        async def unload(backend: TritonBackend) -> service_pb2.RepositoryModelUnloadResponse:
+            response: service_pb2.RepositoryModelUnloadResponse = (
+                await backend.stub.RepositoryModelUnload(request, timeout=timeout)
+            )
+            await _wait_unloaded(backend, name, self._clock, timeout)
+            return response
+
+        await self._on_every_backend_then_refresh(unload)
+        log.info("fleet_model_unloaded", model=name)
         return service_pb2.RepositoryModelUnloadResponse()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -233,7 +250,7 @@ class DataPlane:
         return ready
 
     async def _on_every_backend_then_refresh(
-        self, call: Callable[[TritonBackend], grpc.aio.UnaryUnaryCall]
+        self, call: Callable[[TritonBackend], Awaitable[Message]]
     ) -> None:
         try:
             await self._fan_out(self._any_ready(), call)
@@ -244,7 +261,7 @@ class DataPlane:
     @staticmethod
     async def _fan_out(
         backends: Sequence[TritonBackend],
-        call: Callable[[TritonBackend], grpc.aio.UnaryUnaryCall],
+        call: Callable[[TritonBackend], Awaitable[R]],
     ) -> list[R]:
         async def one(backend: TritonBackend) -> R:
             try:
@@ -254,3 +271,21 @@ class DataPlane:
             return result
 
         return list(await asyncio.gather(*(one(b) for b in backends)))
+
+
+async def _wait_unloaded(
+    backend: TritonBackend, name: str, clock: Callable[[], float], budget_s: float | None
+) -> None:
+    """Poll the backend's index until no version of ``name`` is held, within the deadline."""
+    deadline = clock() + (budget_s if budget_s is not None else _UNLOAD_WAIT_S)
+    request = service_pb2.RepositoryIndexRequest()
+    while True:
+        index = await backend.stub.RepositoryIndex(request, timeout=max(deadline - clock(), 0.001))
+        if not any(m.name == name and m.state in _HELD_STATES for m in index.models):
+            return
+        if clock() >= deadline:
+            raise GatewayError(
+                f"model '{name}' still unloading on {backend.name}",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        await asyncio.sleep(_UNLOAD_POLL_S)

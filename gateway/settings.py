@@ -46,6 +46,15 @@ class HealthSettings(_Frozen):
     """How long start-up waits for the first poll of every backend before serving."""
 
 
+class EdgeSettings(_Frozen):
+    mode: Literal["auto", "on", "off"] = "auto"
+    """Front the data plane with tgw-edge, the compiled fast path: auto uses it when installed."""
+    binary: Path | None = None
+    """Path of tgw-edge; by default the one beside the Python interpreter, then PATH."""
+    threads: int = Field(default=1, ge=1)
+    """Worker threads of tgw-edge (one is enough for two cores)."""
+
+
 class LoggingSettings(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level written; per-request lines are written at debug."""
@@ -64,6 +73,7 @@ class GatewaySettings(BaseSettings):
     backends: list[BackendSettings] = Field(default_factory=list)
     """Static list of Triton backends."""
     health: HealthSettings = HealthSettings()
+    edge: EdgeSettings = EdgeSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("backends")

@@ -1,9 +1,12 @@
-"""Benchmark: the gateway against direct Triton on the same fleet, interleaved in one run.
+"""Benchmark: the gateway against direct Triton and nginx on the same fleet, interleaved.
 
-Starts one local Triton server (``simple``) and the gateway as a separate process in front of
-it, then alternates rounds (direct, gateway, direct, gateway, ...) at each concurrency, so drift
-in the machine hits both alike. Each round is closed-loop, bounded in time and in count.
-Prints p50/p99 latency, added microseconds, throughput ratio and gateway CPU per request.
+Starts one local Triton server (``simple``) and, each as its own process in front of it: the
+gateway with its Python data plane only (``python``), the gateway fronted by tgw-edge
+(``edge``), and nginx with ``grpc_pass`` (installed from Debian's packages when missing).
+Rounds alternate (direct, python, edge, nginx, direct, ...) at each concurrency, so drift in
+the machine hits all alike. Each round is closed-loop, bounded in time and in count. Prints
+p50/p99, added microseconds over direct, throughput ratio and proxy CPU per request (the whole
+process tree: gateway + tgw-edge, nginx master + worker).
 
     .venv/bin/python load_tests/bench_gateway.py --duration 3 --reps 3
 
@@ -17,6 +20,8 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,8 +62,21 @@ def simple_request() -> bytes:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """CPU seconds of ``pid`` and all its descendants (a gateway and its tgw-edge child)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    tree = {pid}
+    grew = True
+    while grew:
+        children = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
+        grew = bool(children)
+        tree |= children
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats) / CLOCK_TICKS
 
 
 async def closed_loop(
@@ -110,18 +128,21 @@ def measure(
     )
 
 
-def start_gateway(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    backend: str, workdir: Path, edge_mode: str = "off"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    config = workdir / "gateway.yaml"
+    config = workdir / f"gateway-{edge_mode}.yaml"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}}}\n"
         f"backends: [{{name: triton-0, address: '{backend}'}}]\n"
+        f"edge: {{mode: '{edge_mode}'}}\n"
         "logging: {level: warning, format: json}\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         cwd=ROOT,
-        stderr=(workdir / "gateway.log").open("wb"),
+        stderr=(workdir / f"gateway-{edge_mode}.log").open("wb"),
     )
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -143,7 +164,42 @@ def start_gateway(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes],
             time.sleep(0.05)
 
 
-def summarize(rounds: list[Round], concurrency: int) -> dict[str, float]:
+def start_nginx(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).is_file():
+        print("installing nginx from Debian's packages", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "nginx-light"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    port = free_port()
+    config = workdir / "nginx.conf"
+    # keepalive_requests: nginx's default (1000) ends long runs' connections early.
+    config.write_text(
+        f"worker_processes 1; daemon off; pid {workdir}/nginx.pid; "
+        f"error_log {workdir}/nginx.err;\n"
+        "events { worker_connections 1024; }\n"
+        f"http {{ access_log off; upstream triton {{ server {backend}; keepalive 64; "
+        "keepalive_requests 100000000; }\n"
+        f"  server {{ listen 127.0.0.1:{port} http2; keepalive_requests 100000000;\n"
+        "    location / { grpc_pass grpc://triton; } } }\n"
+    )
+    process = subprocess.Popen([binary, "-c", str(config), "-p", str(workdir)])
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, address
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"nginx did not start; see {workdir}/nginx.err")
+
+
+def summarize(rounds: list[Round], concurrency: int) -> list[dict[str, float | str]]:
     def median(target: str, attr: str) -> float:
         values = [
             getattr(r, attr)
@@ -152,21 +208,25 @@ def summarize(rounds: list[Round], concurrency: int) -> dict[str, float]:
         ]
         return float(np.median(values)) if values else float("nan")
 
-    direct_rps = median("direct", "requests") / median("direct", "seconds")
-    gateway_rps = median("gateway", "requests") / median("gateway", "seconds")
-    return {
-        "concurrency": concurrency,
-        "direct_p50_us": median("direct", "p50_us"),
-        "direct_p99_us": median("direct", "p99_us"),
-        "gateway_p50_us": median("gateway", "p50_us"),
-        "gateway_p99_us": median("gateway", "p99_us"),
-        "added_p50_us": median("gateway", "p50_us") - median("direct", "p50_us"),
-        "added_p99_us": median("gateway", "p99_us") - median("direct", "p99_us"),
-        "direct_rps": direct_rps,
-        "gateway_rps": gateway_rps,
-        "throughput_ratio": gateway_rps / direct_rps,
-        "gateway_cpu_us_per_request": median("gateway", "cpu_us_per_request"),
-    }
+    def rps(target: str) -> float:
+        return median(target, "requests") / median(target, "seconds")
+
+    rows: list[dict[str, float | str]] = []
+    for target in dict.fromkeys(r.target for r in rounds):
+        rows.append(
+            {
+                "target": target,
+                "concurrency": concurrency,
+                "p50_us": median(target, "p50_us"),
+                "p99_us": median(target, "p99_us"),
+                "added_p50_us": median(target, "p50_us") - median("direct", "p50_us"),
+                "added_p99_us": median(target, "p99_us") - median("direct", "p99_us"),
+                "rps": rps(target),
+                "throughput_ratio": rps(target) / rps("direct"),
+                "cpu_us_per_request": median(target, "cpu_us_per_request"),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -177,6 +237,13 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per round")
     parser.add_argument("--reps", type=int, default=3, help="rounds per target and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["python", "edge", "nginx"],
+        choices=["python", "edge", "nginx"],
+        help="proxies to compare with direct Triton",
+    )
     parser.add_argument("--triton-home", type=Path, default=ROOT / ".triton")
     parser.add_argument("--output", type=Path, default=ROOT / "load_tests" / "results")
     args = parser.parse_args()
@@ -186,16 +253,22 @@ def main() -> None:
         workdir = Path(tmp)
         specs = [ServerSpec("triton-0", models=("simple",))]
         with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
-            backend = fleet.servers["triton-0"]
-            gateway, gateway_address = start_gateway(backend.address, workdir)
+            backend = fleet.servers["triton-0"].address
+            proxies: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
             try:
+                for target in args.targets:
+                    if target == "nginx":
+                        proxies[target] = start_nginx(backend, workdir)
+                    else:
+                        mode = "on" if target == "edge" else "off"
+                        proxies[target] = start_gateway(backend, workdir, mode)
+                targets = [("direct", backend, None)] + [
+                    (name, address, process.pid) for name, (process, address) in proxies.items()
+                ]
                 rounds: list[Round] = []
                 for concurrency in args.concurrency:
                     for _ in range(args.reps):
-                        for target, address, pid in (
-                            ("direct", backend.address, None),
-                            ("gateway", gateway_address, gateway.pid),
-                        ):
+                        for target, address, pid in targets:
                             result = measure(target, address, pid, concurrency, args)
                             rounds.append(result)
                             print(
@@ -206,23 +279,23 @@ def main() -> None:
                                 file=sys.stderr,
                             )
             finally:
-                gateway.terminate()
-                gateway.wait(15)
+                for process, _ in proxies.values():
+                    process.terminate()
+                    process.wait(15)
 
-    summary = [summarize(rounds, c) for c in args.concurrency]
-    print(f"\nmachine: {platform.node()} {os.cpu_count()} cores, {platform.python_version()}")
+    summary = [row for c in args.concurrency for row in summarize(rounds, c)]
     print(
-        f"{'conc':>4} {'direct p50':>10} {'gw p50':>8} {'+p50 us':>8} {'direct p99':>10} "
-        f"{'gw p99':>8} {'+p99 us':>8} {'direct rps':>10} {'gw rps':>8} {'ratio':>6} "
-        f"{'gw cpu us/req':>13}"
+        f"\nmachine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"{'target':>8} {'conc':>4} {'p50 us':>8} {'+p50 us':>8} {'p99 us':>8} {'+p99 us':>8} "
+        f"{'rps':>7} {'ratio':>6} {'cpu us/req':>10}"
     )
     for row in summary:
         print(
-            f"{row['concurrency']:>4} {row['direct_p50_us']:>10.0f} {row['gateway_p50_us']:>8.0f} "
-            f"{row['added_p50_us']:>8.0f} {row['direct_p99_us']:>10.0f} "
-            f"{row['gateway_p99_us']:>8.0f} {row['added_p99_us']:>8.0f} "
-            f"{row['direct_rps']:>10.0f} {row['gateway_rps']:>8.0f} "
-            f"{row['throughput_ratio']:>6.2f} {row['gateway_cpu_us_per_request']:>13.0f}"
+            f"{row['target']:>8} {row['concurrency']:>4} {row['p50_us']:>8.0f} "
+            f"{row['added_p50_us']:>8.0f} {row['p99_us']:>8.0f} {row['added_p99_us']:>8.0f} "
+            f"{row['rps']:>7.0f} {row['throughput_ratio']:>6.2f} {row['cpu_us_per_request']:>10.0f}"
         )
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"

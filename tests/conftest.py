@@ -39,11 +39,13 @@ def fleet(
         yield running
 
 
-@pytest.fixture(scope="session")
-def gateway(fleet: LocalFleet) -> Iterator[BackgroundGateway]:
+@pytest.fixture(scope="session", params=["python", "edge"])
+def gateway(fleet: LocalFleet, request: pytest.FixtureRequest) -> Iterator[BackgroundGateway]:
+    """The gateway alone, and fronted by tgw-edge: every protocol test runs against both."""
     configure_logging(LoggingSettings(level="info", format="json"))
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+        edge={"mode": "off" if request.param == "python" else "on"},
         backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
         health={"poll_interval_s": 0.1, "poll_timeout_s": 1.0},
     )

@@ -26,7 +26,7 @@ FORWARDED_UNARY_METHODS = (
 
 @dataclass(frozen=True, slots=True)
 class BackendHealth:
-    """What one poll learned: server readiness and the READY model versions."""
+    """What one poll learned: whether the server answers, and its READY model versions."""
 
     ready: bool
     models: frozenset[ModelKey]
@@ -69,10 +69,15 @@ class TritonBackend:
         return f"TritonBackend({self.name!r}, {self.address!r})"
 
     async def poll_health(self, timeout_s: float) -> BackendHealth:
-        """Ask the server whether it is ready and which model versions are READY."""
+        """Ask the server whether it is live and which model versions are READY.
+
+        ServerLive, not ServerReady: with strict readiness Triton reports not-ready while any
+        model is loading or unloading, though its other models keep serving. Routing follows
+        the per-version READY states instead, so one model's rollout never idles a backend.
+        """
         try:
-            ready = await self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout_s)
-            if not ready.ready:
+            live = await self.stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout_s)
+            if not live.live:
                 return BackendHealth.down()
             index = await self.stub.RepositoryIndex(
                 service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -18,7 +20,10 @@ from tests.conftest import ROOT
 from tests.support.models import simple_arrays, simple_inputs
 
 
-def test_serve_from_a_config_file_then_stop_on_sigterm(fleet: LocalFleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("edge_mode", ["off", "on"])
+def test_serve_from_a_config_file_then_stop_on_sigterm(
+    fleet: LocalFleet, tmp_path: Path, edge_mode: str
+) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"
     backends = "".join(
@@ -26,6 +31,7 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(fleet: LocalFleet, tmp_pa
     )
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}}}\nbackends:\n{backends}"
+        f"edge: {{mode: '{edge_mode}'}}\n"
         "logging: {level: debug, format: json}\n"
     )
     process = subprocess.Popen(
@@ -48,10 +54,16 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(fleet: LocalFleet, tmp_pa
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
-    # JSON logs: one debug line for the request, then the drain.
-    assert '"event": "request"' in stderr
-    assert '"model": "simple"' in stderr
-    assert '"event": "gateway_stopped"' in stderr
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "gateway_stopped"
+    if edge_mode == "off":
+        # One debug line per request from the Python data plane.
+        assert any(e["event"] == "request" and e["model"] == "simple" for e in events)
+    else:
+        # tgw-edge served the request and ended with its gateway.
+        (started,) = [e for e in events if e["event"] == "edge_started"]
+        assert started["port"] == port
+        assert not Path(f"/proc/{started['pid']}").exists()
 
 
 def _ready(client: grpcclient.InferenceServerClient) -> bool:

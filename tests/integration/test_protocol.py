@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import grpc
 import pytest
 import tritonclient.grpc as grpcclient
@@ -10,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.devfleet import LocalFleet
+from tests.support.background import BackgroundGateway
 from tests.support.models import classifier_features, classifier_input, simple_arrays, simple_inputs
 
 
@@ -21,6 +25,13 @@ def client(gateway_url: str) -> grpcclient.InferenceServerClient:
 @pytest.fixture(scope="module")
 def channel(gateway_url: str) -> grpc.Channel:
     return grpc.insecure_channel(gateway_url)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def _direct(fleet: LocalFleet, name: str = "triton-a") -> grpcclient.InferenceServerClient:
@@ -110,20 +121,37 @@ def test_statistics_of_unknown_model_is_tritons_error(
 
 
 def test_unload_and_load_across_the_fleet_moves_routes(
-    client: grpcclient.InferenceServerClient, fleet: LocalFleet
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet, gateway: BackgroundGateway
 ) -> None:
     x = classifier_features()
+    triton_b = _direct(fleet, "triton-b")
     client.unload_model("classifier")
     try:
+        # The gateway returns once the model is gone everywhere, so nothing can route to it.
         assert not client.is_model_ready("classifier")
         assert not _direct(fleet).is_model_ready("classifier")
         with pytest.raises(InferenceServerException) as info:
             client.infer("classifier", classifier_input(x))
         assert info.value.status() == "StatusCode.NOT_FOUND"
-    finally:
+        # Unload then load at once: the load must not race the unload.
         client.load_model("classifier")
-    assert client.is_model_ready("classifier", "2")
-    assert client.infer("classifier", classifier_input(x)).get_response().model_version == "2"
+        for version in ("1", "2"):
+            assert client.is_model_ready("classifier", version)
+            # Fleet-wide: triton-b, which started without the model, has it now.
+            assert triton_b.is_model_ready("classifier", version)
+            response = client.infer("classifier", classifier_input(x), model_version=version)
+            assert response.get_response().model_version == version
+    finally:
+        # Put the fleet back as the session fixture made it: classifier on triton-a only.
+        client.load_model("classifier")
+        triton_b.unload_model("classifier")
+        _wait_for(
+            lambda: (
+                not triton_b.is_model_ready("classifier")
+                and {b.name for b in gateway.gateway.pool.table.candidates[("classifier", "")]}
+                == {"triton-a"}
+            )
+        )
 
 
 def test_shared_memory_is_unimplemented_with_a_reason(

@@ -1,0 +1,178 @@
+//! tgw-edge: the data-path fast lane of triton-gateway.
+//!
+//! The Python gateway stays the brain: it polls the fleet, decides routes and serves everything
+//! this process does not. It starts tgw-edge as a child and writes route snapshots (one JSON line
+//! each) to its stdin. For the model-scoped unary calls (ModelInfer, ModelReady, ModelMetadata,
+//! ModelConfig) tgw-edge reads the model name and version from the request bytes, picks a backend
+//! of the current snapshot round-robin and forwards the bytes over HTTP/2; everything else, and
+//! every request no route covers, goes to the Python gateway unchanged, so answers (errors,
+//! fallback, fan-out calls, health, reflection) stay the Python gateway's. Closing stdin drains
+//! in-flight calls and exits, so the edge never outlives its gateway.
+
+mod routes;
+mod wire;
+
+use hyper::client::HttpConnector;
+use hyper::header::HeaderValue;
+use hyper::service::{make_service_fn, service_fn};
+use hyper::{Body, Client, Request, Response, Server, Uri};
+use routes::{RouteTable, SharedRoutes};
+use std::convert::Infallible;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
+const ROUTED_METHODS: [&str; 4] = ["ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig"];
+
+struct Edge {
+    client: Client<HttpConnector>,
+    routes: SharedRoutes,
+}
+
+impl Edge {
+    async fn handle(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let table = self.routes.current();
+        let routed = request
+            .uri()
+            .path()
+            .strip_prefix(SERVICE_PREFIX)
+            .map_or(false, |method| ROUTED_METHODS.contains(&method));
+        if !routed {
+            let target = table.gateway.clone();
+            return Ok(self.forward(request, &target).await);
+        }
+        let (parts, body) = request.into_parts();
+        let bytes = match hyper::body::to_bytes(body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return Ok(grpc_error(1, &format!("request body: {error}"))),
+        };
+        let target = wire::model_key(&bytes)
+            .and_then(|(name, version)| table.choose(name, version))
+            .unwrap_or(&table.gateway)
+            .clone();
+        Ok(self.forward(Request::from_parts(parts, Body::from(bytes)), &target).await)
+    }
+
+    async fn forward(&self, request: Request<Body>, authority: &str) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
+            Ok(uri) => uri,
+            Err(error) => return grpc_error(13, &format!("bad upstream address {authority}: {error}")),
+        };
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            // A transport failure is a backend fault: UNAVAILABLE, like Triton's own clients see.
+            Err(error) => grpc_error(14, &format!("upstream {authority}: {error}")),
+        }
+    }
+}
+
+/// A trailers-only gRPC error response.
+fn grpc_error(code: u32, message: &str) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    let printable: String = message.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect();
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+struct Options {
+    listen: SocketAddr,
+    threads: usize,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut listen = None;
+    let mut threads = 1usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next(),
+            "--threads" => {
+                threads = args.next().and_then(|v| v.parse().ok()).ok_or("--threads takes a number")?
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let listen = listen.ok_or("--listen HOST:PORT is required")?;
+    let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
+    Ok(Options { listen, threads: threads.max(1) })
+}
+
+fn main() {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("tgw-edge: {message}");
+            std::process::exit(2);
+        }
+    };
+    // The first snapshot must arrive before serving: it names the gateway to fall back on.
+    let mut stdin = std::io::BufReader::new(std::io::stdin());
+    let mut first = String::new();
+    if !matches!(stdin.read_line(&mut first), Ok(n) if n > 0) {
+        std::process::exit(0);
+    }
+    let routes = match RouteTable::parse(&first) {
+        Ok(table) => SharedRoutes::new(table),
+        Err(message) => {
+            eprintln!("tgw-edge: bad route snapshot: {message}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = if options.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(options.threads).enable_all().build()
+    }
+    .expect("tokio runtime");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let updates = routes.clone();
+    std::thread::spawn(move || {
+        for line in stdin.lines() {
+            let line = match line {
+                Ok(line) => line,
+                Err(_) => break,
+            };
+            match RouteTable::parse(&line) {
+                Ok(table) => updates.replace(table),
+                Err(message) => eprintln!("tgw-edge: ignoring bad route snapshot: {message}"),
+            }
+        }
+        let _ = stop_tx.send(());
+    });
+
+    runtime.block_on(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder().http2_only(true).build(connector);
+        let edge = Arc::new(Edge { client, routes });
+        let make = make_service_fn(move |_| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(service_fn(move |request| edge.clone().handle(request))) }
+        });
+        let server = match Server::try_bind(&options.listen) {
+            Ok(builder) => builder.tcp_nodelay(true).http2_only(true).serve(make),
+            Err(error) => {
+                eprintln!("tgw-edge: cannot listen on {}: {error}", options.listen);
+                std::process::exit(3);
+            }
+        };
+        // Tell the parent the port is bound (it may have asked for port 0).
+        println!("listening {}", server.local_addr());
+        let graceful = server.with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+        if let Err(error) = graceful.await {
+            eprintln!("tgw-edge: server error: {error}");
+            std::process::exit(1);
+        }
+    });
+}

@@ -1,0 +1,103 @@
+"""Runs ``tgw-edge``, the compiled HTTP/2 fast path, and keeps its routes current.
+
+The Python gateway stays the authority: tgw-edge forwards the model-scoped unary calls it has a
+route for straight to Triton and hands every other call to this process unchanged. Routes go to
+its stdin as one JSON line per snapshot; closing stdin drains and stops it, so it never outlives
+the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.backends.triton import TritonBackend
+from gateway.routing.table import RouteTable
+
+log = structlog.get_logger(__name__)
+
+BINARY_NAME = "tgw-edge"
+
+
+class EdgeError(RuntimeError):
+    """tgw-edge could not be found or started."""
+
+
+def find_edge_binary(configured: Path | None) -> Path | None:
+    """The configured path, else the one installed beside this interpreter, else on PATH."""
+    if configured is not None:
+        return configured if configured.is_file() else None
+    beside = Path(sys.executable).parent / BINARY_NAME
+    if beside.is_file():
+        return beside
+    found = shutil.which(BINARY_NAME)
+    return Path(found) if found else None
+
+
+def route_snapshot(gateway_address: str, table: RouteTable[TritonBackend]) -> bytes:
+    routes = [
+        [name, version, [backend.address for backend in backends]]
+        for (name, version), backends in table.candidates.items()
+    ]
+    return json.dumps({"gateway": gateway_address, "routes": routes}).encode() + b"\n"
+
+
+class EdgeProcess:
+    """The tgw-edge child process: started, fed route snapshots, stopped."""
+
+    def __init__(self, binary: Path, listen: str, threads: int) -> None:
+        self._binary = binary
+        self._listen = listen
+        self._threads = threads
+        self._gateway_address = ""
+        self._process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self, gateway_address: str, table: RouteTable[TritonBackend]) -> int:
+        """Start serving on the listen address; returns the bound port."""
+        self._gateway_address = gateway_address
+        self._process = await asyncio.create_subprocess_exec(
+            str(self._binary),
+            "--listen",
+            self._listen,
+            "--threads",
+            str(self._threads),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(route_snapshot(gateway_address, table))
+        await self._process.stdin.drain()
+        line = await self._process.stdout.readline()
+        if not line.startswith(b"listening "):
+            code = await self._process.wait()
+            raise EdgeError(f"{BINARY_NAME} did not start on {self._listen} (exit code {code})")
+        self.port = int(line.split()[1].rsplit(b":", 1)[1])
+        log.info("edge_started", listen=self._listen, port=self.port, pid=self._process.pid)
+        return self.port
+
+    def publish(self, table: RouteTable[TritonBackend]) -> None:
+        """Send a new route snapshot; tgw-edge swaps it in whole."""
+        process = self._process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        process.stdin.write(route_snapshot(self._gateway_address, table))
+
+    async def stop(self, grace_s: float) -> None:
+        """Close stdin (tgw-edge drains in-flight calls and exits); kill after the grace."""
+        process = self._process
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), grace_s + 1.0)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.info("edge_stopped", code=process.returncode)
