@@ -26,7 +26,7 @@ demo: install
 test: install
 	$(BIN)/ruff check gateway tests load_tests scripts
 	$(BIN)/mypy
-	cd edge && cargo test --release --offline --quiet
+	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo test --release --offline --quiet
 	$(BIN)/pytest
 
 models: $(VENV)/.installed

@@ -4,6 +4,8 @@
 # build needs no crates.io access: edge/.cargo/config.toml points cargo at them.
 # Usage: scripts/build_edge.sh VENV_BIN_DIR
 set -euo pipefail
+# Prefer a rustup toolchain when there is one; Debian's cargo is the fallback.
+export PATH="$HOME/.cargo/bin:$PATH"
 bin_dir=$(cd "${1:?bin folder of the project environment}" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
 crates=(librust-hyper-dev librust-tokio-dev librust-h2-dev librust-http-body-dev
