@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
@@ -18,6 +20,7 @@ from gateway.balancing.round_robin import RoundRobinBalancer
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
+from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.routing.table import RouteTable
 from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
@@ -30,7 +33,12 @@ log = structlog.get_logger(__name__)
 class Gateway:
     """One gateway process: gRPC server, backend pool and data plane, wired together."""
 
-    def __init__(self, settings: GatewaySettings, discovery: Discovery | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        discovery: Discovery | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
         self._discovery = discovery or StaticDiscovery(
@@ -43,12 +51,16 @@ class Gateway:
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
         )
-        self.dataplane = DataPlane(self.pool, RoundRobinBalancer())
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
+        self.dataplane = DataPlane(self.pool, RoundRobinBalancer(), self.metrics)
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
-        self._edge = self._edge_process(settings)
+        self._edge = self._edge_process(settings, self.metrics)
+        self._metrics_server: WSGIServer | None = None
+        self.metrics_port = 0
         self.port = 0
         """The public port: tgw-edge's when it fronts the gateway, else the gRPC server's."""
         self.grpc_port = 0
@@ -66,6 +78,12 @@ class Gateway:
             raise OSError(f"cannot listen on {address}")
         self.port = self.grpc_port
         self.pool.on_change(self._report_readiness)
+        if self.settings.metrics.enabled:
+            server, _ = start_http_server(
+                self.settings.metrics.port, self.settings.metrics.host, registry=self.registry
+            )
+            self._metrics_server = server
+            self.metrics_port = server.server_port
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)
         await self._set_serving(self.dataplane.is_ready())
@@ -97,6 +115,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
         await self.pool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("gateway_stopped")
 
     async def run_until_signal(self) -> None:
@@ -111,7 +132,7 @@ class Gateway:
         await self.stop()
 
     @staticmethod
-    def _edge_process(settings: GatewaySettings) -> EdgeProcess | None:
+    def _edge_process(settings: GatewaySettings, metrics: RequestMetrics) -> EdgeProcess | None:
         edge = settings.edge
         if edge.mode == "off":
             return None
@@ -125,7 +146,7 @@ class Gateway:
             log.info("edge_not_installed", fallback="python data plane only")
             return None
         listen = f"{settings.server.host}:{settings.server.port}"
-        return EdgeProcess(binary, listen, edge.threads)
+        return EdgeProcess(binary, listen, edge.threads, metrics)
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
@@ -149,6 +170,12 @@ class Gateway:
             server,
         )
         return server
+
+    def _backend_gauges(self) -> list[BackendGauge]:
+        return [
+            BackendGauge(name=b.name, up=b.health.ready, ready_versions=len(b.health.models))
+            for b in self.pool.backends
+        ]
 
     def _report_readiness(self, table: RouteTable[TritonBackend]) -> None:
         task = asyncio.create_task(self._set_serving(self.dataplane.is_ready()))

@@ -27,6 +27,7 @@ from gateway.errors import (
     NoBackendAvailableError,
     UpstreamError,
 )
+from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
 from gateway.routing.wire import read_model_key
 
 log = structlog.get_logger(__name__)
@@ -73,11 +74,13 @@ class DataPlane:
         self,
         pool: BackendPool,
         balancer: Balancer,
+        metrics: RequestMetrics,
         *,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
         self._balancer = balancer
+        self._metrics = metrics
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -94,10 +97,13 @@ class DataPlane:
     # -- model-scoped, forwarded as bytes ---------------------------------------------------
 
     async def model_infer(self, request: bytes, context: CallContext) -> bytes:
+        started = self._clock()
         name, version = read_model_key(request)
         try:
             candidates = self._pool.table.lookup(name, version)
-        except ModelNotFoundError:
+        except ModelNotFoundError as exc:
+            code = exc.code if self._pool.ready_backends else NoBackendAvailableError.code
+            self._record("ModelInfer", name, version, "", code.name, started)
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise
         backend = self._balancer.choose((name, version), candidates)
@@ -221,10 +227,15 @@ class DataPlane:
         version: str,
     ) -> bytes:
         started = self._clock()
+        self._metrics.add_in_flight("python", 1)
         try:
             response: bytes = await backend.unary[method](request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
+            self._record(method, name, version, backend.name, exc.code().name, started)
             raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+        finally:
+            self._metrics.add_in_flight("python", -1)
+        self._record(method, name, version, backend.name, "OK", started)
         log.debug(
             "request",
             method=method,
@@ -235,6 +246,15 @@ class DataPlane:
             latency_ms=round((self._clock() - started) * 1000, 3),
         )
         return response
+
+    def _record(
+        self, method: str, name: str, version: str, backend: str, code: str, started: float
+    ) -> None:
+        # Only models the fleet serves become label values; client input cannot add series.
+        if name not in self._pool.table.latest_version:
+            name, version = UNKNOWN_MODEL, ""
+        key = ("python", method, name, version, backend, code)
+        self._metrics.observe(key, self._clock() - started)
 
     def _choose_or_any(self, name: str, version: str) -> TritonBackend:
         try:

@@ -55,6 +55,15 @@ class EdgeSettings(_Frozen):
     """Worker threads of tgw-edge (one is enough for two cores)."""
 
 
+class MetricsSettings(_Frozen):
+    enabled: bool = True
+    """Serve Prometheus metrics over HTTP at /metrics."""
+    host: str = "0.0.0.0"
+    """Address of the metrics endpoint."""
+    port: int = Field(default=8002, ge=0, le=65535)
+    """Port of the metrics endpoint (8002, like Triton's); 0 picks a free one."""
+
+
 class LoggingSettings(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level written; per-request lines are written at debug."""
@@ -74,6 +83,7 @@ class GatewaySettings(BaseSettings):
     """Static list of Triton backends."""
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("backends")

@@ -10,6 +10,7 @@
 //! in-flight calls and exits, so the edge never outlives its gateway.
 
 mod routes;
+mod stats;
 mod wire;
 
 use hyper::client::HttpConnector;
@@ -17,6 +18,7 @@ use hyper::header::HeaderValue;
 use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Client, Request, Response, Server, Uri};
 use routes::{RouteTable, SharedRoutes};
+use stats::{ObservedBody, Stats};
 use std::convert::Infallible;
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -28,30 +30,44 @@ const ROUTED_METHODS: [&str; 4] = ["ModelInfer", "ModelReady", "ModelMetadata", 
 struct Edge {
     client: Client<HttpConnector>,
     routes: SharedRoutes,
+    stats: Arc<Stats>,
 }
 
 impl Edge {
-    async fn handle(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Infallible> {
+    async fn handle(self: Arc<Self>, request: Request<Body>) -> Result<Response<ObservedBody>, Infallible> {
         let table = self.routes.current();
-        let routed = request
+        let method = request
             .uri()
             .path()
             .strip_prefix(SERVICE_PREFIX)
-            .map_or(false, |method| ROUTED_METHODS.contains(&method));
-        if !routed {
-            let target = table.gateway.clone();
-            return Ok(self.forward(request, &target).await);
-        }
+            .filter(|method| ROUTED_METHODS.contains(method))
+            .map(str::to_string);
+        let method = match method {
+            Some(method) => method,
+            None => {
+                let response = self.forward(request, &table.gateway).await;
+                return Ok(response.map(ObservedBody::plain));
+            }
+        };
         let (parts, body) = request.into_parts();
         let bytes = match hyper::body::to_bytes(body).await {
             Ok(bytes) => bytes,
-            Err(error) => return Ok(grpc_error(1, &format!("request body: {error}"))),
+            Err(error) => return Ok(grpc_error(1, &format!("request body: {error}")).map(ObservedBody::plain)),
         };
-        let target = wire::model_key(&bytes)
-            .and_then(|(name, version)| table.choose(name, version))
-            .unwrap_or(&table.gateway)
-            .clone();
-        Ok(self.forward(Request::from_parts(parts, Body::from(bytes)), &target).await)
+        let routed = wire::model_key(&bytes)
+            .and_then(|(name, version)| table.choose(name, version).map(|b| (name, version, b)));
+        let request = Request::from_parts(parts, Body::from(bytes.clone()));
+        match routed {
+            Some((name, version, (backend, address))) => {
+                // Routed calls are counted here; the gateway counts what it serves itself.
+                let pending = self.stats.start(&method, name, version, backend);
+                let response = self.forward(request, address).await;
+                let (parts, body) = response.into_parts();
+                let body = ObservedBody::observe(body, &parts.headers, pending);
+                Ok(Response::from_parts(parts, body))
+            }
+            None => Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain)),
+        }
     }
 
     async fn forward(&self, request: Request<Body>, authority: &str) -> Response<Body> {
@@ -66,6 +82,16 @@ impl Edge {
             // A transport failure is a backend fault: UNAVAILABLE, like Triton's own clients see.
             Err(error) => grpc_error(14, &format!("upstream {authority}: {error}")),
         }
+    }
+}
+
+/// One report line on stdout, read by the gateway.
+fn report(stats: &Stats) {
+    use std::io::Write;
+    if let Some(line) = stats.take_report() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
     }
 }
 
@@ -85,11 +111,13 @@ fn grpc_error(code: u32, message: &str) -> Response<Body> {
 struct Options {
     listen: SocketAddr,
     threads: usize,
+    buckets: Vec<f64>,
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut listen = None;
     let mut threads = 1usize;
+    let mut buckets = vec![0.001, 0.01, 0.1, 1.0];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -97,12 +125,19 @@ fn parse_options() -> Result<Options, String> {
             "--threads" => {
                 threads = args.next().and_then(|v| v.parse().ok()).ok_or("--threads takes a number")?
             }
+            "--buckets" => {
+                let text = args.next().ok_or("--buckets takes comma-separated seconds")?;
+                buckets = text
+                    .split(',')
+                    .map(|b| b.trim().parse::<f64>().map_err(|e| format!("--buckets {b}: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let listen = listen.ok_or("--listen HOST:PORT is required")?;
     let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
-    Ok(Options { listen, threads: threads.max(1) })
+    Ok(Options { listen, threads: threads.max(1), buckets })
 }
 
 fn main() {
@@ -153,7 +188,16 @@ fn main() {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder().http2_only(true).build(connector);
-        let edge = Arc::new(Edge { client, routes });
+        let stats = Stats::new(options.buckets.clone());
+        let edge = Arc::new(Edge { client, routes, stats: stats.clone() });
+        let reporter = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                report(&reporter);
+            }
+        });
         let make = make_service_fn(move |_| {
             let edge = edge.clone();
             async move { Ok::<_, Infallible>(service_fn(move |request| edge.clone().handle(request))) }
@@ -167,6 +211,10 @@ fn main() {
         };
         // Tell the parent the port is bound (it may have asked for port 0).
         println!("listening {}", server.local_addr());
+        {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
         let graceful = server.with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
@@ -174,5 +222,6 @@ fn main() {
             eprintln!("tgw-edge: server error: {error}");
             std::process::exit(1);
         }
+        report(&stats);
     });
 }

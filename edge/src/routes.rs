@@ -11,13 +11,16 @@ pub struct RouteTable {
     routes: HashMap<(String, String), Route>,
 }
 
+/// A backend as routes name it: (name for metrics, address to dial).
+pub type Backend = (String, String);
+
 struct Route {
-    backends: Vec<String>,
+    backends: Vec<Backend>,
     next: AtomicUsize,
 }
 
 impl RouteTable {
-    /// `{"gateway": "127.0.0.1:PORT", "routes": [["simple", "1", ["127.0.0.1:8101", ...]], ...]}`
+    /// `{"gateway": "127.0.0.1:PORT", "routes": [["simple", "1", [["t0", "127.0.0.1:8101"]]]]}`
     pub fn parse(line: &str) -> Result<RouteTable, String> {
         let value: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let gateway = value["gateway"].as_str().ok_or("missing gateway")?.to_string();
@@ -25,11 +28,11 @@ impl RouteTable {
         for entry in value["routes"].as_array().ok_or("missing routes")? {
             let name = entry[0].as_str().ok_or("route name")?;
             let version = entry[1].as_str().ok_or("route version")?;
-            let backends: Vec<String> = entry[2]
+            let backends: Vec<Backend> = entry[2]
                 .as_array()
                 .ok_or("route backends")?
                 .iter()
-                .filter_map(|b| b.as_str().map(str::to_string))
+                .filter_map(|b| Some((b[0].as_str()?.to_string(), b[1].as_str()?.to_string())))
                 .collect();
             if !backends.is_empty() {
                 let route = Route { backends, next: AtomicUsize::new(0) };
@@ -40,7 +43,7 @@ impl RouteTable {
     }
 
     /// Round-robin over the backends of the key, or None when no backend serves it.
-    pub fn choose(&self, name: &str, version: &str) -> Option<&String> {
+    pub fn choose(&self, name: &str, version: &str) -> Option<&Backend> {
         // The tuple key needs owned strings; a lookup allocates two short strings at most.
         let route = self.routes.get(&(name.to_string(), version.to_string()))?;
         let index = route.next.fetch_add(1, Ordering::Relaxed);
@@ -72,13 +75,14 @@ mod tests {
     #[test]
     fn parses_and_round_robins() {
         let table = RouteTable::parse(
-            r#"{"gateway": "127.0.0.1:1", "routes": [["m", "", ["a:1", "b:2"]], ["n", "1", []]]}"#,
+            r#"{"gateway": "127.0.0.1:1",
+                "routes": [["m", "", [["a", "a:1"], ["b", "b:2"]]], ["n", "1", []]]}"#,
         )
         .unwrap();
         assert_eq!(table.gateway, "127.0.0.1:1");
-        assert_eq!(table.choose("m", "").unwrap(), "a:1");
-        assert_eq!(table.choose("m", "").unwrap(), "b:2");
-        assert_eq!(table.choose("m", "").unwrap(), "a:1");
+        assert_eq!(table.choose("m", "").unwrap().1, "a:1");
+        assert_eq!(table.choose("m", "").unwrap().0, "b");
+        assert_eq!(table.choose("m", "").unwrap().1, "a:1");
         assert!(table.choose("n", "1").is_none());
         assert!(table.choose("x", "").is_none());
     }

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from gateway.backends.triton import TritonBackend
+from gateway.observability.metrics import LATENCY_BUCKETS, RequestMetrics
 from gateway.routing.table import RouteTable
 
 log = structlog.get_logger(__name__)
@@ -41,7 +42,7 @@ def find_edge_binary(configured: Path | None) -> Path | None:
 
 def route_snapshot(gateway_address: str, table: RouteTable[TritonBackend]) -> bytes:
     routes = [
-        [name, version, [backend.address for backend in backends]]
+        [name, version, [[backend.name, backend.address] for backend in backends]]
         for (name, version), backends in table.candidates.items()
     ]
     return json.dumps({"gateway": gateway_address, "routes": routes}).encode() + b"\n"
@@ -50,10 +51,12 @@ def route_snapshot(gateway_address: str, table: RouteTable[TritonBackend]) -> by
 class EdgeProcess:
     """The tgw-edge child process: started, fed route snapshots, stopped."""
 
-    def __init__(self, binary: Path, listen: str, threads: int) -> None:
+    def __init__(self, binary: Path, listen: str, threads: int, metrics: RequestMetrics) -> None:
         self._binary = binary
         self._listen = listen
         self._threads = threads
+        self._metrics = metrics
+        self._reports: asyncio.Task[None] | None = None
         self._gateway_address = ""
         self._process: asyncio.subprocess.Process | None = None
         self.port = 0
@@ -67,6 +70,8 @@ class EdgeProcess:
             self._listen,
             "--threads",
             str(self._threads),
+            "--buckets",
+            ",".join(repr(bound) for bound in LATENCY_BUCKETS),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -78,6 +83,7 @@ class EdgeProcess:
             code = await self._process.wait()
             raise EdgeError(f"{BINARY_NAME} did not start on {self._listen} (exit code {code})")
         self.port = int(line.split()[1].rsplit(b":", 1)[1])
+        self._reports = asyncio.create_task(self._read_reports(), name="edge-reports")
         log.info("edge_started", listen=self._listen, port=self.port, pid=self._process.pid)
         return self.port
 
@@ -100,4 +106,22 @@ class EdgeProcess:
         except TimeoutError:
             process.kill()
             await process.wait()
+        if self._reports is not None:
+            # The last report is written as tgw-edge exits; read it before finishing.
+            await self._reports
         log.info("edge_stopped", code=process.returncode)
+
+    async def _read_reports(self) -> None:
+        """Fold tgw-edge's periodic request reports into the gateway's metrics."""
+        assert self._process is not None and self._process.stdout is not None
+        async for line in self._process.stdout:
+            try:
+                report = json.loads(line)
+                for method, model, version, backend, code, count, seconds, buckets in report[
+                    "requests"
+                ]:
+                    key = ("edge", method, model, version, backend, code)
+                    self._metrics.add_batch(key, count, seconds, buckets)
+                self._metrics.set_in_flight("edge", int(report["in_flight"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("edge_report_unreadable", error=str(exc))

@@ -32,6 +32,7 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}}}\nbackends:\n{backends}"
         f"edge: {{mode: '{edge_mode}'}}\n"
+        "metrics: {host: 127.0.0.1, port: 0}\n"
         "logging: {level: debug, format: json}\n"
     )
     process = subprocess.Popen(

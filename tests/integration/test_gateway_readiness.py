@@ -18,6 +18,7 @@ from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.settings import load_settings
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
+from tests.support.metrics import value
 from tests.support.models import simple_arrays, simple_inputs
 
 
@@ -40,14 +41,18 @@ def test_no_backend_then_a_backend_comes_up(
     port = _free_port()
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0},
+        metrics={"host": "127.0.0.1", "port": 0},
         backends=[{"name": "late", "address": f"127.0.0.1:{port}"}],
         health={"poll_interval_s": 0.1, "poll_timeout_s": 0.5, "startup_wait_s": 1},
     )
     with BackgroundGateway(Gateway(settings)) as gateway:
         client = grpcclient.InferenceServerClient(gateway.url)
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(gateway.url))
+        metrics_port = gateway.gateway.metrics_port
+        up = {"backend": "late"}
         assert client.is_server_live()
         assert not client.is_server_ready()
+        assert value(metrics_port, "triton_gateway_backend_up", up) == 0
         assert (
             health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
             == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -62,6 +67,7 @@ def test_no_backend_then_a_backend_comes_up(
         fleet_dir = tmp_path_factory.mktemp("late-fleet")
         with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, [spec]):
             _wait_for(client.is_server_ready)
+            assert value(metrics_port, "triton_gateway_backend_up", up) == 1
             result = client.infer("simple", simple_inputs(a, b))
             assert (result.as_numpy("OUTPUT0") == a + b).all()
             _wait_for(
@@ -71,6 +77,8 @@ def test_no_backend_then_a_backend_comes_up(
                 )
             )
         _wait_for(lambda: not client.is_server_ready())
+        # The backend going down shows in the metrics too.
+        assert value(metrics_port, "triton_gateway_backend_up", up) == 0
 
 
 def test_client_deadline_bounds_a_call_to_a_hung_backend(
@@ -82,6 +90,7 @@ def test_client_deadline_bounds_a_call_to_a_hung_backend(
         server = fleet.servers["hung"]
         settings = load_settings(
             server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
             backends=[{"name": "hung", "address": server.address}],
             # Slow polls, so the hang is met by the request, not first noticed by a poll.
             health={"poll_interval_s": 30, "poll_timeout_s": 0.5},

@@ -1,0 +1,207 @@
+//! Request outcomes of routed calls, aggregated and reported to the gateway once a second.
+//!
+//! Each response body is wrapped so the gRPC status is read where it arrives (the trailers, or
+//! the headers of a trailers-only answer) and the call is counted exactly once, also when the
+//! client goes away first (counted as CANCELLED).
+
+use hyper::body::{Bytes, HttpBody};
+use hyper::header::HeaderMap;
+use hyper::Body;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// (method, model, version, backend, code)
+type Key = (String, String, String, String, &'static str);
+
+struct Totals {
+    count: u64,
+    seconds: f64,
+    buckets: Vec<u64>,
+}
+
+pub struct Stats {
+    bounds: Vec<f64>,
+    totals: Mutex<HashMap<Key, Totals>>,
+    in_flight: AtomicI64,
+}
+
+const CODES: [&str; 17] = [
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// grpc-status header value to the status name Python's grpc.StatusCode uses.
+pub fn code_name(value: Option<&[u8]>) -> &'static str {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| CODES.get(v).copied())
+        .unwrap_or("UNKNOWN")
+}
+
+impl Stats {
+    pub fn new(bounds: Vec<f64>) -> Arc<Stats> {
+        Arc::new(Stats { bounds, totals: Mutex::new(HashMap::new()), in_flight: AtomicI64::new(0) })
+    }
+
+    fn record(&self, key: Key, seconds: f64) {
+        let index = self.bounds.iter().position(|bound| seconds <= *bound).unwrap_or(self.bounds.len());
+        let mut totals = self.totals.lock().expect("stats lock");
+        let entry = totals.entry(key).or_insert_with(|| Totals {
+            count: 0,
+            seconds: 0.0,
+            buckets: vec![0; self.bounds.len() + 1],
+        });
+        entry.count += 1;
+        entry.seconds += seconds;
+        entry.buckets[index] += 1;
+    }
+
+    /// The counts since the last report as one JSON line, or None when nothing happened.
+    pub fn take_report(&self) -> Option<String> {
+        let drained: Vec<(Key, Totals)> = {
+            let mut totals = self.totals.lock().expect("stats lock");
+            totals.drain().collect()
+        };
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        if drained.is_empty() && in_flight == 0 {
+            return None;
+        }
+        let requests: Vec<serde_json::Value> = drained
+            .into_iter()
+            .map(|((method, model, version, backend, code), t)| {
+                serde_json::json!([method, model, version, backend, code, t.count, t.seconds, t.buckets])
+            })
+            .collect();
+        Some(serde_json::json!({"requests": requests, "in_flight": in_flight}).to_string())
+    }
+
+    pub fn start(self: &Arc<Self>, method: &str, model: &str, version: &str, backend: &str) -> Pending {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            stats: self.clone(),
+            method: method.to_string(),
+            model: model.to_string(),
+            version: version.to_string(),
+            backend: backend.to_string(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// A routed call in progress; finishing it (or dropping it) records it once.
+pub struct Pending {
+    stats: Arc<Stats>,
+    method: String,
+    model: String,
+    version: String,
+    backend: String,
+    started: Instant,
+}
+
+impl Pending {
+    pub fn finish(self, code: &'static str) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let key = (self.method, self.model, self.version, self.backend, code);
+        self.stats.record(key, seconds);
+    }
+}
+
+/// A response body that records its call when the gRPC status goes by.
+pub struct ObservedBody {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl ObservedBody {
+    pub fn plain(inner: Body) -> Self {
+        ObservedBody { inner, pending: None }
+    }
+
+    /// Wrap a backend response; a trailers-only answer (status in headers) is recorded now.
+    pub fn observe(inner: Body, headers: &HeaderMap, pending: Pending) -> Self {
+        match headers.get("grpc-status") {
+            Some(status) => {
+                pending.finish(code_name(Some(status.as_bytes())));
+                ObservedBody { inner, pending: None }
+            }
+            None => ObservedBody { inner, pending: Some(pending) },
+        }
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_data(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_data(cx)
+    }
+
+    fn poll_trailers(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<HeaderMap>, hyper::Error>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_trailers(cx);
+        if let Poll::Ready(outcome) = &result {
+            if let Some(pending) = this.pending.take() {
+                let code = match outcome {
+                    Ok(Some(trailers)) => code_name(trailers.get("grpc-status").map(|v| v.as_bytes())),
+                    _ => "UNAVAILABLE",
+                };
+                pending.finish(code);
+            }
+        }
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.finish("CANCELLED");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{code_name, Stats};
+
+    #[test]
+    fn status_codes_map_to_names() {
+        assert_eq!(code_name(Some(b"0")), "OK");
+        assert_eq!(code_name(Some(b"14")), "UNAVAILABLE");
+        assert_eq!(code_name(Some(b"99")), "UNKNOWN");
+        assert_eq!(code_name(None), "UNKNOWN");
+    }
+
+    #[test]
+    fn report_drains_counts_into_buckets() {
+        let stats = Stats::new(vec![0.001, 0.01]);
+        stats.start("ModelInfer", "m", "1", "b:1").finish("OK");
+        let pending = stats.start("ModelInfer", "m", "1", "b:1");
+        let report = stats.take_report().unwrap();
+        assert!(report.contains(r#"["ModelInfer","m","1","b:1","OK",1,"#), "{report}");
+        assert!(report.contains(r#""in_flight":1"#), "{report}");
+        pending.finish("NOT_FOUND");
+        assert!(stats.take_report().unwrap().contains("NOT_FOUND"));
+        assert!(stats.take_report().is_none());
+    }
+}

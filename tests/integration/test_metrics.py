@@ -1,0 +1,79 @@
+"""Every metric moves when its event happens, scraped over HTTP from the running gateway."""
+
+from __future__ import annotations
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.support.background import BackgroundGateway
+from tests.support.metrics import requests_total, scrape, value, wait_until
+from tests.support.models import simple_arrays, simple_inputs
+
+
+def _path(gateway: BackgroundGateway) -> str:
+    """Which data path serves routed calls in this gateway."""
+    return "edge" if gateway.gateway.settings.edge.mode == "on" else "python"
+
+
+def test_successful_requests_are_counted_with_latency(gateway: BackgroundGateway) -> None:
+    port = gateway.gateway.metrics_port
+    # Version "1" spelled out: a series no other test touches, so late edge reports of
+    # earlier tests cannot move it.
+    series = {
+        "path": _path(gateway),
+        "method": "ModelInfer",
+        "model": "simple",
+        "version": "1",
+        "code": "OK",
+    }
+    before = requests_total(port, **series)
+    client = grpcclient.InferenceServerClient(gateway.url)
+    a, b = simple_arrays()
+    for _ in range(6):
+        client.infer("simple", simple_inputs(a, b), model_version="1")
+    assert wait_until(lambda: requests_total(port, **series) >= before + 6)
+    assert requests_total(port, **series) == before + 6
+    # Round-robin: both backends served some, and each series has a matching histogram.
+    for backend in ("triton-a", "triton-b"):
+        labels = {**series, "backend": backend}
+        count = value(port, "triton_gateway_requests_total", labels)
+        assert count > 0
+        assert value(port, "triton_gateway_request_duration_seconds_count", labels) == count
+        inf_bucket = {**labels, "le": "+Inf"}
+        assert value(port, "triton_gateway_request_duration_seconds_bucket", inf_bucket) == count
+
+
+def test_client_errors_are_counted_by_status(gateway: BackgroundGateway) -> None:
+    port = gateway.gateway.metrics_port
+    series = {"path": _path(gateway), "model": "simple", "version": "1", "code": "INVALID_ARGUMENT"}
+    before = requests_total(port, **series)
+    client = grpcclient.InferenceServerClient(gateway.url)
+    a, b = simple_arrays()
+    with pytest.raises(InferenceServerException):
+        client.infer("simple", simple_inputs(a[:, :8], b[:, :8]), model_version="1")
+    assert wait_until(lambda: requests_total(port, **series) >= before + 1)
+    assert requests_total(port, **series) == before + 1
+
+
+def test_unknown_models_share_one_series(gateway: BackgroundGateway) -> None:
+    port = gateway.gateway.metrics_port
+    # Calls without a route are always answered by the Python gateway.
+    series = {"path": "python", "model": "_unknown", "code": "NOT_FOUND"}
+    before = requests_total(port, **series)
+    client = grpcclient.InferenceServerClient(gateway.url)
+    a, b = simple_arrays()
+    for name in ("no_such_model_1", "no_such_model_2"):
+        with pytest.raises(InferenceServerException):
+            client.infer(name, simple_inputs(a, b))
+    assert requests_total(port, **series) == before + 2
+    assert not any("no_such_model" in str(labels) for _, labels in scrape(port))
+
+
+def test_backend_gauges(gateway: BackgroundGateway) -> None:
+    port = gateway.gateway.metrics_port
+    assert value(port, "triton_gateway_backend_up", {"backend": "triton-a"}) == 1
+    assert value(port, "triton_gateway_backend_up", {"backend": "triton-b"}) == 1
+    assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-a"}) == 3
+    assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-b"}) == 1
+    assert value(port, "triton_gateway_in_flight_requests", {"path": "python"}) == 0

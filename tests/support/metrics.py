@@ -1,0 +1,44 @@
+"""Scrapes a gateway's /metrics over HTTP and reads single samples out of it."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(port: int, name: str, labels: Mapping[str, str]) -> float:
+    """The sample's value, 0 when the series does not exist yet."""
+    return scrape(port).get((name, frozenset(labels.items())), 0.0)
+
+
+def requests_total(port: int, **labels: str) -> float:
+    """Sum of triton_gateway_requests_total over the series matching ``labels``."""
+    wanted = set(labels.items())
+    return sum(
+        count
+        for (name, series), count in scrape(port).items()
+        if name == "triton_gateway_requests_total" and wanted <= series
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll until ``condition`` holds (tgw-edge reports once a second); its final value."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
