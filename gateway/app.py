@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from wsgiref.simple_server import WSGIServer
 
@@ -24,7 +25,7 @@ from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.routing.table import RouteTable
 from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
-from gateway.server.interceptor import ErrorMappingInterceptor
+from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -151,7 +152,7 @@ class Gateway:
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=[ErrorMappingInterceptor(counter_request_ids(f"tgw{os.getpid()}"))],
             options=[
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.max_receive_message_length", max_bytes),

@@ -66,6 +66,21 @@ class CallContext(Protocol):
 
     def time_remaining(self) -> float | None: ...
 
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+
+# Request metadata passed on to Triton: W3C trace context (so Triton's traces join the
+# caller's) and the request id that also labels the gateway's log lines.
+FORWARDED_METADATA = frozenset({"traceparent", "tracestate", "x-request-id"})
+
+
+def forwarded_metadata(context: CallContext) -> tuple[tuple[str, str | bytes], ...] | None:
+    metadata = context.invocation_metadata()
+    if not metadata:
+        return None
+    kept = tuple(item for item in metadata if item[0] in FORWARDED_METADATA)
+    return kept or None
+
 
 class DataPlane:
     """Routes and forwards every data-plane call; servicers only delegate here."""
@@ -145,7 +160,11 @@ class DataPlane:
             async for request in requests:
                 yield request
 
-        call = backend.stream_infer(upstream_requests(), timeout=context.time_remaining())
+        call = backend.stream_infer(
+            upstream_requests(),
+            timeout=context.time_remaining(),
+            metadata=forwarded_metadata(context),
+        )
         try:
             async for response in call:
                 yield response
@@ -229,7 +248,9 @@ class DataPlane:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
         try:
-            response: bytes = await backend.unary[method](request, timeout=context.time_remaining())
+            response: bytes = await backend.unary[method](
+                request, timeout=context.time_remaining(), metadata=forwarded_metadata(context)
+            )
         except grpc.aio.AioRpcError as exc:
             self._record(method, name, version, backend.name, exc.code().name, started)
             raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc

@@ -51,12 +51,18 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(
         a, b = simple_arrays()
         result = client.infer("simple", simple_inputs(a, b))
         assert np.array_equal(result.as_numpy("OUTPUT0"), a + b)
+        with pytest.raises(InferenceServerException):
+            client.infer("no_such_model", simple_inputs(a, b), headers={"x-request-id": "req-42"})
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "gateway_stopped"
+    # The caller's request id labels the failure's log line (through tgw-edge too).
+    (failure,) = [e for e in events if e["event"] == "request_failed"]
+    assert failure["request_id"] == "req-42"
+    assert failure["code"] == "NOT_FOUND"
     if edge_mode == "off":
         # One debug line per request from the Python data plane.
         assert any(e["event"] == "request" and e["model"] == "simple" for e in events)
