@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import ROOT
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import requests_total, scrape, value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
@@ -77,3 +80,15 @@ def test_backend_gauges(gateway: BackgroundGateway) -> None:
     assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-a"}) == 3
     assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-b"}) == 1
     assert value(port, "triton_gateway_in_flight_requests", {"path": "python"}) == 0
+
+
+def test_dashboard_uses_only_exported_metrics(gateway: BackgroundGateway) -> None:
+    a, b = simple_arrays()
+    grpcclient.InferenceServerClient(gateway.url).infer("simple", simple_inputs(a, b))
+    dashboard = (ROOT / "deploy" / "grafana" / "triton-gateway.json").read_text()
+    used = set(re.findall(r"triton_gateway_[a-z_]+", dashboard))
+    port = gateway.gateway.metrics_port
+    assert wait_until(lambda: requests_total(port, model="simple") > 0)
+    exported = {name for name, _ in scrape(port)}
+    assert used
+    assert used <= exported, used - exported
