@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,8 +170,17 @@ class _Runner:
             result.fallback += 1
 
 
-async def run(spec: LoadSpec, progress: Callable[[LoadResult], None] | None = None) -> LoadResult:
-    """One bounded run against ``spec.target``."""
+async def run(
+    spec: LoadSpec,
+    progress: Callable[[LoadResult], None] | None = None,
+    schedule: Sequence[float] | None = None,
+    during: Callable[[], Awaitable[None]] | None = None,
+) -> LoadResult:
+    """One bounded run against ``spec.target``.
+
+    ``schedule``: open-loop send offsets in seconds (ramps, spikes); by default a constant
+    ``spec.rate``. ``during``: a coroutine run alongside the load (a chaos action).
+    """
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
         payload = await build_request(channel, spec)
@@ -182,14 +191,18 @@ async def run(spec: LoadSpec, progress: Callable[[LoadResult], None] | None = No
         runner.start = time.perf_counter()
         deadline = runner.start + spec.duration_s
         reporter = asyncio.create_task(_report(runner.result, progress)) if progress else None
+        action = asyncio.create_task(during()) if during else None
         try:
             if spec.mode == "closed":
                 await _closed_loop(runner, deadline)
             else:
-                await _open_loop(runner, deadline)
+                offsets = schedule if schedule is not None else constant_rate(spec)
+                await _open_loop(runner, deadline, offsets)
         finally:
             if reporter is not None:
                 reporter.cancel()
+            if action is not None:
+                await action
         runner.result.elapsed_s = time.perf_counter() - runner.start
         return runner.result
 
@@ -204,13 +217,16 @@ async def _closed_loop(runner: _Runner, deadline: float) -> None:
     await asyncio.gather(*(stream() for _ in range(spec.concurrency)))
 
 
-async def _open_loop(runner: _Runner, deadline: float) -> None:
+def constant_rate(spec: LoadSpec) -> list[float]:
+    count = min(spec.max_requests, int(spec.duration_s * spec.rate))
+    return [index / spec.rate for index in range(count)]
+
+
+async def _open_loop(runner: _Runner, deadline: float, offsets: Sequence[float]) -> None:
     spec = runner.spec
-    interval = 1.0 / spec.rate
     tasks: set[asyncio.Task[None]] = set()
-    index = 0
-    while True:
-        intended = runner.start + index * interval
+    for index, offset in enumerate(offsets):
+        intended = runner.start + offset
         if intended >= deadline or index >= spec.max_requests:
             break
         delay = intended - time.perf_counter()
@@ -219,7 +235,6 @@ async def _open_loop(runner: _Runner, deadline: float) -> None:
         task = asyncio.create_task(runner.one(intended))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        index += 1
     if tasks:
         # In-flight requests finish within their own timeout; the run stays bounded.
         await asyncio.wait(tasks)

@@ -158,6 +158,11 @@ class LocalFleet:
         old = self.servers[name]
         if old.is_running():
             raise FleetError(f"server {name} is still running")
+        # A killed server's backend stubs outlive it for a moment and hold its port.
+        _kill_group(old.pid)
+        if old.process is not None:
+            old.process.wait()
+        _wait_port_free(old.grpc_port, timeout_s=self._stop_grace_s)
         spec = ServerSpec(name=name, grpc_port=old.grpc_port, models=old.models)
         server = self._launch(spec)
         self.servers[name] = server
@@ -292,8 +297,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the gRPC server will: connections of a previous server lingering in TIME_WAIT
+        # do not make the port busy, only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
 def ensure_port_free(port: int, owner: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError as exc:
@@ -301,6 +319,13 @@ def ensure_port_free(port: int, owner: str) -> None:
                 f"port {port} for server {owner} is already in use on {LOOPBACK}: "
                 "stop whatever listens there or choose another port"
             ) from exc
+
+
+def _wait_port_free(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Still busy: _launch reports the port clearly.
 
 
 def _server_ready(stub: service_pb2_grpc.GRPCInferenceServiceStub, models: Iterable[str]) -> bool:

@@ -1,0 +1,202 @@
+"""Named load scenarios over the load generator, against any KServe v2 endpoint.
+
+    .venv/bin/python -m load_tests.scenarios steady --target localhost:8001 --rate 300
+    .venv/bin/python -m load_tests.scenarios ramp   --target localhost:8001 --rate 50 --peak 600
+    .venv/bin/python -m load_tests.scenarios spike  --target localhost:8001 --rate 200 --peak 1500
+    .venv/bin/python -m load_tests.scenarios ab     --target localhost:8001 --model classifier \\
+        --expect 1=0.5,2=0.5
+    .venv/bin/python -m load_tests.scenarios chaos  --rate 200      # starts its own fleet + gateway
+
+All are open loop (latency from intended send times), bounded by --duration and
+--max-requests. ``chaos`` runs a local fleet of two Triton servers behind a gateway started
+here, kills one server with SIGKILL half-way through, restarts it, and reports what the
+clients saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet.fleet import free_port
+from load_tests import loadgen
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ramp(start_rate: float, peak_rate: float, duration_s: float) -> list[float]:
+    """Send offsets for a rate rising linearly from ``start_rate`` to ``peak_rate``."""
+    offsets: list[float] = []
+    t = 0.0
+    while t < duration_s:
+        offsets.append(t)
+        rate = start_rate + (peak_rate - start_rate) * t / duration_s
+        t += 1.0 / max(rate, 1e-6)
+    return offsets
+
+
+def spike(base_rate: float, peak_rate: float, duration_s: float) -> list[float]:
+    """``base_rate``, with ``peak_rate`` during the middle fifth of the run."""
+    offsets: list[float] = []
+    t = 0.0
+    start, end = duration_s * 0.4, duration_s * 0.6
+    while t < duration_s:
+        offsets.append(t)
+        t += 1.0 / (peak_rate if start <= t < end else base_rate)
+    return offsets
+
+
+def ab_deviation(versions: dict[str, int], expected: dict[str, float]) -> dict[str, float]:
+    """Observed share minus expected share per version (A/B verification)."""
+    total = sum(versions.values()) or 1
+    return {v: versions.get(v, 0) / total - share for v, share in expected.items()}
+
+
+async def _run(spec: loadgen.LoadSpec, schedule: Sequence[float] | None) -> loadgen.LoadResult:
+    return await loadgen.run(spec, loadgen.print_progress, schedule)
+
+
+def _chaos(spec: loadgen.LoadSpec, triton_home: Path) -> tuple[loadgen.LoadResult, dict[str, Any]]:
+    installation = TritonInstallation.locate(triton_home)
+    events: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        specs = [ServerSpec("triton-0"), ServerSpec("triton-1")]
+        with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
+            port = free_port()
+            config = workdir / "gateway.yaml"
+            backends = ", ".join(
+                f"{{name: {s.name}, address: '{s.address}'}}" for s in fleet.servers.values()
+            )
+            config.write_text(
+                f"server: {{host: 127.0.0.1, port: {port}}}\nbackends: [{backends}]\n"
+                "health: {poll_interval_s: 0.2}\nmetrics: {enabled: false}\n"
+                "logging: {level: warning, format: json}\n"
+            )
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                cwd=ROOT,
+                stderr=(workdir / "gateway.log").open("wb"),
+            )
+            try:
+                _wait_ready(f"127.0.0.1:{port}")
+                victim = fleet.servers["triton-1"]
+
+                async def kill_and_restart() -> None:
+                    await asyncio.sleep(spec.duration_s / 2)
+                    os.kill(victim.pid, signal.SIGKILL)
+                    events["killed_at_s"] = spec.duration_s / 2
+                    events["killed"] = victim.name
+                    started = time.monotonic()
+                    if victim.process is not None:
+                        await asyncio.to_thread(victim.process.wait)
+                    # Off the loop so the load keeps its schedule while Triton starts; the
+                    # server dies with that worker thread at the end of the run, as it should.
+                    restarted = await asyncio.to_thread(fleet.restart, victim.name)
+                    events["restart_s"] = round(time.monotonic() - started, 3)
+                    events["restarted_pid"] = restarted.pid
+
+                chaos_spec = loadgen.LoadSpec(**{**_fields(spec), "target": f"127.0.0.1:{port}"})
+                result = asyncio.run(
+                    loadgen.run(chaos_spec, loadgen.print_progress, None, kill_and_restart)
+                )
+            finally:
+                gateway.terminate()
+                gateway.wait(30)
+    return result, events
+
+
+def _fields(spec: loadgen.LoadSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in loadgen.LoadSpec.__slots__}
+
+
+def _wait_ready(address: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerReadyResponse.FromString,
+        )
+        while time.monotonic() < deadline:
+            try:
+                if ready(service_pb2.ServerReadyRequest(), timeout=1).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError(f"gateway at {address} did not become ready")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scenarios", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("scenario", choices=["steady", "ramp", "spike", "ab", "chaos"])
+    parser.add_argument("--target", default="localhost:8001")
+    parser.add_argument("--model", default="simple")
+    parser.add_argument("--version", default="")
+    parser.add_argument("--rate", type=float, default=200.0, help="base requests/s")
+    parser.add_argument("--peak", type=float, default=1000.0, help="ramp/spike peak requests/s")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--max-requests", type=int, default=1_000_000)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--expect", default="", help="ab: expected shares, e.g. 1=0.9,2=0.1")
+    parser.add_argument("--triton-home", type=Path, default=ROOT / ".triton")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plots", type=Path)
+    args = parser.parse_args(argv)
+
+    spec = loadgen.LoadSpec(
+        target=args.target,
+        model=args.model,
+        version=args.version,
+        mode="open",
+        rate=args.rate,
+        duration_s=args.duration,
+        max_requests=args.max_requests,
+        timeout_s=args.timeout,
+    )
+    extra: dict[str, Any] = {"scenario": args.scenario}
+    if args.scenario == "chaos":
+        result, events = _chaos(spec, args.triton_home)
+        extra["chaos"] = events
+    else:
+        schedule = {
+            "ramp": lambda: ramp(args.rate, args.peak, args.duration),
+            "spike": lambda: spike(args.rate, args.peak, args.duration),
+        }.get(args.scenario, lambda: None)()
+        result = asyncio.run(_run(spec, schedule))
+    sys.stderr.write("\n")
+    print("\n".join(loadgen.summary_lines(result)))
+    if args.scenario == "ab" and args.expect:
+        expected = {k: float(v) for k, v in (item.split("=") for item in args.expect.split(","))}
+        deviation = ab_deviation(dict(result.versions), expected)
+        extra["ab_deviation"] = deviation
+        print("ab share - expected  " + "  ".join(f"{k}: {v:+.3f}" for k, v in deviation.items()))
+    if "chaos" in extra:
+        print("chaos       " + json.dumps(extra["chaos"]))
+    if args.json:
+        args.json.write_text(json.dumps({**result.to_json(), **extra}, indent=2))
+    if args.plots:
+        for path in loadgen.write_plots(result, args.plots):
+            print(f"plot {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
