@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Round:
+    model: str
     target: str
     concurrency: int
     requests: int
@@ -58,6 +60,15 @@ def simple_request() -> bytes:
     for name in ("INPUT0", "INPUT1"):
         request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
         request.raw_input_contents.append(np.arange(16, dtype=np.int32).tobytes())
+    return request.SerializeToString()
+
+
+def identity_request(kib: int) -> bytes:
+    """A large tensor through the ``identity`` model: ``kib`` KiB in, the same out."""
+    values = np.arange(kib * 256, dtype=np.float32)
+    request = service_pb2.ModelInferRequest(model_name="identity")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[values.size])
+    request.raw_input_contents.append(values.tobytes())
     return request.SerializeToString()
 
 
@@ -105,9 +116,14 @@ async def closed_loop(
 
 
 def measure(
-    target: str, address: str, cpu_pid: int | None, concurrency: int, args: argparse.Namespace
+    model: str,
+    payload: bytes,
+    target: str,
+    address: str,
+    cpu_pid: int | None,
+    concurrency: int,
+    args: argparse.Namespace,
 ) -> Round:
-    payload = simple_request()
     cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid else 0.0
     started = time.perf_counter()
     latencies, errors = asyncio.run(
@@ -117,6 +133,7 @@ def measure(
     cpu = (process_cpu_seconds(cpu_pid) - cpu_before) if cpu_pid else None
     values = np.array(latencies, dtype=np.float64) / 1000.0
     return Round(
+        model=model,
         target=target,
         concurrency=concurrency,
         requests=len(latencies),
@@ -137,6 +154,7 @@ def start_gateway(
         f"server: {{host: 127.0.0.1, port: {port}}}\n"
         f"backends: [{{name: triton-0, address: '{backend}'}}]\n"
         f"edge: {{mode: '{edge_mode}'}}\n"
+        "metrics: {host: 127.0.0.1, port: 0}\n"
         "logging: {level: warning, format: json}\n"
     )
     process = subprocess.Popen(
@@ -199,12 +217,15 @@ def start_nginx(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes], s
     raise RuntimeError(f"nginx did not start; see {workdir}/nginx.err")
 
 
-def summarize(rounds: list[Round], concurrency: int) -> list[dict[str, float | str]]:
+def summarize(rounds: list[Round], model: str, concurrency: int) -> list[dict[str, float | str]]:
     def median(target: str, attr: str) -> float:
         values = [
             getattr(r, attr)
             for r in rounds
-            if r.target == target and r.concurrency == concurrency and getattr(r, attr) is not None
+            if r.target == target
+            and r.model == model
+            and r.concurrency == concurrency
+            and getattr(r, attr) is not None
         ]
         return float(np.median(values)) if values else float("nan")
 
@@ -215,6 +236,7 @@ def summarize(rounds: list[Round], concurrency: int) -> list[dict[str, float | s
     for target in dict.fromkeys(r.target for r in rounds):
         rows.append(
             {
+                "model": model,
                 "target": target,
                 "concurrency": concurrency,
                 "p50_us": median(target, "p50_us"),
@@ -238,6 +260,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="rounds per target and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["simple", "identity"],
+        choices=["simple", "identity"],
+        help="simple: 2x64 B in; identity: a large tensor (--payload-kib) in and out",
+    )
+    parser.add_argument("--payload-kib", type=int, default=64, help="identity tensor size")
+    parser.add_argument(
         "--targets",
         nargs="+",
         default=["python", "edge", "nginx"],
@@ -251,7 +281,7 @@ def main() -> None:
     installation = TritonInstallation.locate(args.triton_home)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        specs = [ServerSpec("triton-0", models=("simple",))]
+        specs = [ServerSpec("triton-0", models=("simple", "identity"))]
         with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
             backend = fleet.servers["triton-0"].address
             proxies: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -265,14 +295,22 @@ def main() -> None:
                 targets = [("direct", backend, None)] + [
                     (name, address, process.pid) for name, (process, address) in proxies.items()
                 ]
+                payloads = {
+                    "simple": simple_request(),
+                    "identity": identity_request(args.payload_kib),
+                }
                 rounds: list[Round] = []
-                for concurrency in args.concurrency:
+                for model, concurrency in itertools.product(args.models, args.concurrency):
                     for _ in range(args.reps):
                         for target, address, pid in targets:
-                            result = measure(target, address, pid, concurrency, args)
+                            payload = payloads[model]
+                            result = measure(
+                                model, payload, target, address, pid, concurrency, args
+                            )
                             rounds.append(result)
                             print(
-                                f"  {target:8} c={concurrency:<3} n={result.requests:<7} "
+                                f"  {model:8} {target:8} c={concurrency:<3} "
+                                f"n={result.requests:<7} "
                                 f"err={result.errors} p50={result.p50_us:8.0f}us "
                                 f"p99={result.p99_us:8.0f}us "
                                 f"rps={result.requests / result.seconds:8.0f}",
@@ -283,17 +321,22 @@ def main() -> None:
                     process.terminate()
                     process.wait(15)
 
-    summary = [row for c in args.concurrency for row in summarize(rounds, c)]
+    summary = [
+        row
+        for model, c in itertools.product(args.models, args.concurrency)
+        for row in summarize(rounds, model, c)
+    ]
     print(
         f"\nmachine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(
-        f"{'target':>8} {'conc':>4} {'p50 us':>8} {'+p50 us':>8} {'p99 us':>8} {'+p99 us':>8} "
+        f"{'model':>8} {'target':>8} {'conc':>4} {'p50 us':>8} {'+p50 us':>8} "
+        f"{'p99 us':>8} {'+p99 us':>8} "
         f"{'rps':>7} {'ratio':>6} {'cpu us/req':>10}"
     )
     for row in summary:
         print(
-            f"{row['target']:>8} {row['concurrency']:>4} {row['p50_us']:>8.0f} "
+            f"{row['model']:>8} {row['target']:>8} {row['concurrency']:>4} {row['p50_us']:>8.0f} "
             f"{row['added_p50_us']:>8.0f} {row['p99_us']:>8.0f} {row['added_p99_us']:>8.0f} "
             f"{row['rps']:>7.0f} {row['throughput_ratio']:>6.2f} {row['cpu_us_per_request']:>10.0f}"
         )

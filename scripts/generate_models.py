@@ -108,6 +108,17 @@ def classifier_model(seed: int) -> onnx.ModelProto:
     return _model(graph)
 
 
+def identity_model() -> onnx.ModelProto:
+    """OUTPUT = INPUT for a flat FP32 tensor of any length: moves large payloads."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT"], ["OUTPUT"])],
+        "identity",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["length"])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["length"])],
+    )
+    return _model(graph)
+
+
 SIMPLE_CONFIG = f"""name: "simple"
 platform: "onnxruntime_onnx"
 max_batch_size: {MAX_BATCH_SIZE}
@@ -139,12 +150,24 @@ dynamic_batching {{ max_queue_delay_microseconds: 100 }}
 {TENSORRT_ACCELERATOR}"""
 
 
+IDENTITY_CONFIG = f"""name: "identity"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+version_policy: {{ latest {{ num_versions: 1 }} }}
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_GPU count: 1 }} ]
+{TENSORRT_ACCELERATOR}"""
+
+
 def generate(repository: Path) -> None:
     _save(simple_model(), repository / "simple" / "1" / "model.onnx")
     (repository / "simple" / "config.pbtxt").write_text(SIMPLE_CONFIG)
     for version, seed in ((1, 1001), (2, 2002)):
         _save(classifier_model(seed), repository / "classifier" / str(version) / "model.onnx")
     (repository / "classifier" / "config.pbtxt").write_text(CLASSIFIER_CONFIG)
+    _save(identity_model(), repository / "identity" / "1" / "model.onnx")
+    (repository / "identity" / "config.pbtxt").write_text(IDENTITY_CONFIG)
 
 
 def main() -> None:

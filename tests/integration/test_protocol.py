@@ -87,6 +87,7 @@ def test_repository_index_is_the_union_of_the_fleet(
     assert [(m.name, m.version, m.state) for m in index.models] == [
         ("classifier", "1", "READY"),
         ("classifier", "2", "READY"),
+        ("identity", "1", "READY"),
         ("simple", "1", "READY"),
     ]
 

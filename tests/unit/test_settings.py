@@ -37,3 +37,11 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
     config.write_text("server:\n  prot: 1\n")
     with pytest.raises(ValidationError):
         load_settings(config)
+
+
+def test_the_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
+    settings = load_settings(example)
+    assert settings.server.port == 8001
+    assert [b.name for b in settings.backends] == ["triton-0", "triton-1"]
+    assert settings.metrics.port == 8002
