@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -15,6 +16,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.round_robin import RoundRobinBalancer
@@ -22,6 +26,7 @@ from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
+from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
 from gateway.routing.table import RouteTable
 from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
@@ -29,6 +34,15 @@ from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
+
+
+def _tracer(settings: GatewaySettings, provider: TracerProvider | None) -> Tracer:
+    """OpenTelemetry spans when configured (or a provider is given), else pass-through."""
+    if provider is None and not settings.tracing.enabled:
+        return PassThroughTracer()
+    from gateway.observability.otel import build_provider  # noqa: PLC0415 (optional extra)
+
+    return OpenTelemetryTracer(provider or build_provider(settings.tracing))
 
 
 class Gateway:
@@ -39,6 +53,7 @@ class Gateway:
         settings: GatewaySettings,
         discovery: Discovery | None = None,
         registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
@@ -54,7 +69,12 @@ class Gateway:
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
-        self.dataplane = DataPlane(self.pool, RoundRobinBalancer(), self.metrics)
+        self.dataplane = DataPlane(
+            self.pool,
+            RoundRobinBalancer(),
+            self.metrics,
+            tracer=_tracer(settings, tracer_provider),
+        )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None

@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
+from gateway.observability.tracing import PassThroughTracer, Tracer
 from gateway.routing.wire import read_model_key
 
 log = structlog.get_logger(__name__)
@@ -69,19 +70,6 @@ class CallContext(Protocol):
     def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
 
 
-# Request metadata passed on to Triton: W3C trace context (so Triton's traces join the
-# caller's) and the request id that also labels the gateway's log lines.
-FORWARDED_METADATA = frozenset({"traceparent", "tracestate", "x-request-id"})
-
-
-def forwarded_metadata(context: CallContext) -> tuple[tuple[str, str | bytes], ...] | None:
-    metadata = context.invocation_metadata()
-    if not metadata:
-        return None
-    kept = tuple(item for item in metadata if item[0] in FORWARDED_METADATA)
-    return kept or None
-
-
 class DataPlane:
     """Routes and forwards every data-plane call; servicers only delegate here."""
 
@@ -91,11 +79,13 @@ class DataPlane:
         balancer: Balancer,
         metrics: RequestMetrics,
         *,
+        tracer: Tracer | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
         self._balancer = balancer
         self._metrics = metrics
+        self._tracer: Tracer = tracer or PassThroughTracer()
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -160,18 +150,19 @@ class DataPlane:
             async for request in requests:
                 yield request
 
-        call = backend.stream_infer(
-            upstream_requests(),
-            timeout=context.time_remaining(),
-            metadata=forwarded_metadata(context),
-        )
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as exc:
-            raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
-        finally:
-            call.cancel()
+        with self._tracer.upstream_call(
+            "ModelStreamInfer", name, version, backend.name, context
+        ) as metadata:
+            call = backend.stream_infer(
+                upstream_requests(), timeout=context.time_remaining(), metadata=metadata
+            )
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+            finally:
+                call.cancel()
 
     # -- fleet-wide: fan out and merge ------------------------------------------------------
 
@@ -248,9 +239,10 @@ class DataPlane:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
         try:
-            response: bytes = await backend.unary[method](
-                request, timeout=context.time_remaining(), metadata=forwarded_metadata(context)
-            )
+            with self._tracer.upstream_call(method, name, version, backend.name, context) as md:
+                response: bytes = await backend.unary[method](
+                    request, timeout=context.time_remaining(), metadata=md
+                )
         except grpc.aio.AioRpcError as exc:
             self._record(method, name, version, backend.name, exc.code().name, started)
             raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc

@@ -64,6 +64,15 @@ class MetricsSettings(_Frozen):
     """Port of the metrics endpoint (8002, like Triton's); 0 picks a free one."""
 
 
+class TracingSettings(_Frozen):
+    enabled: bool = False
+    """Open an OpenTelemetry span per call of the Python data path (extra: tracing)."""
+    service_name: str = "triton-gateway"
+    """service.name of the spans."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector, e.g. http://localhost:4317; spans are dropped when unset."""
+
+
 class LoggingSettings(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level written; per-request lines are written at debug."""
@@ -84,6 +93,7 @@ class GatewaySettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("backends")

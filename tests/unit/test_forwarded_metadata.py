@@ -1,6 +1,6 @@
 from collections.abc import Sequence
 
-from gateway.dataplane import forwarded_metadata
+from gateway.observability.tracing import forwarded_metadata
 
 
 class _Context:
