@@ -8,7 +8,7 @@ the machine hits all alike. Each round is closed-loop, bounded in time and in co
 p50/p99, added microseconds over direct, throughput ratio and proxy CPU per request (the whole
 process tree: gateway + tgw-edge, nginx master + worker).
 
-    .venv/bin/python load_tests/bench_gateway.py --duration 3 --reps 3
+    .venv/bin/python -m load_tests.bench_gateway --duration 3 --reps 3
 
 A benchmark, not a test: it prints figures and never fails on them.
 """
@@ -36,6 +36,7 @@ from tritonclient.grpc import service_pb2
 
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import free_port
+from load_tests.gateway_process import start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -143,43 +144,6 @@ def measure(
         p99_us=float(np.percentile(values, 99)),
         cpu_us_per_request=(cpu * 1e6 / len(latencies)) if cpu is not None and latencies else None,
     )
-
-
-def start_gateway(
-    backend: str, workdir: Path, edge_mode: str = "off"
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = workdir / f"gateway-{edge_mode}.yaml"
-    config.write_text(
-        f"server: {{host: 127.0.0.1, port: {port}}}\n"
-        f"backends: [{{name: triton-0, address: '{backend}'}}]\n"
-        f"edge: {{mode: '{edge_mode}'}}\n"
-        "metrics: {host: 127.0.0.1, port: 0}\n"
-        "logging: {level: warning, format: json}\n"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=ROOT,
-        stderr=(workdir / f"gateway-{edge_mode}.log").open("wb"),
-    )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    with grpc.insecure_channel(address) as channel:
-        ready = channel.unary_unary(
-            "/inference.GRPCInferenceService/ServerReady",
-            request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
-            response_deserializer=service_pb2.ServerReadyResponse.FromString,
-        )
-        while True:
-            try:
-                if ready(service_pb2.ServerReadyRequest(), timeout=1).ready:
-                    return process, address
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"gateway did not become ready; see {workdir}/gateway.log")
-            time.sleep(0.05)
 
 
 def start_nginx(backend: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -291,7 +255,9 @@ def main() -> None:
                         proxies[target] = start_nginx(backend, workdir)
                     else:
                         mode = "on" if target == "edge" else "off"
-                        proxies[target] = start_gateway(backend, workdir, mode)
+                        proxies[target] = start_gateway(
+                            [("triton-0", backend)], workdir, edge_mode=mode, name=target
+                        )
                 targets = [("direct", backend, None)] + [
                     (name, address, process.pid) for name, (process, address) in proxies.items()
                 ]

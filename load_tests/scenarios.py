@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,12 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-from tritonclient.grpc import service_pb2
-
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.devfleet.fleet import free_port
 from load_tests import loadgen
+from load_tests.gateway_process import start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,23 +73,13 @@ def _chaos(spec: loadgen.LoadSpec, triton_home: Path) -> tuple[loadgen.LoadResul
         workdir = Path(tmp)
         specs = [ServerSpec("triton-0"), ServerSpec("triton-1")]
         with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
-            port = free_port()
-            config = workdir / "gateway.yaml"
-            backends = ", ".join(
-                f"{{name: {s.name}, address: '{s.address}'}}" for s in fleet.servers.values()
-            )
-            config.write_text(
-                f"server: {{host: 127.0.0.1, port: {port}}}\nbackends: [{backends}]\n"
-                "health: {poll_interval_s: 0.2}\nmetrics: {enabled: false}\n"
-                "logging: {level: warning, format: json}\n"
-            )
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                cwd=ROOT,
-                stderr=(workdir / "gateway.log").open("wb"),
+            gateway, address = start_gateway(
+                [(s.name, s.address) for s in fleet.servers.values()],
+                workdir,
+                edge_mode="auto",
+                poll_interval_s=0.2,
             )
             try:
-                _wait_ready(f"127.0.0.1:{port}")
                 victim = fleet.servers["triton-1"]
 
                 async def kill_and_restart() -> None:
@@ -110,7 +96,7 @@ def _chaos(spec: loadgen.LoadSpec, triton_home: Path) -> tuple[loadgen.LoadResul
                     events["restart_s"] = round(time.monotonic() - started, 3)
                     events["restarted_pid"] = restarted.pid
 
-                chaos_spec = loadgen.LoadSpec(**{**_fields(spec), "target": f"127.0.0.1:{port}"})
+                chaos_spec = loadgen.LoadSpec(**{**_fields(spec), "target": address})
                 result = asyncio.run(
                     loadgen.run(chaos_spec, loadgen.print_progress, None, kill_and_restart)
                 )
@@ -122,24 +108,6 @@ def _chaos(spec: loadgen.LoadSpec, triton_home: Path) -> tuple[loadgen.LoadResul
 
 def _fields(spec: loadgen.LoadSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in loadgen.LoadSpec.__slots__}
-
-
-def _wait_ready(address: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        ready = channel.unary_unary(
-            "/inference.GRPCInferenceService/ServerReady",
-            request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
-            response_deserializer=service_pb2.ServerReadyResponse.FromString,
-        )
-        while time.monotonic() < deadline:
-            try:
-                if ready(service_pb2.ServerReadyRequest(), timeout=1).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"gateway at {address} did not become ready")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

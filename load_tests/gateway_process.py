@@ -1,0 +1,68 @@
+"""Starts ``triton-gateway serve`` as its own process for load runs, and waits until ready."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+import yaml
+from tritonclient.grpc import service_pb2
+
+from gateway.devfleet.fleet import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_gateway(
+    backends: Iterable[tuple[str, str]],
+    workdir: Path,
+    *,
+    edge_mode: str = "off",
+    poll_interval_s: float = 1.0,
+    name: str = "gateway",
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A gateway on a free loopback port in front of ``(name, address)`` backends."""
+    port = free_port()
+    config = workdir / f"{name}.yaml"
+    settings = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "backends": [{"name": n, "address": a} for n, a in backends],
+        "health": {"poll_interval_s": poll_interval_s},
+        "edge": {"mode": edge_mode},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    config.write_text(yaml.safe_dump(settings))
+    log = workdir / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stderr=log.open("wb"),
+    )
+    address = f"127.0.0.1:{port}"
+    if not wait_ready(address, process):
+        process.kill()
+        raise RuntimeError(f"gateway did not become ready; see {log}")
+    return process, address
+
+
+def wait_ready(address: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerReadyResponse.FromString,
+        )
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if ready(service_pb2.ServerReadyRequest(), timeout=1).ready:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    return False
