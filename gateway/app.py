@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.round_robin import RoundRobinBalancer
@@ -34,6 +35,25 @@ from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
+
+
+def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
+    config = settings.fallback
+    if not config.enabled:
+        return None
+    if not config.repository.is_dir():
+        log.warning("fallback_disabled", reason="no model repository", path=str(config.repository))
+        return None
+    fallback = OnnxFallback(
+        config.repository,
+        models=config.models,
+        threads=config.threads,
+        max_concurrency=config.max_concurrency,
+        providers=config.providers,
+    )
+    if config.preload:
+        fallback.preload()
+    return fallback
 
 
 def _tracer(settings: GatewaySettings, provider: TracerProvider | None) -> Tracer:
@@ -69,11 +89,13 @@ class Gateway:
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
+        self.fallback = _fallback(settings)
         self.dataplane = DataPlane(
             self.pool,
             RoundRobinBalancer(),
             self.metrics,
             tracer=_tracer(settings, tracer_provider),
+            fallback=self.fallback,
         )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -136,6 +158,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
         await self.pool.close()
+        if self.fallback is not None:
+            self.fallback.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -69,6 +69,29 @@ class CallContext(Protocol):
 
     def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
 
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
+
+
+class Fallback(Protocol):
+    """A local runtime for requests no backend can serve (ONNX Runtime in production)."""
+
+    def serves(self, name: str) -> bool: ...
+
+    async def infer(self, request: bytes) -> bytes: ...
+
+
+FALLBACK_METADATA = (("x-gateway-served-by", "fallback"),)
+"""Trailing metadata on every answer the fallback produced."""
+# Backend faults after which the fallback answers instead (client errors pass through).
+FALLBACK_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
 
 class DataPlane:
     """Routes and forwards every data-plane call; servicers only delegate here."""
@@ -80,18 +103,21 @@ class DataPlane:
         metrics: RequestMetrics,
         *,
         tracer: Tracer | None = None,
+        fallback: Fallback | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
         self._balancer = balancer
         self._metrics = metrics
         self._tracer: Tracer = tracer or PassThroughTracer()
+        self._fallback = fallback
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return bool(self._pool.ready_backends)
+        """Ready while a backend is, or while the local fallback can answer."""
+        return bool(self._pool.ready_backends) or self._fallback is not None
 
     @staticmethod
     def server_metadata() -> service_pb2.ServerMetadataResponse:
@@ -107,12 +133,24 @@ class DataPlane:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError as exc:
+            if self._fallback is not None and self._fallback.serves(name):
+                return await self._serve_fallback(request, context, name, version)
             code = exc.code if self._pool.ready_backends else NoBackendAvailableError.code
             self._record("ModelInfer", name, version, "", code.name, started)
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise
         backend = self._balancer.choose((name, version), candidates)
-        return await self._forward(backend, "ModelInfer", request, context, name, version)
+        try:
+            return await self._forward(backend, "ModelInfer", request, context, name, version)
+        except UpstreamError as exc:
+            if (
+                exc.code in FALLBACK_CODES
+                and self._fallback is not None
+                and self._fallback.serves(name)
+            ):
+                log.warning("backend_fault_fallback", backend=backend.name, code=exc.code.name)
+                return await self._serve_fallback(request, context, name, version)
+            raise
 
     async def model_query(self, method: str, request: bytes, context: CallContext) -> bytes:
         """ModelMetadata / ModelConfig: answered by a backend that has the model.
@@ -260,13 +298,39 @@ class DataPlane:
         )
         return response
 
+    async def _serve_fallback(
+        self, request: bytes, context: CallContext, name: str, version: str
+    ) -> bytes:
+        """Answer from the local runtime, marked as such in trailing metadata."""
+        assert self._fallback is not None
+        started = self._clock()
+        try:
+            response = await self._fallback.infer(request)
+        except GatewayError as exc:
+            self._record("ModelInfer", name, version, "local", exc.code.name, started, "fallback")
+            raise
+        context.set_trailing_metadata(FALLBACK_METADATA)
+        self._record("ModelInfer", name, version, "local", "OK", started, "fallback")
+        return response
+
     def _record(
-        self, method: str, name: str, version: str, backend: str, code: str, started: float
+        self,
+        method: str,
+        name: str,
+        version: str,
+        backend: str,
+        code: str,
+        started: float,
+        path: str = "python",
     ) -> None:
-        # Only models the fleet serves become label values; client input cannot add series.
-        if name not in self._pool.table.latest_version:
+        # Only models the fleet or the fallback serves become label values; client input
+        # cannot add series.
+        known = name in self._pool.table.latest_version or (
+            self._fallback is not None and path == "fallback"
+        )
+        if not known:
             name, version = UNKNOWN_MODEL, ""
-        key = ("python", method, name, version, backend, code)
+        key = (path, method, name, version, backend, code)
         self._metrics.observe(key, self._clock() - started)
 
     def _choose_or_any(self, name: str, version: str) -> TritonBackend:

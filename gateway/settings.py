@@ -55,6 +55,23 @@ class EdgeSettings(_Frozen):
     """Worker threads of tgw-edge (one is enough for two cores)."""
 
 
+class FallbackSettings(_Frozen):
+    enabled: bool = True
+    """Answer from local ONNX Runtime sessions when no Triton backend can serve a request."""
+    repository: Path = Path("model_repository")
+    """Canonical model repository (config.pbtxt + <version>/model.onnx) the sessions load."""
+    models: list[str] | None = None
+    """Models the fallback may serve; None: every model of the repository."""
+    preload: bool = False
+    """Load sessions at start (memory now, no first-request delay) instead of on first use."""
+    threads: int = Field(default=1, ge=1)
+    """ONNX Runtime intra-op threads per session."""
+    max_concurrency: int = Field(default=2, ge=1)
+    """Fallback calls run at once; beyond this the answer is RESOURCE_EXHAUSTED, at once."""
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    """ONNX Runtime execution providers in order; ones not installed are skipped."""
+
+
 class MetricsSettings(_Frozen):
     enabled: bool = True
     """Serve Prometheus metrics over HTTP at /metrics."""
@@ -92,6 +109,7 @@ class GatewaySettings(BaseSettings):
     """Static list of Triton backends."""
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
+    fallback: FallbackSettings = FallbackSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()

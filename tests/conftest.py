@@ -47,6 +47,7 @@ def gateway(fleet: LocalFleet, request: pytest.FixtureRequest) -> Iterator[Backg
         server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
         edge={"mode": "off" if request.param == "python" else "on"},
         metrics={"host": "127.0.0.1", "port": 0},
+        fallback={"repository": str(MODEL_REPOSITORY)},
         backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
         health={"poll_interval_s": 0.1, "poll_timeout_s": 1.0},
     )

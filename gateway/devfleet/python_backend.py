@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from gateway.devfleet.errors import FleetError
+from gateway.repository import config as repository_config
 
 MODEL_PY = '''"""Serves model.onnx of this version with ONNX Runtime (from gateway.devfleet)."""
 import json
@@ -62,16 +63,10 @@ class TritonPythonModel:
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
-    """Parse ``config.pbtxt`` with Triton's own schema; a typo fails here, not in Triton."""
-    path = model_dir / "config.pbtxt"
-    config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse(path.read_text(), config)
-    except (OSError, text_format.ParseError) as exc:
-        raise FleetError(f"cannot read model config {path}: {exc}") from exc
-    if not config.name:
-        config.name = model_dir.name
-    return config
+        return repository_config.read_config(model_dir)
+    except repository_config.ModelConfigError as exc:
+        raise FleetError(str(exc)) from exc
 
 
 def python_backend_config(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:

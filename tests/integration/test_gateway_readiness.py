@@ -42,6 +42,7 @@ def test_no_backend_then_a_backend_comes_up(
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0},
         metrics={"host": "127.0.0.1", "port": 0},
+        fallback={"enabled": False},
         backends=[{"name": "late", "address": f"127.0.0.1:{port}"}],
         health={"poll_interval_s": 0.1, "poll_timeout_s": 0.5, "startup_wait_s": 1},
     )

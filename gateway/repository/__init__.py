@@ -1,0 +1,1 @@
+"""The canonical model repository on disk: reading and validating its models."""

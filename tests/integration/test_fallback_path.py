@@ -1,0 +1,123 @@
+"""When no Triton can serve, the gateway answers from its local ONNX Runtime fallback."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
+
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet.fleet import free_port
+from gateway.settings import load_settings
+from tests.conftest import MODEL_REPOSITORY
+from tests.support.background import BackgroundGateway
+from tests.support.metrics import requests_total
+from tests.support.models import classifier_features, classifier_input, simple_arrays
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+SERVED_BY = ("x-gateway-served-by", "fallback")
+
+
+def _settings(backend_address: str, edge: str, poll_interval_s: float = 0.2):  # type: ignore[no-untyped-def]
+    return load_settings(
+        server={"host": "127.0.0.1", "port": 0},
+        metrics={"host": "127.0.0.1", "port": 0},
+        edge={"mode": edge},
+        fallback={"repository": str(MODEL_REPOSITORY)},
+        backends=[{"name": "only", "address": backend_address}],
+        health={"poll_interval_s": poll_interval_s, "poll_timeout_s": 0.5, "startup_wait_s": 1},
+    )
+
+
+@pytest.fixture(scope="module", params=["off", "on"], ids=["python", "edge"])
+def no_fleet(request: pytest.FixtureRequest) -> Iterator[BackgroundGateway]:
+    """A gateway whose only backend never answers."""
+    dead = f"127.0.0.1:{free_port()}"
+    with BackgroundGateway(Gateway(_settings(dead, request.param))) as gateway:
+        yield gateway
+
+
+def _infer_with_trailers(url: str, request: service_pb2.ModelInferRequest):  # type: ignore[no-untyped-def]
+    channel = grpc.insecure_channel(url)
+    call = channel.unary_unary(
+        INFER,
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelInferResponse.FromString,
+    )
+    response, outcome = call.with_call(request, timeout=10)
+    return response, tuple(outcome.trailing_metadata() or ())
+
+
+def test_answers_come_from_the_fallback_and_say_so(no_fleet: BackgroundGateway) -> None:
+    client = grpcclient.InferenceServerClient(no_fleet.url)
+    assert client.is_server_ready()  # the fallback can answer
+    a, b = simple_arrays(batch=2)
+    request = service_pb2.ModelInferRequest(model_name="simple", id="fb-1")
+    for name, values in (("INPUT0", a), ("INPUT1", b)):
+        request.inputs.add(name=name, datatype="INT32", shape=[2, 16])
+        request.raw_input_contents.append(values.tobytes())
+    response, trailers = _infer_with_trailers(no_fleet.url, request)
+    assert SERVED_BY in trailers
+    assert (response.model_version, response.id) == ("1", "fb-1")
+    out = np.frombuffer(response.raw_output_contents[0], np.int32).reshape(2, 16)
+    assert np.array_equal(out, a + b)
+    port = no_fleet.gateway.metrics_port
+    assert requests_total(port, path="fallback", model="simple", code="OK") >= 1
+
+
+def test_fallback_matches_triton(no_fleet: BackgroundGateway, fleet: LocalFleet) -> None:
+    x = classifier_features(batch=4, seed=11)
+    direct = grpcclient.InferenceServerClient(fleet.servers["triton-a"].address)
+    via_fallback = grpcclient.InferenceServerClient(no_fleet.url)
+    for version in ("1", "2"):
+        expected = direct.infer("classifier", classifier_input(x), model_version=version)
+        got = via_fallback.infer("classifier", classifier_input(x), model_version=version)
+        assert got.get_response().model_version == version
+        np.testing.assert_allclose(
+            got.as_numpy("PROBABILITIES"), expected.as_numpy("PROBABILITIES"), atol=1e-5
+        )
+
+
+def test_client_errors_are_still_invalid_argument(no_fleet: BackgroundGateway) -> None:
+    a, b = simple_arrays()
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    request.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 8])
+    request.raw_input_contents.append(a[:, :8].tobytes())
+    with pytest.raises(grpc.RpcError) as info:
+        _infer_with_trailers(no_fleet.url, request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    del b
+
+
+def test_a_backend_killed_between_polls_is_covered_by_the_fallback(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Python data path: the forward fails UNAVAILABLE and the fallback answers instead."""
+    spec = ServerSpec("victim", models=("simple",))
+    fleet_dir = tmp_path_factory.mktemp("victim-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, [spec]) as fleet:
+        server = fleet.servers["victim"]
+        # Polls far apart: the kill is met by requests, not first noticed by a poll.
+        settings = _settings(server.address, "off", poll_interval_s=60)
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            a, b = simple_arrays()
+            request = service_pb2.ModelInferRequest(model_name="simple")
+            for name, values in (("INPUT0", a), ("INPUT1", b)):
+                request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+                request.raw_input_contents.append(values.tobytes())
+            response, trailers = _infer_with_trailers(gateway.url, request)
+            assert SERVED_BY not in trailers  # Triton answered while alive
+            os.kill(server.pid, signal.SIGKILL)
+            assert server.process is not None
+            server.process.wait()
+            response, trailers = _infer_with_trailers(gateway.url, request)
+            assert SERVED_BY in trailers
+            out = np.frombuffer(response.raw_output_contents[1], np.int32).reshape(1, 16)
+            assert np.array_equal(out, a - b)
