@@ -56,33 +56,65 @@ impl Edge {
         };
         let routed = wire::model_key(&bytes)
             .and_then(|(name, version)| table.choose(name, version).map(|b| (name, version, b)));
-        let request = Request::from_parts(parts, Body::from(bytes.clone()));
-        match routed {
-            Some((name, version, (backend, address))) => {
-                // Routed calls are counted here; the gateway counts what it serves itself.
-                let pending = self.stats.start(&method, name, version, backend);
-                let response = self.forward(request, address).await;
-                let (parts, body) = response.into_parts();
-                let body = ObservedBody::observe(body, &parts.headers, pending);
-                Ok(Response::from_parts(parts, body))
+        let (name, version, (backend, address)) = match routed {
+            Some(found) => found,
+            None => {
+                let request = Request::from_parts(parts, Body::from(bytes));
+                return Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain));
             }
-            None => Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain)),
+        };
+        // Routed calls are counted here; the gateway counts what it serves itself.
+        let pending = self.stats.start(&method, name, version, backend);
+        let attempt = Request::from_parts(copy_parts(&parts), Body::from(bytes.clone()));
+        match self.send(attempt, address).await {
+            Ok(response) => {
+                let (head, body) = response.into_parts();
+                let body = ObservedBody::observe(body, &head.headers, pending);
+                Ok(Response::from_parts(head, body))
+            }
+            Err(_) => {
+                // No answer from the backend at all (it died or refused): hand the call to the
+                // gateway, which picks again or answers from its local fallback.
+                pending.finish("UNAVAILABLE");
+                let request = Request::from_parts(parts, Body::from(bytes));
+                Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain))
+            }
         }
     }
 
+    /// Forward, turning a transport failure into a gRPC UNAVAILABLE answer.
     async fn forward(&self, request: Request<Body>, authority: &str) -> Response<Body> {
-        let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
-            Ok(uri) => uri,
-            Err(error) => return grpc_error(13, &format!("bad upstream address {authority}: {error}")),
-        };
-        match self.client.request(Request::from_parts(parts, body)).await {
+        match self.send(request, authority).await {
             Ok(response) => response,
             // A transport failure is a backend fault: UNAVAILABLE, like Triton's own clients see.
-            Err(error) => grpc_error(14, &format!("upstream {authority}: {error}")),
+            Err(message) => grpc_error(14, &message),
         }
     }
+
+    async fn send(&self, request: Request<Body>, authority: &str) -> Result<Response<Body>, String> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|error| format!("bad upstream address {authority}: {error}"))?;
+        self.client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|error| format!("upstream {authority}: {error}"))
+    }
+}
+
+/// The head of a request, to send it a second time.
+fn copy_parts(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 /// One report line on stdout, read by the gateway.

@@ -96,16 +96,19 @@ def test_client_errors_are_still_invalid_argument(no_fleet: BackgroundGateway) -
     del b
 
 
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
 def test_a_backend_killed_between_polls_is_covered_by_the_fallback(
-    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
 ) -> None:
-    """Python data path: the forward fails UNAVAILABLE and the fallback answers instead."""
+    """The forward fails (tgw-edge hands the call to the gateway) and the fallback answers."""
     spec = ServerSpec("victim", models=("simple",))
     fleet_dir = tmp_path_factory.mktemp("victim-fleet")
     with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, [spec]) as fleet:
         server = fleet.servers["victim"]
         # Polls far apart: the kill is met by requests, not first noticed by a poll.
-        settings = _settings(server.address, "off", poll_interval_s=60)
+        settings = _settings(server.address, edge, poll_interval_s=60)
         with BackgroundGateway(Gateway(settings)) as gateway:
             a, b = simple_arrays()
             request = service_pb2.ModelInferRequest(model_name="simple")
