@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
+from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.balancing.round_robin import RoundRobinBalancer
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
@@ -74,18 +77,33 @@ class Gateway:
         discovery: Discovery | None = None,
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
         self._discovery = discovery or StaticDiscovery(
             Endpoint(name=b.name, address=b.address) for b in settings.backends
         )
+        breaker = settings.breaker
+        policy = BreakerPolicy(
+            consecutive_failures=breaker.consecutive_failures,
+            failure_rate=breaker.failure_rate,
+            min_requests=breaker.min_requests,
+            window_s=breaker.window_s,
+            base_ejection_s=breaker.base_ejection_s,
+            max_ejection_s=breaker.max_ejection_s,
+            half_open_trials=breaker.half_open_trials,
+        )
         self.pool = BackendPool(
             lambda endpoint: TritonBackend(
-                endpoint.name, endpoint.address, max_message_bytes=max_bytes
+                endpoint.name,
+                endpoint.address,
+                max_message_bytes=max_bytes,
+                breaker=CircuitBreaker(policy, clock),
             ),
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
+            max_ejected_fraction=breaker.max_ejected_fraction,
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
@@ -101,7 +119,7 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
-        self._edge = self._edge_process(settings, self.metrics)
+        self._edge = self._edge_process(settings, self.metrics, self.pool)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port = 0
         self.port = 0
@@ -177,7 +195,9 @@ class Gateway:
         await self.stop()
 
     @staticmethod
-    def _edge_process(settings: GatewaySettings, metrics: RequestMetrics) -> EdgeProcess | None:
+    def _edge_process(
+        settings: GatewaySettings, metrics: RequestMetrics, pool: BackendPool
+    ) -> EdgeProcess | None:
         edge = settings.edge
         if edge.mode == "off":
             return None
@@ -191,7 +211,7 @@ class Gateway:
             log.info("edge_not_installed", fallback="python data plane only")
             return None
         listen = f"{settings.server.host}:{settings.server.port}"
-        return EdgeProcess(binary, listen, edge.threads, metrics)
+        return EdgeProcess(binary, listen, edge.threads, metrics, pool.record_outcomes)
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
@@ -218,7 +238,12 @@ class Gateway:
 
     def _backend_gauges(self) -> list[BackendGauge]:
         return [
-            BackendGauge(name=b.name, up=b.health.ready, ready_versions=len(b.health.models))
+            BackendGauge(
+                name=b.name,
+                up=b.health.ready,
+                ready_versions=len(b.health.models),
+                breaker_open=b.breaker.state is not BreakerState.CLOSED,
+            )
             for b in self.pool.backends
         ]
 

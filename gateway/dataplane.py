@@ -80,6 +80,11 @@ class Fallback(Protocol):
     async def infer(self, request: bytes) -> bytes: ...
 
 
+# Outcomes that count against a backend's breaker. DEADLINE_EXCEEDED is left out until
+# per-try timeouts exist: today it means the client's own deadline ran out.
+BREAKER_FAULTS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+)
 FALLBACK_METADATA = (("x-gateway-served-by", "fallback"),)
 """Trailing metadata on every answer the fallback produced."""
 # Backend faults after which the fallback answers instead (client errors pass through).
@@ -276,6 +281,7 @@ class DataPlane:
     ) -> bytes:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
+        backend.breaker.on_request()
         try:
             with self._tracer.upstream_call(method, name, version, backend.name, context) as md:
                 response: bytes = await backend.unary[method](
@@ -283,9 +289,14 @@ class DataPlane:
                 )
         except grpc.aio.AioRpcError as exc:
             self._record(method, name, version, backend.name, exc.code().name, started)
+            if exc.code() in BREAKER_FAULTS:
+                self._pool.record_outcome(backend, False)
+            elif exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._pool.record_outcome(backend, True)  # a client error: the backend is fine
             raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
         finally:
             self._metrics.add_in_flight("python", -1)
+        self._pool.record_outcome(backend, True)
         self._record(method, name, version, backend.name, "OK", started)
         log.debug(
             "request",

@@ -55,6 +55,25 @@ class EdgeSettings(_Frozen):
     """Worker threads of tgw-edge (one is enough for two cores)."""
 
 
+class BreakerSettings(_Frozen):
+    consecutive_failures: int = Field(default=5, ge=1)
+    """Backend faults in a row that open a backend's breaker."""
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    """Share of backend faults over the window that opens the breaker..."""
+    min_requests: int = Field(default=20, ge=1)
+    """...once the window holds at least this many outcomes."""
+    window_s: float = Field(default=10.0, gt=0)
+    """Length of the failure-rate window."""
+    base_ejection_s: float = Field(default=1.0, gt=0)
+    """First time a backend stays out; doubles on each repeated ejection."""
+    max_ejection_s: float = Field(default=30.0, gt=0)
+    """Cap of the ejection time."""
+    half_open_trials: int = Field(default=1, ge=1)
+    """Requests let through to test a backend whose ejection time is over."""
+    max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Most of the live fleet breakers alone may eject; past it all live backends serve."""
+
+
 class FallbackSettings(_Frozen):
     enabled: bool = True
     """Answer from local ONNX Runtime sessions when no Triton backend can serve a request."""
@@ -109,6 +128,7 @@ class GatewaySettings(BaseSettings):
     """Static list of Triton backends."""
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
+    breaker: BreakerSettings = BreakerSettings()
     fallback: FallbackSettings = FallbackSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()

@@ -29,6 +29,7 @@ class BackendPool:
         *,
         poll_interval_s: float,
         poll_timeout_s: float,
+        max_ejected_fraction: float = 0.5,
     ) -> None:
         self._factory = factory
         self._poll_interval_s = poll_interval_s
@@ -37,8 +38,10 @@ class BackendPool:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Callable[[RouteTable[TritonBackend]], None]] = []
         self._discovered = asyncio.Event()
+        self._max_ejected_fraction = max_ejected_fraction
         self.table: RouteTable[TritonBackend] = RouteTable()
         self.ready_backends: tuple[TritonBackend, ...] = ()
+        self._admitted: frozenset[str] = frozenset()
 
     @property
     def backends(self) -> tuple[TritonBackend, ...]:
@@ -72,6 +75,24 @@ class BackendPool:
             changed |= self._record(backend, health)
         if changed:
             self._publish()
+
+    def record_outcome(self, backend: TritonBackend, success: bool) -> None:
+        """A call's outcome for the backend's breaker: success, or a backend fault."""
+        before = backend.breaker.state
+        after = backend.breaker.record(success)
+        if after is not before:
+            log.warning("breaker_changed", backend=backend.name, state=after.value)
+            self._publish_if_admission_changed()
+
+    def record_outcomes(self, name: str, successes: int, failures: int) -> None:
+        """Batched outcomes (tgw-edge's reports), applied in order failures-last."""
+        backend = self._backends.get(name)
+        if backend is None:
+            return
+        for _ in range(successes):
+            self.record_outcome(backend, True)
+        for _ in range(failures):
+            self.record_outcome(backend, False)
 
     async def close(self) -> None:
         for task in self._pollers.values():
@@ -123,6 +144,9 @@ class BackendPool:
                 return
             if self._record(backend, health):
                 self._publish()
+            else:
+                # An open breaker whose time is up turns half-open: offer the backend again.
+                self._publish_if_admission_changed()
             await asyncio.sleep(self._poll_interval_s)
 
     def _record(self, backend: TritonBackend, health: BackendHealth) -> bool:
@@ -138,9 +162,26 @@ class BackendPool:
             log.info("backend_models_changed", backend=backend.name, models=sorted(health.models))
         return True
 
+    def _admitted_backends(self) -> list[TritonBackend]:
+        live = [b for b in self._backends.values() if b.health.ready]
+        admitted = [b for b in live if b.breaker.admits()]
+        # Outlier detection alone may not eject more than this share of the live fleet;
+        # past it, every live backend is offered again (better a sick backend than none).
+        allowed = max(1, int(len(live) * self._max_ejected_fraction))
+        if len(live) - len(admitted) > allowed:
+            log.warning("ejection_cap_reached", ejected=len(live) - len(admitted), cap=allowed)
+            return live
+        return admitted
+
+    def _publish_if_admission_changed(self) -> None:
+        if frozenset(b.name for b in self._admitted_backends()) != self._admitted:
+            self._publish()
+
     def _publish(self) -> None:
         live = [b for b in self._backends.values() if b.health.ready]
-        self.table = RouteTable.build({b: b.health.models for b in live})
+        admitted = self._admitted_backends()
+        self.table = RouteTable.build({b: b.health.models for b in admitted})
         self.ready_backends = tuple(live)
+        self._admitted = frozenset(b.name for b in admitted)
         for listener in self._listeners:
             listener(self.table)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.balancing.breaker import CircuitBreaker
 from gateway.routing.table import ModelKey
 
 SERVICE = "inference.GRPCInferenceService"
@@ -51,7 +52,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class TritonBackend:
     """A Triton endpoint: raw forwarding callables plus a typed stub for control calls."""
 
-    def __init__(self, name: str, address: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, name: str, address: str, *, max_message_bytes: int, breaker: CircuitBreaker
+    ) -> None:
         self.name = name
         self.address = address
         self._channel = grpc.aio.insecure_channel(
@@ -64,6 +67,7 @@ class TritonBackend:
         }
         self.stream_infer = self._channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")
         self.health = BackendHealth.down()
+        self.breaker = breaker
 
     def __repr__(self) -> str:
         return f"TritonBackend({self.name!r}, {self.address!r})"

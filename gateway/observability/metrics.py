@@ -52,6 +52,7 @@ class BackendGauge:
     name: str
     up: bool
     ready_versions: int
+    breaker_open: bool = False
 
 
 class RequestMetrics(Collector):
@@ -140,11 +141,18 @@ class RequestMetrics(Collector):
             "Model versions READY on the backend.",
             labels=["backend"],
         )
+        breaker = GaugeMetricFamily(
+            f"{PREFIX}_backend_breaker_open",
+            "1 while the backend's circuit breaker is open or half-open.",
+            labels=["backend"],
+        )
         for backend in self._backends():
             up.add_metric([backend.name], 1.0 if backend.up else 0.0)
             versions.add_metric([backend.name], backend.ready_versions)
+            breaker.add_metric([backend.name], 1.0 if backend.breaker_open else 0.0)
         yield up
         yield versions
+        yield breaker
 
 
 def _bound(value: float) -> str:

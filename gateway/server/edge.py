@@ -12,6 +12,7 @@ import asyncio
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,9 @@ from gateway.routing.table import RouteTable
 log = structlog.get_logger(__name__)
 
 BINARY_NAME = "tgw-edge"
+# Status names that count against a backend's breaker; client errors never do.
+# DEADLINE_EXCEEDED is left out: tgw-edge cannot tell a slow backend from an impatient client.
+BACKEND_FAULTS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"})
 
 
 class EdgeError(RuntimeError):
@@ -51,11 +55,19 @@ def route_snapshot(gateway_address: str, table: RouteTable[TritonBackend]) -> by
 class EdgeProcess:
     """The tgw-edge child process: started, fed route snapshots, stopped."""
 
-    def __init__(self, binary: Path, listen: str, threads: int, metrics: RequestMetrics) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        listen: str,
+        threads: int,
+        metrics: RequestMetrics,
+        on_outcomes: Callable[[str, int, int], None],
+    ) -> None:
         self._binary = binary
         self._listen = listen
         self._threads = threads
         self._metrics = metrics
+        self._on_outcomes = on_outcomes
         self._reports: asyncio.Task[None] | None = None
         self._gateway_address = ""
         self._process: asyncio.subprocess.Process | None = None
@@ -122,6 +134,8 @@ class EdgeProcess:
                 ]:
                     key = ("edge", method, model, version, backend, code)
                     self._metrics.add_batch(key, count, seconds, buckets)
+                    fault = code in BACKEND_FAULTS
+                    self._on_outcomes(backend, 0 if fault else count, count if fault else 0)
                 self._metrics.set_in_flight("edge", int(report["in_flight"]))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("edge_report_unreadable", error=str(exc))

@@ -1,0 +1,63 @@
+"""A backend that dies is ejected by its breaker from real traffic, before any health poll."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.settings import load_settings
+from tests.conftest import MODEL_REPOSITORY
+from tests.support.background import BackgroundGateway
+from tests.support.metrics import value, wait_until
+from tests.support.models import simple_arrays, simple_inputs
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_a_killed_backend_is_ejected_and_no_request_fails(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    specs = [ServerSpec("alive", models=("simple",)), ServerSpec("victim", models=("simple",))]
+    fleet_dir = tmp_path_factory.mktemp("breaker-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
+            edge={"mode": edge},
+            fallback={"repository": str(MODEL_REPOSITORY)},
+            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
+            # Polls far apart: only the breaker can notice the death in time.
+            health={"poll_interval_s": 60},
+            breaker={"consecutive_failures": 1, "base_ejection_s": 60},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.url)
+            pool = gateway.gateway.pool
+            port = gateway.gateway.metrics_port
+            a, b = simple_arrays()
+            victim = fleet.servers["victim"]
+            os.kill(victim.pid, signal.SIGKILL)
+            assert victim.process is not None
+            victim.process.wait()
+
+            def routes() -> set[str]:
+                return {backend.name for backend in pool.table.candidates[("simple", "")]}
+
+            # Every request succeeds: the ones that meet the dead backend are answered by
+            # another path, and the breaker takes it out of the routes.
+            for _ in range(20):
+                result = client.infer("simple", simple_inputs(a, b))
+                assert (result.as_numpy("OUTPUT0") == a + b).all()
+                if routes() == {"alive"}:
+                    break
+            assert wait_until(lambda: routes() == {"alive"})
+            assert value(port, "triton_gateway_backend_breaker_open", {"backend": "victim"}) == 1
+            assert value(port, "triton_gateway_backend_breaker_open", {"backend": "alive"}) == 0
+            for _ in range(10):
+                client.infer("simple", simple_inputs(a, b))
