@@ -25,6 +25,7 @@ from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.round_robin import RoundRobinBalancer
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
@@ -114,6 +115,12 @@ class Gateway:
             self.metrics,
             tracer=_tracer(settings, tracer_provider),
             fallback=self.fallback,
+            retry_budget=RetryBudget(
+                clock,
+                ratio=settings.retry.budget_ratio,
+                min_per_second=settings.retry.min_per_second,
+                window_s=settings.retry.window_s,
+            ),
         )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None

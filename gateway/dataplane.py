@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
+from gateway.balancing.retry_budget import RetryBudget
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -80,22 +81,16 @@ class Fallback(Protocol):
     async def infer(self, request: bytes) -> bytes: ...
 
 
-# Outcomes that count against a backend's breaker. DEADLINE_EXCEEDED is left out until
-# per-try timeouts exist: today it means the client's own deadline ran out.
-BREAKER_FAULTS = frozenset(
+# Backend faults: they count against the backend's breaker, are retried on another backend,
+# and may be answered by the fallback. DEADLINE_EXCEEDED is left out until per-try timeouts
+# exist: today it means the client's own deadline ran out.
+BACKEND_FAULTS = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
 )
+TRIED_METADATA = "x-gateway-tried"
+"""Set by tgw-edge on a call it hands over after its backend failed: do not pick it again."""
 FALLBACK_METADATA = (("x-gateway-served-by", "fallback"),)
 """Trailing metadata on every answer the fallback produced."""
-# Backend faults after which the fallback answers instead (client errors pass through).
-FALLBACK_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-    }
-)
 
 
 class DataPlane:
@@ -109,6 +104,7 @@ class DataPlane:
         *,
         tracer: Tracer | None = None,
         fallback: Fallback | None = None,
+        retry_budget: RetryBudget | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
@@ -116,6 +112,7 @@ class DataPlane:
         self._metrics = metrics
         self._tracer: Tracer = tracer or PassThroughTracer()
         self._fallback = fallback
+        self._retry_budget = retry_budget or RetryBudget(time.monotonic)
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -144,18 +141,47 @@ class DataPlane:
             self._record("ModelInfer", name, version, "", code.name, started)
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise
-        backend = self._balancer.choose((name, version), candidates)
-        try:
-            return await self._forward(backend, "ModelInfer", request, context, name, version)
-        except UpstreamError as exc:
-            if (
-                exc.code in FALLBACK_CODES
-                and self._fallback is not None
-                and self._fallback.serves(name)
-            ):
-                log.warning("backend_fault_fallback", backend=backend.name, code=exc.code.name)
-                return await self._serve_fallback(request, context, name, version)
-            raise
+        self._retry_budget.on_request()
+        tried = _tried_backends(context)
+        last_error: UpstreamError | None = None
+        while True:
+            choices = candidates if not tried else [c for c in candidates if c.name not in tried]
+            if not choices:
+                break
+            backend = self._balancer.choose((name, version), choices)
+            try:
+                return await self._forward(backend, "ModelInfer", request, context, name, version)
+            except UpstreamError as exc:
+                last_error = exc
+                if not self._may_retry(exc, request, context):
+                    break
+                tried = tried | {backend.name}
+                self._metrics.retries.labels(backend=backend.name, code=exc.code.name).inc()
+        # No backend answered: the local fallback, else the last backend's own error. Client
+        # errors are never answered by the fallback: they pass through unchanged.
+        backend_fault = last_error is None or last_error.code in BACKEND_FAULTS
+        if backend_fault and self._fallback is not None and self._fallback.serves(name):
+            if last_error is not None:
+                log.warning("backend_fault_fallback", code=last_error.code.name)
+            return await self._serve_fallback(request, context, name, version)
+        if last_error is None:
+            raise NoBackendAvailableError(NO_BACKEND_READY)
+        raise last_error
+
+    def _may_retry(self, exc: UpstreamError, request: bytes, context: CallContext) -> bool:
+        """Retry on another backend only for backend faults, never for a sequence request
+        (its state lives on the backend it reached), within the deadline and the budget."""
+        if exc.code not in BACKEND_FAULTS:
+            return False
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return False
+        if _is_sequence_request(request):
+            return False
+        if not self._retry_budget.try_retry():
+            self._metrics.retry_budget_exhausted.inc()
+            return False
+        return True
 
     async def model_query(self, method: str, request: bytes, context: CallContext) -> bytes:
         """ModelMetadata / ModelConfig: answered by a backend that has the model.
@@ -289,7 +315,7 @@ class DataPlane:
                 )
         except grpc.aio.AioRpcError as exc:
             self._record(method, name, version, backend.name, exc.code().name, started)
-            if exc.code() in BREAKER_FAULTS:
+            if exc.code() in BACKEND_FAULTS:
                 self._pool.record_outcome(backend, False)
             elif exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._pool.record_outcome(backend, True)  # a client error: the backend is fine
@@ -397,3 +423,17 @@ async def _wait_unloaded(
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
         await asyncio.sleep(_UNLOAD_POLL_S)
+
+
+def _tried_backends(context: CallContext) -> frozenset[str]:
+    for key, value in context.invocation_metadata() or ():
+        if key == TRIED_METADATA:
+            return frozenset({value if isinstance(value, str) else value.decode()})
+    return frozenset()
+
+
+def _is_sequence_request(request: bytes) -> bool:
+    # Parsed only on the failure path, where the cost does not matter.
+    parameters = service_pb2.ModelInferRequest.FromString(request).parameters
+    sequence = parameters.get("sequence_id")
+    return sequence is not None and bool(sequence.int64_param or sequence.string_param)

@@ -74,6 +74,15 @@ class BreakerSettings(_Frozen):
     """Most of the live fleet breakers alone may eject; past it all live backends serve."""
 
 
+class RetrySettings(_Frozen):
+    budget_ratio: float = Field(default=0.2, ge=0)
+    """Retries may add at most this share of the requests over the window..."""
+    min_per_second: float = Field(default=10.0, ge=0)
+    """...or this many per second, whichever is more."""
+    window_s: int = Field(default=10, ge=1)
+    """Length of the retry-budget window."""
+
+
 class FallbackSettings(_Frozen):
     enabled: bool = True
     """Answer from local ONNX Runtime sessions when no Triton backend can serve a request."""
@@ -129,6 +138,7 @@ class GatewaySettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
     breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
     fallback: FallbackSettings = FallbackSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()

@@ -76,6 +76,11 @@ impl Edge {
                 // No answer from the backend at all (it died or refused): hand the call to the
                 // gateway, which picks again or answers from its local fallback.
                 pending.finish("UNAVAILABLE");
+                let mut parts = parts;
+                if let Ok(value) = HeaderValue::from_str(backend) {
+                    // The gateway must not pick the same backend again.
+                    parts.headers.insert("x-gateway-tried", value);
+                }
                 let request = Request::from_parts(parts, Body::from(bytes));
                 Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain))
             }

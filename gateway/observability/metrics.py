@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -69,6 +69,17 @@ class RequestMetrics(Collector):
         self._lock = threading.Lock()
         self._backends = backends
         registry.register(self)
+        self.retries = Counter(
+            f"{PREFIX}_retries",
+            "Calls sent again to another backend after a backend fault.",
+            ["backend", "code"],
+            registry=registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            f"{PREFIX}_retry_budget_exhausted",
+            "Backend faults not retried because the retry budget was spent.",
+            registry=registry,
+        )
 
     def observe(self, key: RequestKey, seconds: float) -> None:
         """One finished call of the Python data path."""

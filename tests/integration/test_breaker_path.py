@@ -61,3 +61,45 @@ def test_a_killed_backend_is_ejected_and_no_request_fails(
             assert value(port, "triton_gateway_backend_breaker_open", {"backend": "alive"}) == 0
             for _ in range(10):
                 client.infer("simple", simple_inputs(a, b))
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_calls_that_meet_a_dead_backend_are_retried_on_another(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    """No fallback, no breaker help: the retry alone saves every request."""
+    specs = [ServerSpec("alive", models=("simple",)), ServerSpec("victim", models=("simple",))]
+    fleet_dir = tmp_path_factory.mktemp("retry-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
+            edge={"mode": edge},
+            fallback={"enabled": False},
+            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
+            health={"poll_interval_s": 60},
+            breaker={"consecutive_failures": 1000, "min_requests": 1000},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.url)
+            port = gateway.gateway.metrics_port
+            victim = fleet.servers["victim"]
+            os.kill(victim.pid, signal.SIGKILL)
+            assert victim.process is not None
+            victim.process.wait()
+            a, b = simple_arrays()
+            for _ in range(10):
+                result = client.infer("simple", simple_inputs(a, b))
+                assert (result.as_numpy("OUTPUT1") == a - b).all()
+            if edge == "off":
+                # The Python path retried; through tgw-edge the gateway was told which backend
+                # failed and never picked it, so nothing needed retrying there.
+                retried = value(
+                    port,
+                    "triton_gateway_retries_total",
+                    {"backend": "victim", "code": "UNAVAILABLE"},
+                )
+                assert retried >= 1
+            assert gateway.gateway.pool.table.candidates[("simple", "")]  # still both listed
