@@ -1,0 +1,70 @@
+"""Chaos under steady load: real Triton processes killed and restarted while clients send."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.settings import load_settings
+from load_tests import loadgen
+from tests.conftest import MODEL_REPOSITORY
+from tests.support.background import BackgroundGateway
+from tests.support.metrics import wait_until
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_kill_9_one_of_two_backends_under_load_fails_no_request(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    specs = [ServerSpec("steady", models=("simple",)), ServerSpec("victim", models=("simple",))]
+    fleet_dir = tmp_path_factory.mktemp("chaos-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
+            edge={"mode": edge},
+            # No fallback: the fleet's own resilience must carry every request.
+            fallback={"enabled": False},
+            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
+            health={"poll_interval_s": 0.2, "poll_timeout_s": 0.5},
+            breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            pool = gateway.gateway.pool
+            victim = fleet.servers["victim"]
+            killed = asyncio.Event()
+
+            async def kill_mid_run() -> None:
+                await asyncio.sleep(1.0)
+                os.kill(victim.pid, signal.SIGKILL)
+                killed.set()
+
+            spec = loadgen.LoadSpec(
+                target=gateway.url,
+                model="simple",
+                mode="open",
+                rate=150,
+                duration_s=3.0,
+                max_requests=1000,
+                timeout_s=10,
+            )
+            result = asyncio.run(loadgen.run(spec, during=kill_mid_run))
+            assert killed.is_set()
+            assert result.sent == result.ok + result.failed
+            assert result.failed == 0, dict(result.errors)
+            assert result.ok == result.sent >= 400
+
+            def in_rotation() -> set[str]:
+                return {b.name for b in pool.table.candidates.get(("simple", ""), ())}
+
+            assert wait_until(lambda: in_rotation() == {"steady"})
+            # The restarted backend comes back into rotation without a gateway restart.
+            fleet.restart("victim")
+            assert wait_until(lambda: in_rotation() == {"steady", "victim"}, timeout_s=15)
