@@ -33,6 +33,7 @@ from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
 from gateway.routing.table import RouteTable
+from gateway.server.drain import DrainGate
 from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
@@ -126,6 +127,7 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._gate = DrainGate()
         self._edge = self._edge_process(settings, self.metrics, self.pool)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port = 0
@@ -176,8 +178,12 @@ class Gateway:
             await self._health.enter_graceful_shutdown()
         if self._edge is not None:
             await self._edge.stop(grace)
+        log.info("draining_calls", in_flight=self._gate.in_flight, grace_s=grace)
+        await self._gate.drain(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            # Nothing is in flight any more (or the grace is spent); the short grace lets the
+            # refusals of calls that raced the drain reach their clients.
+            await self._server.stop(1.0)
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -223,7 +229,9 @@ class Gateway:
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor(counter_request_ids(f"tgw{os.getpid()}"))],
+            interceptors=[
+                ErrorMappingInterceptor(counter_request_ids(f"tgw{os.getpid()}"), self._gate)
+            ],
             options=[
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.max_receive_message_length", max_bytes),

@@ -24,6 +24,7 @@ def start_gateway(
     edge_mode: str = "off",
     poll_interval_s: float = 1.0,
     name: str = "gateway",
+    log_level: str = "warning",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A gateway on a free loopback port in front of ``(name, address)`` backends."""
     port = free_port()
@@ -34,7 +35,7 @@ def start_gateway(
         "health": {"poll_interval_s": poll_interval_s},
         "edge": {"mode": edge_mode},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "logging": {"level": "warning", "format": "json"},
+        "logging": {"level": log_level, "format": "json"},
     }
     config.write_text(yaml.safe_dump(settings))
     log = workdir / f"{name}.log"

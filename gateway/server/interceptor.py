@@ -16,10 +16,12 @@ import grpc
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.server.drain import DrainGate
 
 log = structlog.get_logger(__name__)
 
 INTERNAL_MESSAGE = "internal error in triton-gateway"
+SHUTTING_DOWN = "triton-gateway is shutting down"
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -34,9 +36,10 @@ def counter_request_ids(prefix: str) -> RequestIds:
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, request_ids: RequestIds) -> None:
+    def __init__(self, request_ids: RequestIds, gate: DrainGate) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self._request_ids = request_ids
+        self._gate = gate
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -50,23 +53,23 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Unknown method: gRPC answers UNIMPLEMENTED; not cached, so junk names cannot
             # grow the cache.
             return None
-        wrapped = _wrap(method, handler, self._request_ids)
+        wrapped = _wrap(method, handler, self._request_ids, self._gate)
         self._wrapped[method] = wrapped
         return wrapped
 
 
 def _wrap(
-    method: str, handler: grpc.RpcMethodHandler, request_ids: RequestIds
+    method: str, handler: grpc.RpcMethodHandler, request_ids: RequestIds, gate: DrainGate
 ) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(method, handler.unary_unary, request_ids),
+            _unary(method, handler.unary_unary, request_ids, gate),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _streaming(method, handler.stream_stream, request_ids),
+            _streaming(method, handler.stream_stream, request_ids, gate),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -86,15 +89,20 @@ def _unary(
     method: str,
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     request_ids: RequestIds,
+    gate: DrainGate,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind_request_id(context, request_ids)
+        if not gate.enter():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             await _abort(context, method, exc)
+        finally:
+            gate.leave()
 
     return mapped
 
@@ -103,9 +111,12 @@ def _streaming(
     method: str,
     behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
     request_ids: RequestIds,
+    gate: DrainGate,
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def mapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind_request_id(context, request_ids)
+        if not gate.enter():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         try:
             async for response in behavior(requests, context):
                 yield response
@@ -113,6 +124,8 @@ def _streaming(
             raise
         except Exception as exc:
             await _abort(context, method, exc)
+        finally:
+            gate.leave()
 
     return mapped
 
