@@ -122,6 +122,7 @@ class Gateway:
                 min_per_second=settings.retry.min_per_second,
                 window_s=settings.retry.window_s,
             ),
+            per_try_timeout_s=settings.retry.per_try_timeout_s,
         )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -224,7 +225,14 @@ class Gateway:
             log.info("edge_not_installed", fallback="python data plane only")
             return None
         listen = f"{settings.server.host}:{settings.server.port}"
-        return EdgeProcess(binary, listen, edge.threads, metrics, pool.record_outcomes)
+        return EdgeProcess(
+            binary,
+            listen,
+            edge.threads,
+            metrics,
+            pool.record_outcomes,
+            per_try_timeout_s=settings.retry.per_try_timeout_s,
+        )
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes

@@ -105,6 +105,7 @@ class DataPlane:
         tracer: Tracer | None = None,
         fallback: Fallback | None = None,
         retry_budget: RetryBudget | None = None,
+        per_try_timeout_s: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
@@ -113,6 +114,7 @@ class DataPlane:
         self._tracer: Tracer = tracer or PassThroughTracer()
         self._fallback = fallback
         self._retry_budget = retry_budget or RetryBudget(time.monotonic)
+        self._per_try_timeout_s = per_try_timeout_s
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -159,7 +161,7 @@ class DataPlane:
                 self._metrics.retries.labels(backend=backend.name, code=exc.code.name).inc()
         # No backend answered: the local fallback, else the last backend's own error. Client
         # errors are never answered by the fallback: they pass through unchanged.
-        backend_fault = last_error is None or last_error.code in BACKEND_FAULTS
+        backend_fault = last_error is None or last_error.backend_fault
         if backend_fault and self._fallback is not None and self._fallback.serves(name):
             if last_error is not None:
                 log.warning("backend_fault_fallback", code=last_error.code.name)
@@ -171,7 +173,7 @@ class DataPlane:
     def _may_retry(self, exc: UpstreamError, request: bytes, context: CallContext) -> bool:
         """Retry on another backend only for backend faults, never for a sequence request
         (its state lives on the backend it reached), within the deadline and the budget."""
-        if exc.code not in BACKEND_FAULTS:
+        if not exc.backend_fault:
             return False
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -308,18 +310,28 @@ class DataPlane:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
         backend.breaker.on_request()
+        remaining = context.time_remaining()
+        per_try = self._per_try_timeout_s
+        # The per-try timeout binds when it is shorter than what the client left us; then a
+        # DEADLINE_EXCEEDED is this backend's slowness, not the client giving up.
+        per_try_binds = per_try is not None and (remaining is None or per_try < remaining)
+        timeout = per_try if per_try_binds else remaining
         try:
             with self._tracer.upstream_call(method, name, version, backend.name, context) as md:
-                response: bytes = await backend.unary[method](
-                    request, timeout=context.time_remaining(), metadata=md
-                )
+                response: bytes = await backend.unary[method](request, timeout=timeout, metadata=md)
         except grpc.aio.AioRpcError as exc:
-            self._record(method, name, version, backend.name, exc.code().name, started)
-            if exc.code() in BACKEND_FAULTS:
+            code = exc.code()
+            self._record(method, name, version, backend.name, code.name, started)
+            fault = code in BACKEND_FAULTS or (
+                per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+            if fault:
                 self._pool.record_outcome(backend, False)
-            elif exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            elif code is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._pool.record_outcome(backend, True)  # a client error: the backend is fine
-            raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
+            raise UpstreamError(
+                code, exc.details() or "", backend.name, backend_fault=fault
+            ) from exc
         finally:
             self._metrics.add_in_flight("python", -1)
         self._pool.record_outcome(backend, True)

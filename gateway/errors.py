@@ -48,9 +48,13 @@ class NoBackendAvailableError(GatewayError):
 class UpstreamError(GatewayError):
     """A backend answered with a non-OK status: passed to the client unchanged."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, backend: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, backend: str, *, backend_fault: bool = False
+    ) -> None:
         super().__init__(message, code=code)
         self.backend = backend
+        self.backend_fault = backend_fault
+        """The backend, not the request, is at fault: retry elsewhere, count on its breaker."""
 
 
 class UnsupportedMethodError(GatewayError):

@@ -81,6 +81,9 @@ class RetrySettings(_Frozen):
     """...or this many per second, whichever is more."""
     window_s: int = Field(default=10, ge=1)
     """Length of the retry-budget window."""
+    per_try_timeout_s: float | None = Field(default=None, gt=0)
+    """Deadline of one try on one backend; past it the call moves to another backend (a hung
+    backend costs this much, not the client's whole deadline). None: the client's deadline."""
 
 
 class FallbackSettings(_Frozen):

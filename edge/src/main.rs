@@ -31,6 +31,8 @@ struct Edge {
     client: Client<HttpConnector>,
     routes: SharedRoutes,
     stats: Arc<Stats>,
+    /// Longest wait for a backend's answer before the call goes to the gateway instead.
+    per_try: Option<std::time::Duration>,
 }
 
 impl Edge {
@@ -66,7 +68,14 @@ impl Edge {
         // Routed calls are counted here; the gateway counts what it serves itself.
         let pending = self.stats.start(&method, name, version, backend);
         let attempt = Request::from_parts(copy_parts(&parts), Body::from(bytes.clone()));
-        match self.send(attempt, address).await {
+        let outcome = match self.per_try {
+            Some(limit) => match tokio::time::timeout(limit, self.send(attempt, address)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("upstream {address}: no answer within the per-try timeout")),
+            },
+            None => self.send(attempt, address).await,
+        };
+        match outcome {
             Ok(response) => {
                 let (head, body) = response.into_parts();
                 let body = ObservedBody::observe(body, &head.headers, pending);
@@ -149,12 +158,14 @@ struct Options {
     listen: SocketAddr,
     threads: usize,
     buckets: Vec<f64>,
+    per_try: Option<std::time::Duration>,
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut listen = None;
     let mut threads = 1usize;
     let mut buckets = vec![0.001, 0.01, 0.1, 1.0];
+    let mut per_try = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -169,12 +180,16 @@ fn parse_options() -> Result<Options, String> {
                     .map(|b| b.trim().parse::<f64>().map_err(|e| format!("--buckets {b}: {e}")))
                     .collect::<Result<_, _>>()?;
             }
+            "--per-try-timeout-ms" => {
+                let ms: u64 = args.next().and_then(|v| v.parse().ok()).ok_or("--per-try-timeout-ms takes a number")?;
+                per_try = Some(std::time::Duration::from_millis(ms));
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let listen = listen.ok_or("--listen HOST:PORT is required")?;
     let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
-    Ok(Options { listen, threads: threads.max(1), buckets })
+    Ok(Options { listen, threads: threads.max(1), buckets, per_try })
 }
 
 fn main() {
@@ -226,7 +241,7 @@ fn main() {
         connector.set_nodelay(true);
         let client = Client::builder().http2_only(true).build(connector);
         let stats = Stats::new(options.buckets.clone());
-        let edge = Arc::new(Edge { client, routes, stats: stats.clone() });
+        let edge = Arc::new(Edge { client, routes, stats: stats.clone(), per_try: options.per_try });
         let reporter = stats.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

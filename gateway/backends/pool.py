@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.backends.triton import BackendHealth, TritonBackend
+from gateway.balancing.breaker import BreakerState
 from gateway.discovery.base import Add, Discovery, DiscoveryEvent, Endpoint, Remove, Reset
 from gateway.routing.table import RouteTable
 
@@ -83,6 +84,10 @@ class BackendPool:
         if after is not before:
             log.warning("breaker_changed", backend=backend.name, state=after.value)
             self._publish_if_admission_changed()
+            if after is BreakerState.OPEN:
+                # Offer it again (half-open) the moment its ejection time is over.
+                delay = backend.breaker.seconds_until_trial()
+                asyncio.get_running_loop().call_later(delay, self._publish_if_admission_changed)
 
     def record_outcomes(self, name: str, successes: int, failures: int) -> None:
         """Batched outcomes (tgw-edge's reports), applied in order failures-last."""
@@ -144,10 +149,9 @@ class BackendPool:
                 return
             if self._record(backend, health):
                 self._publish()
-            else:
-                # An open breaker whose time is up turns half-open: offer the backend again.
-                self._publish_if_admission_changed()
-            await asyncio.sleep(self._poll_interval_s)
+            # A backend that did not answer is asked again soon: a restart is noticed fast.
+            interval = self._poll_interval_s if health.ready else min(self._poll_interval_s, 1.0)
+            await asyncio.sleep(interval)
 
     def _record(self, backend: TritonBackend, health: BackendHealth) -> bool:
         if health == backend.health:

@@ -53,6 +53,12 @@ class CircuitBreaker:
             self._trials_left = self._policy.half_open_trials
         return self._state
 
+    def seconds_until_trial(self) -> float:
+        """How long an open breaker stays open (0 when it is not open)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._open_until - self._clock())
+
     def admits(self) -> bool:
         """Whether the backend may be offered new requests (no side effect)."""
         state = self.state

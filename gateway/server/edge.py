@@ -62,12 +62,15 @@ class EdgeProcess:
         threads: int,
         metrics: RequestMetrics,
         on_outcomes: Callable[[str, int, int], None],
+        *,
+        per_try_timeout_s: float | None = None,
     ) -> None:
         self._binary = binary
         self._listen = listen
         self._threads = threads
         self._metrics = metrics
         self._on_outcomes = on_outcomes
+        self._per_try_timeout_s = per_try_timeout_s
         self._reports: asyncio.Task[None] | None = None
         self._gateway_address = ""
         self._process: asyncio.subprocess.Process | None = None
@@ -76,6 +79,9 @@ class EdgeProcess:
     async def start(self, gateway_address: str, table: RouteTable[TritonBackend]) -> int:
         """Start serving on the listen address; returns the bound port."""
         self._gateway_address = gateway_address
+        per_try = []
+        if self._per_try_timeout_s is not None:
+            per_try = ["--per-try-timeout-ms", str(max(1, round(self._per_try_timeout_s * 1000)))]
         self._process = await asyncio.create_subprocess_exec(
             str(self._binary),
             "--listen",
@@ -84,6 +90,7 @@ class EdgeProcess:
             str(self._threads),
             "--buckets",
             ",".join(repr(bound) for bound in LATENCY_BUCKETS),
+            *per_try,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

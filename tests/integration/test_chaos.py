@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
@@ -15,6 +16,7 @@ from load_tests import loadgen
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import wait_until
+from tests.support.models import simple_arrays, simple_inputs
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -68,3 +70,50 @@ def test_kill_9_one_of_two_backends_under_load_fails_no_request(
             # The restarted backend comes back into rotation without a gateway restart.
             fleet.restart("victim")
             assert wait_until(lambda: in_rotation() == {"steady", "victim"}, timeout_s=15)
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_a_hung_backend_costs_one_per_try_timeout_then_is_ejected(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    specs = [ServerSpec("steady", models=("simple",)), ServerSpec("hung", models=("simple",))]
+    fleet_dir = tmp_path_factory.mktemp("hang-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
+            edge={"mode": edge},
+            fallback={"enabled": False},
+            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
+            health={"poll_interval_s": 60, "poll_timeout_s": 0.5},
+            retry={"per_try_timeout_s": 0.3},
+            breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            pool = gateway.gateway.pool
+            hung = fleet.servers["hung"]
+            client = grpcclient.InferenceServerClient(gateway.url)
+            a, b = simple_arrays()
+
+            def in_rotation() -> set[str]:
+                return {x.name for x in pool.table.candidates.get(("simple", ""), ())}
+
+            os.kill(hung.pid, signal.SIGSTOP)  # a real hang: the process stops answering
+            try:
+                for _ in range(12):
+                    # Each call that meets the hung backend moves on after 0.3 s, well
+                    # inside the client's own deadline, so none fails.
+                    result = client.infer("simple", simple_inputs(a, b), client_timeout=5)
+                    assert (result.as_numpy("OUTPUT0") == a + b).all()
+                assert wait_until(lambda: in_rotation() == {"steady"})
+            finally:
+                os.kill(hung.pid, signal.SIGCONT)
+
+            # SIGCONT: the breaker's trial succeeds and the backend serves again.
+            def back() -> bool:
+                client.infer("simple", simple_inputs(a, b), client_timeout=5)
+                return in_rotation() == {"steady", "hung"}
+
+            assert wait_until(back, timeout_s=15)
