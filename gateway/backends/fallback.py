@@ -70,13 +70,22 @@ class OnnxFallback:
         # CUDA/TensorRT only when configured and actually present; CPU always works.
         self._providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="fallback")
+        # Keyed by (name, requested version): "" maps to the latest version's session too, so
+        # a request touches no file once its model is loaded.
         self._sessions: dict[tuple[str, str], _Model] = {}
+        self._serves: dict[str, bool] = {}
         self._load_lock = threading.Lock()
         self._in_flight = 0
 
     def serves(self, name: str) -> bool:
-        """Whether the model is in the repository and allowed for the fallback."""
-        if not name or (self._allowed is not None and name not in self._allowed):
+        """Whether the model is in the repository and allowed for the fallback (cached)."""
+        known = self._serves.get(name)
+        if known is None:
+            known = self._serves[name] = self._check_serves(name)
+        return known
+
+    def _check_serves(self, name: str) -> bool:
+        if not name or "/" in name or (self._allowed is not None and name not in self._allowed):
             return False
         model_dir = self._repository / name
         return (model_dir / "config.pbtxt").is_file() and bool(model_versions(model_dir))
@@ -131,6 +140,9 @@ class OnnxFallback:
         return answer
 
     def _model(self, name: str, version: str) -> _Model:
+        model = self._sessions.get((name, version))
+        if model is not None:
+            return model
         if not self.serves(name):
             raise ModelNotFoundError(name, version)
         model_dir = self._repository / name
@@ -138,15 +150,12 @@ class OnnxFallback:
         resolved = version or versions[-1]
         if resolved not in versions:
             raise ModelNotFoundError(name, version)
-        key = (name, resolved)
-        model = self._sessions.get(key)
-        if model is not None:
-            return model
         with self._load_lock:
-            model = self._sessions.get(key)
+            model = self._sessions.get((name, resolved))
             if model is None:
                 model = self._load(model_dir, resolved)
-                self._sessions[key] = model
+                self._sessions[(name, resolved)] = model
+            self._sessions[(name, version)] = model
         return model
 
     def _load(self, model_dir: Path, version: str) -> _Model:
