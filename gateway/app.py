@@ -27,6 +27,7 @@ from gateway.backends.triton import TritonBackend
 from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.round_robin import RoundRobinBalancer
+from gateway.balancing.shedding import LoadShedder
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
@@ -123,6 +124,9 @@ class Gateway:
                 window_s=settings.retry.window_s,
             ),
             per_try_timeout_s=settings.retry.per_try_timeout_s,
+            shedder=LoadShedder(
+                settings.shedding.max_in_flight, settings.shedding.max_in_flight_per_model
+            ),
         )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -232,6 +236,8 @@ class Gateway:
             metrics,
             pool.record_outcomes,
             per_try_timeout_s=settings.retry.per_try_timeout_s,
+            max_in_flight=settings.shedding.max_in_flight,
+            max_in_flight_per_model=settings.shedding.max_in_flight_per_model,
         )
 
     def _build_server(self) -> grpc.aio.Server:

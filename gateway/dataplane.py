@@ -22,10 +22,12 @@ from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.retry_budget import RetryBudget
+from gateway.balancing.shedding import LoadShedder
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
     NoBackendAvailableError,
+    OverloadedError,
     UpstreamError,
 )
 from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
@@ -106,6 +108,7 @@ class DataPlane:
         fallback: Fallback | None = None,
         retry_budget: RetryBudget | None = None,
         per_try_timeout_s: float | None = None,
+        shedder: LoadShedder | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
@@ -115,6 +118,7 @@ class DataPlane:
         self._fallback = fallback
         self._retry_budget = retry_budget or RetryBudget(time.monotonic)
         self._per_try_timeout_s = per_try_timeout_s
+        self._shedder = shedder or LoadShedder(None, None)
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -134,6 +138,19 @@ class DataPlane:
     async def model_infer(self, request: bytes, context: CallContext) -> bytes:
         started = self._clock()
         name, version = read_model_key(request)
+        if not self._shedder.try_enter(name):
+            self._record("ModelInfer", name, version, "", OverloadedError.code.name, started)
+            raise OverloadedError(
+                f"triton-gateway is at capacity for model '{name}': too many requests in flight"
+            )
+        try:
+            return await self._route_and_forward(request, context, name, version, started)
+        finally:
+            self._shedder.leave(name)
+
+    async def _route_and_forward(
+        self, request: bytes, context: CallContext, name: str, version: str, started: float
+    ) -> bytes:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError as exc:

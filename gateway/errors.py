@@ -45,6 +45,12 @@ class NoBackendAvailableError(GatewayError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class OverloadedError(GatewayError):
+    """A load-shedding cap is reached: refused at once rather than queued."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class UpstreamError(GatewayError):
     """A backend answered with a non-OK status: passed to the client unchanged."""
 

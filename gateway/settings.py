@@ -86,6 +86,13 @@ class RetrySettings(_Frozen):
     backend costs this much, not the client's whole deadline). None: the client's deadline."""
 
 
+class SheddingSettings(_Frozen):
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """Inference calls in flight per data path process; past it: RESOURCE_EXHAUSTED at once."""
+    max_in_flight_per_model: int | None = Field(default=None, ge=1)
+    """The same cap for each model."""
+
+
 class FallbackSettings(_Frozen):
     enabled: bool = True
     """Answer from local ONNX Runtime sessions when no Triton backend can serve a request."""
@@ -142,6 +149,7 @@ class GatewaySettings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
+    shedding: SheddingSettings = SheddingSettings()
     fallback: FallbackSettings = FallbackSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()

@@ -10,6 +10,7 @@
 //! in-flight calls and exits, so the edge never outlives its gateway.
 
 mod routes;
+mod shedding;
 mod stats;
 mod wire;
 
@@ -33,6 +34,7 @@ struct Edge {
     stats: Arc<Stats>,
     /// Longest wait for a backend's answer before the call goes to the gateway instead.
     per_try: Option<std::time::Duration>,
+    shedder: shedding::Shedder,
 }
 
 impl Edge {
@@ -65,6 +67,15 @@ impl Edge {
                 return Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain));
             }
         };
+        // Load shedding: refused at once, counted, never queued.
+        let admitted = match self.shedder.try_enter(name) {
+            Some(admitted) => admitted,
+            None => {
+                self.stats.start(&method, name, version, "").finish("RESOURCE_EXHAUSTED");
+                let message = format!("triton-gateway is at capacity for model '{name}': too many requests in flight");
+                return Ok(grpc_error(8, &message).map(ObservedBody::plain));
+            }
+        };
         // Routed calls are counted here; the gateway counts what it serves itself.
         let pending = self.stats.start(&method, name, version, backend);
         let attempt = Request::from_parts(copy_parts(&parts), Body::from(bytes.clone()));
@@ -78,13 +89,14 @@ impl Edge {
         match outcome {
             Ok(response) => {
                 let (head, body) = response.into_parts();
-                let body = ObservedBody::observe(body, &head.headers, pending);
+                let body = ObservedBody::observe(body, &head.headers, pending).holding(admitted);
                 Ok(Response::from_parts(head, body))
             }
             Err(_) => {
                 // No answer from the backend at all (it died or refused): hand the call to the
                 // gateway, which picks again or answers from its local fallback.
                 pending.finish("UNAVAILABLE");
+                drop(admitted);
                 let mut parts = parts;
                 if let Ok(value) = HeaderValue::from_str(backend) {
                     // The gateway must not pick the same backend again.
@@ -159,6 +171,8 @@ struct Options {
     threads: usize,
     buckets: Vec<f64>,
     per_try: Option<std::time::Duration>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_model: Option<usize>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -166,6 +180,8 @@ fn parse_options() -> Result<Options, String> {
     let mut threads = 1usize;
     let mut buckets = vec![0.001, 0.01, 0.1, 1.0];
     let mut per_try = None;
+    let mut max_in_flight = None;
+    let mut max_in_flight_per_model = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -184,12 +200,19 @@ fn parse_options() -> Result<Options, String> {
                 let ms: u64 = args.next().and_then(|v| v.parse().ok()).ok_or("--per-try-timeout-ms takes a number")?;
                 per_try = Some(std::time::Duration::from_millis(ms));
             }
+            "--max-in-flight" => {
+                max_in_flight = Some(args.next().and_then(|v| v.parse().ok()).ok_or("--max-in-flight takes a number")?);
+            }
+            "--max-in-flight-per-model" => {
+                max_in_flight_per_model =
+                    Some(args.next().and_then(|v| v.parse().ok()).ok_or("--max-in-flight-per-model takes a number")?);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let listen = listen.ok_or("--listen HOST:PORT is required")?;
     let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
-    Ok(Options { listen, threads: threads.max(1), buckets, per_try })
+    Ok(Options { listen, threads: threads.max(1), buckets, per_try, max_in_flight, max_in_flight_per_model })
 }
 
 fn main() {
@@ -241,7 +264,8 @@ fn main() {
         connector.set_nodelay(true);
         let client = Client::builder().http2_only(true).build(connector);
         let stats = Stats::new(options.buckets.clone());
-        let edge = Arc::new(Edge { client, routes, stats: stats.clone(), per_try: options.per_try });
+        let shedder = shedding::Shedder::new(options.max_in_flight, options.max_in_flight_per_model);
+        let edge = Arc::new(Edge { client, routes, stats: stats.clone(), per_try: options.per_try, shedder });
         let reporter = stats.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -118,11 +118,19 @@ impl Pending {
 pub struct ObservedBody {
     inner: Body,
     pending: Option<Pending>,
+    /// Load-shedding admission, released when the response body is done.
+    admission: Option<crate::shedding::Admitted>,
 }
 
 impl ObservedBody {
     pub fn plain(inner: Body) -> Self {
-        ObservedBody { inner, pending: None }
+        ObservedBody { inner, pending: None, admission: None }
+    }
+
+    /// Keep the call counted as in flight until its body is done.
+    pub fn holding(mut self, admission: crate::shedding::Admitted) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Wrap a backend response; a trailers-only answer (status in headers) is recorded now.
@@ -130,9 +138,9 @@ impl ObservedBody {
         match headers.get("grpc-status") {
             Some(status) => {
                 pending.finish(code_name(Some(status.as_bytes())));
-                ObservedBody { inner, pending: None }
+                ObservedBody { inner, pending: None, admission: None }
             }
-            None => ObservedBody { inner, pending: Some(pending) },
+            None => ObservedBody { inner, pending: Some(pending), admission: None },
         }
     }
 }
@@ -152,6 +160,7 @@ impl HttpBody for ObservedBody {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_trailers(cx);
         if let Poll::Ready(outcome) = &result {
+            this.admission = None;
             if let Some(pending) = this.pending.take() {
                 let code = match outcome {
                     Ok(Some(trailers)) => code_name(trailers.get("grpc-status").map(|v| v.as_bytes())),

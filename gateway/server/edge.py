@@ -64,6 +64,8 @@ class EdgeProcess:
         on_outcomes: Callable[[str, int, int], None],
         *,
         per_try_timeout_s: float | None = None,
+        max_in_flight: int | None = None,
+        max_in_flight_per_model: int | None = None,
     ) -> None:
         self._binary = binary
         self._listen = listen
@@ -71,6 +73,11 @@ class EdgeProcess:
         self._metrics = metrics
         self._on_outcomes = on_outcomes
         self._per_try_timeout_s = per_try_timeout_s
+        self._limits: list[str] = []
+        if max_in_flight is not None:
+            self._limits += ["--max-in-flight", str(max_in_flight)]
+        if max_in_flight_per_model is not None:
+            self._limits += ["--max-in-flight-per-model", str(max_in_flight_per_model)]
         self._reports: asyncio.Task[None] | None = None
         self._gateway_address = ""
         self._process: asyncio.subprocess.Process | None = None
@@ -91,6 +98,7 @@ class EdgeProcess:
             "--buckets",
             ",".join(repr(bound) for bound in LATENCY_BUCKETS),
             *per_try,
+            *self._limits,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
