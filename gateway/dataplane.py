@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
+from gateway.balancing.affinity import backend_for_sequence
 from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.shedding import LoadShedder
 from gateway.errors import (
@@ -32,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
 from gateway.observability.tracing import PassThroughTracer, Tracer
-from gateway.routing.wire import read_model_key
+from gateway.routing.wire import read_model_key, read_sequence_id
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +168,11 @@ class DataPlane:
             choices = candidates if not tried else [c for c in candidates if c.name not in tried]
             if not choices:
                 break
-            backend = self._balancer.choose((name, version), choices)
+            sequence = read_sequence_id(request)
+            if sequence is not None:
+                backend = backend_for_sequence(sequence, choices)
+            else:
+                backend = self._balancer.choose((name, version), choices)
             try:
                 return await self._forward(backend, "ModelInfer", request, context, name, version)
             except UpstreamError as exc:

@@ -58,8 +58,10 @@ impl Edge {
             Ok(bytes) => bytes,
             Err(error) => return Ok(grpc_error(1, &format!("request body: {error}")).map(ObservedBody::plain)),
         };
-        let routed = wire::model_key(&bytes)
-            .and_then(|(name, version)| table.choose(name, version).map(|b| (name, version, b)));
+        let sequence = wire::sequence_id(&bytes);
+        let routed = wire::model_key(&bytes).and_then(|(name, version)| {
+            table.choose(name, version, sequence.as_deref()).map(|b| (name, version, b))
+        });
         let (name, version, (backend, address)) = match routed {
             Some(found) => found,
             None => {

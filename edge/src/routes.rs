@@ -42,13 +42,27 @@ impl RouteTable {
         Ok(RouteTable { gateway, routes })
     }
 
-    /// Round-robin over the backends of the key, or None when no backend serves it.
-    pub fn choose(&self, name: &str, version: &str) -> Option<&Backend> {
+    /// Round-robin over the backends of the key, or None when no backend serves it. A
+    /// request of a sequence always gets the same backend (rendezvous hashing, the same
+    /// weights as the gateway's `gateway.balancing.affinity`).
+    pub fn choose(&self, name: &str, version: &str, sequence: Option<&str>) -> Option<&Backend> {
         // The tuple key needs owned strings; a lookup allocates two short strings at most.
         let route = self.routes.get(&(name.to_string(), version.to_string()))?;
+        if let Some(sequence) = sequence {
+            return route.backends.iter().max_by_key(|(backend, _)| weight(sequence, backend));
+        }
         let index = route.next.fetch_add(1, Ordering::Relaxed);
         route.backends.get(index % route.backends.len())
     }
+}
+
+/// FNV-1a 64 of `sequence NUL backend`.
+pub fn weight(sequence: &str, backend: &str) -> u64 {
+    let mut value: u64 = 0xcbf29ce484222325;
+    for byte in sequence.bytes().chain(std::iter::once(0u8)).chain(backend.bytes()) {
+        value = (value ^ u64::from(byte)).wrapping_mul(0x100000001b3);
+    }
+    value
 }
 
 #[derive(Clone)]
@@ -80,11 +94,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(table.gateway, "127.0.0.1:1");
-        assert_eq!(table.choose("m", "").unwrap().1, "a:1");
-        assert_eq!(table.choose("m", "").unwrap().0, "b");
-        assert_eq!(table.choose("m", "").unwrap().1, "a:1");
-        assert!(table.choose("n", "1").is_none());
-        assert!(table.choose("x", "").is_none());
+        assert_eq!(table.choose("m", "", None).unwrap().1, "a:1");
+        assert_eq!(table.choose("m", "", None).unwrap().0, "b");
+        assert_eq!(table.choose("m", "", None).unwrap().1, "a:1");
+        assert!(table.choose("n", "1", None).is_none());
+        assert!(table.choose("x", "", None).is_none());
+        let pinned = table.choose("m", "", Some("seq-1")).unwrap().0.clone();
+        for _ in 0..5 {
+            assert_eq!(table.choose("m", "", Some("seq-1")).unwrap().0, pinned);
+        }
+    }
+
+    #[test]
+    fn weight_matches_the_gateway() {
+        // The same vector is checked in tests/unit/test_affinity.py.
+        assert_eq!(super::weight("42", "triton-0"), 0x05E8EB9AD641B8D6);
     }
 
     #[test]

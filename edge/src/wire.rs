@@ -41,6 +41,74 @@ pub fn model_key(frame: &[u8]) -> Option<(&str, &str)> {
     Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(version).ok()?))
 }
 
+/// Top-level fields of a protobuf message: (field number, wire type, start, end of value).
+fn fields(message: &[u8]) -> Option<Vec<(u64, u64, usize, usize)>> {
+    let mut found = Vec::new();
+    let mut pos = 0usize;
+    while pos < message.len() {
+        let (tag, next) = varint(message, pos)?;
+        pos = next;
+        let (field, wire) = (tag >> 3, tag & 7);
+        let start = pos;
+        match wire {
+            0 => pos = varint(message, pos)?.1,
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let (length, next) = varint(message, pos)?;
+                let end = next.checked_add(usize::try_from(length).ok()?)?;
+                found.push((field, wire, next, end));
+                pos = end;
+                continue;
+            }
+            _ => return None,
+        }
+        found.push((field, wire, start, pos));
+    }
+    if pos > message.len() {
+        return None;
+    }
+    Some(found)
+}
+
+/// The `sequence_id` request parameter (int or string) as text, when the request has one.
+pub fn sequence_id(frame: &[u8]) -> Option<String> {
+    let length = u32::from_be_bytes([*frame.get(1)?, *frame.get(2)?, *frame.get(3)?, *frame.get(4)?]);
+    let message = frame.get(5..5 + length as usize)?;
+    for (field, _, start, end) in fields(message)? {
+        if field != 4 {
+            continue; // ModelInferRequest.parameters: map<string, InferParameter>
+        }
+        let entry = &message[start..end];
+        let (mut key, mut value) = (None, None);
+        for (entry_field, _, s, e) in fields(entry)? {
+            match entry_field {
+                1 => key = Some(&entry[s..e]),
+                2 => value = Some(&entry[s..e]),
+                _ => {}
+            }
+        }
+        if key != Some(b"sequence_id".as_slice()) {
+            continue;
+        }
+        let value = value?;
+        for (param_field, wire, s, e) in fields(value)? {
+            match (param_field, wire) {
+                (2, 0) | (5, 0) => {
+                    let number = varint(value, s)?.0;
+                    return if number == 0 { None } else { Some(number.to_string()) };
+                }
+                (3, 2) => {
+                    let text = std::str::from_utf8(&value[s..e]).ok()?;
+                    return if text.is_empty() { None } else { Some(text.to_string()) };
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
 fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
@@ -69,6 +137,18 @@ mod tests {
     fn reads_name_and_version() {
         let message = [b"\x0a\x06simple\x12\x011".as_slice(), b"\x1a\x02id"].concat();
         assert_eq!(model_key(&frame(&message)), Some(("simple", "1")));
+    }
+
+    #[test]
+    fn reads_sequence_ids() {
+        // parameters { key: "sequence_id" value { int64_param: 1234 } }
+        let int_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x10\xd2\x09"].concat();
+        let message = [b"\x0a\x01m".as_slice(), &[0x22, int_entry.len() as u8], &int_entry].concat();
+        assert_eq!(super::sequence_id(&frame(&message)).as_deref(), Some("1234"));
+        let text_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x1a\x01s"].concat();
+        let message = [&[0x22, text_entry.len() as u8], text_entry.as_slice()].concat();
+        assert_eq!(super::sequence_id(&frame(&message)).as_deref(), Some("s"));
+        assert_eq!(super::sequence_id(&frame(b"\x0a\x01m")), None);
     }
 
     #[test]

@@ -67,3 +67,63 @@ def read_model_key(data: bytes) -> tuple[str, str]:
         if field == 0 or pos > end:
             raise InvalidRequestError(_MALFORMED)
     return name, version
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """Top-level (field, wire type, start, stop) of length-delimited and varint fields."""
+    found: list[tuple[int, int, int, int]] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == _WIRE_LENGTH_DELIMITED:
+            length, pos = _read_varint(data, pos)
+            stop = pos + length
+            if stop > end:
+                raise InvalidRequestError(_MALFORMED)
+            found.append((field, wire, pos, stop))
+            pos = stop
+        elif wire == _WIRE_VARINT:
+            start = pos
+            _, pos = _read_varint(data, pos)
+            found.append((field, wire, start, pos))
+        elif wire == _WIRE_FIXED64:
+            found.append((field, wire, pos, pos + 8))
+            pos += 8
+        elif wire == _WIRE_FIXED32:
+            found.append((field, wire, pos, pos + 4))
+            pos += 4
+        else:
+            raise InvalidRequestError(_MALFORMED)
+    if pos > end:
+        raise InvalidRequestError(_MALFORMED)
+    return found
+
+
+def read_sequence_id(data: bytes) -> str | None:
+    """The ``sequence_id`` request parameter (int or string) as text, or None.
+
+    Requests of one sequence must all reach the backend holding its state (Triton's sequence
+    batcher), so the router pins them; the value itself is opaque here.
+    """
+    for field, _, start, stop in _fields(data):
+        if field != 4:  # ModelInferRequest.parameters: map<string, InferParameter>
+            continue
+        entry = data[start:stop]
+        key = value = None
+        for entry_field, _, s, e in _fields(entry):
+            if entry_field == 1:
+                key = entry[s:e]
+            elif entry_field == 2:
+                value = entry[s:e]
+        if key != b"sequence_id" or value is None:
+            continue
+        for param_field, wire, s, e in _fields(value):
+            # InferParameter: int64_param = 2, string_param = 3, uint64_param = 5
+            if param_field in (2, 5) and wire == _WIRE_VARINT:
+                number, _ = _read_varint(value, s)
+                return str(number) if number else None
+            if param_field == 3 and wire == _WIRE_LENGTH_DELIMITED:
+                return value[s:e].decode(errors="replace") or None
+    return None

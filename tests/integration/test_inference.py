@@ -200,3 +200,21 @@ def test_client_errors_pass_through_as_invalid_argument(
         _direct(fleet, "triton-a").infer("simple", inputs())  # type: ignore[operator]
     assert via_gateway.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert via_gateway.value.message() == direct.value.message()
+
+
+@pytest.mark.parametrize("sequence", [1234, 987654])
+def test_requests_of_one_sequence_stay_on_one_backend(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet, sequence: int
+) -> None:
+    before = {name: _inference_count(fleet, name, "simple") for name in fleet.servers}
+    a, b = simple_arrays()
+    for index in range(12):
+        client.infer(
+            "simple",
+            simple_inputs(a, b),
+            sequence_id=sequence,
+            sequence_start=index == 0,
+            sequence_end=index == 11,
+        )
+    delta = {name: _inference_count(fleet, name, "simple") - before[name] for name in before}
+    assert sorted(delta.values()) == [0, 12], delta
