@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
+from watchfiles import awatch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -38,7 +40,7 @@ from gateway.server.drain import DrainGate
 from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +83,7 @@ class Gateway:
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
         clock: Callable[[], float] = time.monotonic,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
@@ -133,6 +136,8 @@ class Gateway:
         self._follow_task: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         self._gate = DrainGate()
+        self._config_path = config_path
+        self._config_watch: asyncio.Task[None] | None = None
         self._edge = self._edge_process(settings, self.metrics, self.pool)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port = 0
@@ -160,7 +165,10 @@ class Gateway:
             self._metrics_server = server
             self.metrics_port = server.server_port
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
+        self.pool.set_drained(frozenset(b.name for b in self.settings.backends if b.drained))
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)
+        if self._config_path is not None:
+            self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
         await self._set_serving(self.dataplane.is_ready())
         await self._server.start()
         if self._edge is not None:
@@ -179,6 +187,8 @@ class Gateway:
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace, then close."""
         grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
+        if self._config_watch is not None:
+            self._config_watch.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._edge is not None:
@@ -211,6 +221,17 @@ class Gateway:
         await stop.wait()
         log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
         await self.stop()
+
+    async def _watch_config(self, path: Path) -> None:
+        """Apply backend drains from the config file whenever it is saved."""
+        async for _ in awatch(path, debounce=200, step=50):
+            try:
+                settings = load_settings(path)
+            except (OSError, ValueError) as exc:
+                log.warning("config_reload_rejected", path=str(path), error=str(exc))
+                continue
+            self.pool.set_drained(frozenset(b.name for b in settings.backends if b.drained))
+            log.info("config_reloaded", path=str(path))
 
     @staticmethod
     def _edge_process(
@@ -272,6 +293,7 @@ class Gateway:
                 up=b.health.ready,
                 ready_versions=len(b.health.models),
                 breaker_open=b.breaker.state is not BreakerState.CLOSED,
+                drained=self.pool.is_drained(b.name),
             )
             for b in self.pool.backends
         ]

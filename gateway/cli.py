@@ -86,7 +86,7 @@ def _fleet(args: argparse.Namespace, *, detached: bool) -> LocalFleet:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging)
-    asyncio.run(Gateway(settings).run_until_signal())
+    asyncio.run(Gateway(settings, config_path=args.config).run_until_signal())
     return 0
 
 

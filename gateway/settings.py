@@ -35,6 +35,9 @@ class BackendSettings(_Frozen):
     """Stable name used in logs, metrics and admin calls."""
     address: str
     """host:port of the Triton gRPC endpoint."""
+    drained: bool = False
+    """Send it no new requests (calls in flight finish); change it and save the config file
+    to drain or restore a backend without a restart."""
 
 
 class HealthSettings(_Frozen):

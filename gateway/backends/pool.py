@@ -43,6 +43,7 @@ class BackendPool:
         self.table: RouteTable[TritonBackend] = RouteTable()
         self.ready_backends: tuple[TritonBackend, ...] = ()
         self._admitted: frozenset[str] = frozenset()
+        self._drained: frozenset[str] = frozenset()
 
     @property
     def backends(self) -> tuple[TritonBackend, ...]:
@@ -76,6 +77,16 @@ class BackendPool:
             changed |= self._record(backend, health)
         if changed:
             self._publish()
+
+    def set_drained(self, names: frozenset[str]) -> None:
+        """Backends that take no new requests; their calls in flight finish normally."""
+        if names != self._drained:
+            log.warning("backends_drained", drained=sorted(names))
+            self._drained = names
+            self._publish()
+
+    def is_drained(self, name: str) -> bool:
+        return name in self._drained
 
     def record_outcome(self, backend: TritonBackend, success: bool) -> None:
         """A call's outcome for the backend's breaker: success, or a backend fault."""
@@ -167,7 +178,9 @@ class BackendPool:
         return True
 
     def _admitted_backends(self) -> list[TritonBackend]:
-        live = [b for b in self._backends.values() if b.health.ready]
+        live = [
+            b for b in self._backends.values() if b.health.ready and b.name not in self._drained
+        ]
         admitted = [b for b in live if b.breaker.admits()]
         # Outlier detection alone may not eject more than this share of the live fleet;
         # past it, every live backend is offered again (better a sick backend than none).

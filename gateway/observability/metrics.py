@@ -53,6 +53,7 @@ class BackendGauge:
     up: bool
     ready_versions: int
     breaker_open: bool = False
+    drained: bool = False
 
 
 class RequestMetrics(Collector):
@@ -157,13 +158,18 @@ class RequestMetrics(Collector):
             "1 while the backend's circuit breaker is open or half-open.",
             labels=["backend"],
         )
+        drained = GaugeMetricFamily(
+            f"{PREFIX}_backend_drained", "1 while the backend is drained.", labels=["backend"]
+        )
         for backend in self._backends():
+            drained.add_metric([backend.name], 1.0 if backend.drained else 0.0)
             up.add_metric([backend.name], 1.0 if backend.up else 0.0)
             versions.add_metric([backend.name], backend.ready_versions)
             breaker.add_metric([backend.name], 1.0 if backend.breaker_open else 0.0)
         yield up
         yield versions
         yield breaker
+        yield drained
 
 
 def _bound(value: float) -> str:
