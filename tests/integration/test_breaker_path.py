@@ -10,11 +10,11 @@ import tritonclient.grpc as grpcclient
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import load_settings
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
+from tests.support.settings import gateway_settings
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -26,12 +26,9 @@ def test_a_killed_backend_is_ejected_and_no_request_fails(
     specs = [ServerSpec("alive", models=("simple",)), ServerSpec("victim", models=("simple",))]
     fleet_dir = tmp_path_factory.mktemp("breaker-fleet")
     with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0},
-            metrics={"host": "127.0.0.1", "port": 0},
+        settings = gateway_settings(
+            fleet,
             edge={"mode": edge},
-            fallback={"repository": str(MODEL_REPOSITORY)},
-            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
             # Polls far apart: only the breaker can notice the death in time.
             health={"poll_interval_s": 60},
             breaker={"consecutive_failures": 1, "base_ejection_s": 60},
@@ -73,12 +70,10 @@ def test_calls_that_meet_a_dead_backend_are_retried_on_another(
     specs = [ServerSpec("alive", models=("simple",)), ServerSpec("victim", models=("simple",))]
     fleet_dir = tmp_path_factory.mktemp("retry-fleet")
     with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0},
-            metrics={"host": "127.0.0.1", "port": 0},
+        settings = gateway_settings(
+            fleet,
             edge={"mode": edge},
             fallback={"enabled": False},
-            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
             health={"poll_interval_s": 60},
             breaker={"consecutive_failures": 1000, "min_requests": 1000},
         )

@@ -11,12 +11,12 @@ import tritonclient.grpc as grpcclient
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import load_settings
 from load_tests import loadgen
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import wait_until
 from tests.support.models import simple_arrays, simple_inputs
+from tests.support.settings import gateway_settings
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -28,13 +28,11 @@ def test_kill_9_one_of_two_backends_under_load_fails_no_request(
     specs = [ServerSpec("steady", models=("simple",)), ServerSpec("victim", models=("simple",))]
     fleet_dir = tmp_path_factory.mktemp("chaos-fleet")
     with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0},
-            metrics={"host": "127.0.0.1", "port": 0},
+        settings = gateway_settings(
+            fleet,
             edge={"mode": edge},
             # No fallback: the fleet's own resilience must carry every request.
             fallback={"enabled": False},
-            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
             health={"poll_interval_s": 0.2, "poll_timeout_s": 0.5},
             breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
         )
@@ -81,12 +79,10 @@ def test_a_hung_backend_costs_one_per_try_timeout_then_is_ejected(
     specs = [ServerSpec("steady", models=("simple",)), ServerSpec("hung", models=("simple",))]
     fleet_dir = tmp_path_factory.mktemp("hang-fleet")
     with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0},
-            metrics={"host": "127.0.0.1", "port": 0},
+        settings = gateway_settings(
+            fleet,
             edge={"mode": edge},
             fallback={"enabled": False},
-            backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
             health={"poll_interval_s": 60, "poll_timeout_s": 0.5},
             retry={"per_try_timeout_s": 0.3},
             breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},

@@ -10,21 +10,17 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
-from gateway.settings import load_settings
 from load_tests import loadgen
-from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import requests_total, wait_until
+from tests.support.settings import gateway_settings
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
 def test_calls_past_the_per_model_cap_are_shed(fleet: LocalFleet, edge: str) -> None:
-    settings = load_settings(
-        server={"host": "127.0.0.1", "port": 0},
-        metrics={"host": "127.0.0.1", "port": 0},
+    settings = gateway_settings(
+        fleet,
         edge={"mode": edge},
-        fallback={"repository": str(MODEL_REPOSITORY)},
-        backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
         shedding={"max_in_flight_per_model": 1},
     )
     with BackgroundGateway(Gateway(settings)) as gateway:
