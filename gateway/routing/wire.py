@@ -32,7 +32,10 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def read_model_key(data: bytes) -> tuple[str, str]:
-    """Return (field 1, field 2) as strings; raise InvalidRequestError on malformed bytes."""
+    """Return (field 1, field 2) as strings; raise InvalidRequestError on malformed bytes.
+
+    Its own loop rather than ``_fields``: this runs for every request and builds no list.
+    """
     name = version = ""
     pos = 0
     end = len(data)
