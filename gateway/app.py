@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -27,8 +28,8 @@ from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.balancing.p2c import LoadPolicy, PowerOfTwoChoices
 from gateway.balancing.retry_budget import RetryBudget
-from gateway.balancing.round_robin import RoundRobinBalancer
 from gateway.balancing.shedding import LoadShedder
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
@@ -84,6 +85,7 @@ class Gateway:
         tracer_provider: TracerProvider | None = None,
         clock: Callable[[], float] = time.monotonic,
         config_path: Path | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
@@ -116,7 +118,14 @@ class Gateway:
         self.fallback = _fallback(settings)
         self.dataplane = DataPlane(
             self.pool,
-            RoundRobinBalancer(),
+            PowerOfTwoChoices(
+                clock,
+                rng or random.Random(),
+                LoadPolicy(
+                    decay_s=settings.balancing.latency_decay_s,
+                    fault_penalty_s=settings.balancing.fault_penalty_s,
+                ),
+            ),
             self.metrics,
             tracer=_tracer(settings, tracer_provider),
             fallback=self.fallback,
@@ -259,6 +268,8 @@ class Gateway:
             per_try_timeout_s=settings.retry.per_try_timeout_s,
             max_in_flight=settings.shedding.max_in_flight,
             max_in_flight_per_model=settings.shedding.max_in_flight_per_model,
+            latency_decay_s=settings.balancing.latency_decay_s,
+            fault_penalty_s=settings.balancing.fault_penalty_s,
         )
 
     def _build_server(self) -> grpc.aio.Server:

@@ -61,9 +61,17 @@ _UNLOAD_WAIT_S = 60.0
 
 
 class Balancer(Protocol):
+    """Chooses a backend per request and learns from each call's outcome."""
+
     def choose(
         self, key: tuple[str, str], candidates: Sequence[TritonBackend]
     ) -> TritonBackend: ...
+
+    def started(self, backend: str) -> None: ...
+
+    def finished(
+        self, backend: str, key: tuple[str, str], latency_s: float | None, fault: bool
+    ) -> None: ...
 
 
 class CallContext(Protocol):
@@ -85,11 +93,13 @@ class Fallback(Protocol):
 
 
 # Backend faults: they count against the backend's breaker, are retried on another backend,
-# and may be answered by the fallback. DEADLINE_EXCEEDED is left out until per-try timeouts
-# exist: today it means the client's own deadline ran out.
+# and may be answered by the fallback. DEADLINE_EXCEEDED counts only where the per-try timeout
+# bound the call (see ``_forward``); otherwise it is the client's own deadline.
 BACKEND_FAULTS = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
 )
+# The client's own deadline or cancellation: nothing is learned of the backend.
+_CLIENT_GAVE_UP = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 TRIED_METADATA = "x-gateway-tried"
 """Set by tgw-edge on a call it hands over after its backend failed: do not pick it again."""
 FALLBACK_METADATA = (("x-gateway-served-by", "fallback"),)
@@ -161,38 +171,54 @@ class DataPlane:
             self._record("ModelInfer", name, version, "", code.name, started)
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise
+        try:
+            return await self._try_backends(
+                "ModelInfer", request, context, name, version, candidates
+            )
+        except UpstreamError as exc:
+            # Client errors pass through unchanged: the fallback never answers them.
+            if not exc.backend_fault or self._fallback is None or not self._fallback.serves(name):
+                raise
+            log.warning("backend_fault_fallback", code=exc.code.name)
+        except NoBackendAvailableError:
+            if self._fallback is None or not self._fallback.serves(name):
+                raise
+        return await self._serve_fallback(request, context, name, version)
+
+    async def _try_backends(
+        self,
+        method: str,
+        request: bytes,
+        context: CallContext,
+        name: str,
+        version: str,
+        candidates: Sequence[TritonBackend],
+    ) -> bytes:
+        """Forward to a chosen backend; on a backend fault, to another while policy allows.
+
+        Raises the last backend's error, or NoBackendAvailableError when every candidate was
+        already tried (tgw-edge hands over calls whose backend failed, naming it).
+        """
         self._retry_budget.on_request()
         tried = _tried_backends(context)
-        last_error: UpstreamError | None = None
+        sequence = read_sequence_id(request) if method == "ModelInfer" else None
         while True:
             choices = candidates if not tried else [c for c in candidates if c.name not in tried]
             if not choices:
-                break
-            sequence = read_sequence_id(request)
+                raise NoBackendAvailableError(NO_BACKEND_READY)
             if sequence is not None:
                 backend = backend_for_sequence(sequence, choices)
             else:
                 backend = self._balancer.choose((name, version), choices)
             try:
-                return await self._forward(backend, "ModelInfer", request, context, name, version)
+                return await self._forward(backend, method, request, context, name, version)
             except UpstreamError as exc:
-                last_error = exc
-                if not self._may_retry(exc, request, context):
-                    break
+                if not self._may_retry(exc, context, sequence is not None):
+                    raise
                 tried = tried | {backend.name}
                 self._metrics.retries.labels(backend=backend.name, code=exc.code.name).inc()
-        # No backend answered: the local fallback, else the last backend's own error. Client
-        # errors are never answered by the fallback: they pass through unchanged.
-        backend_fault = last_error is None or last_error.backend_fault
-        if backend_fault and self._fallback is not None and self._fallback.serves(name):
-            if last_error is not None:
-                log.warning("backend_fault_fallback", code=last_error.code.name)
-            return await self._serve_fallback(request, context, name, version)
-        if last_error is None:
-            raise NoBackendAvailableError(NO_BACKEND_READY)
-        raise last_error
 
-    def _may_retry(self, exc: UpstreamError, request: bytes, context: CallContext) -> bool:
+    def _may_retry(self, exc: UpstreamError, context: CallContext, in_sequence: bool) -> bool:
         """Retry on another backend only for backend faults, never for a sequence request
         (its state lives on the backend it reached), within the deadline and the budget."""
         if not exc.backend_fault:
@@ -200,7 +226,7 @@ class DataPlane:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return False
-        if _is_sequence_request(request):
+        if in_sequence:
             return False
         if not self._retry_budget.try_retry():
             self._metrics.retry_budget_exhausted.inc()
@@ -214,8 +240,11 @@ class DataPlane:
         answer for an unknown model.
         """
         name, version = read_model_key(request)
-        backend = self._choose_or_any(name, version)
-        return await self._forward(backend, method, request, context, name, version)
+        try:
+            candidates = self._pool.table.lookup(name, version)
+        except ModelNotFoundError:
+            candidates = self._any_ready()[:1]
+        return await self._try_backends(method, request, context, name, version, candidates)
 
     async def model_ready(self, request: bytes, context: CallContext) -> bytes:
         name, version = read_model_key(request)
@@ -225,8 +254,7 @@ class DataPlane:
             # Triton answers ready=false (not an error) for a model it does not have; the
             # empty message is exactly that response serialized.
             return b""
-        backend = self._balancer.choose((name, version), candidates)
-        return await self._forward(backend, "ModelReady", request, context, name, version)
+        return await self._try_backends("ModelReady", request, context, name, version, candidates)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: CallContext
@@ -331,6 +359,7 @@ class DataPlane:
     ) -> bytes:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
+        self._balancer.started(backend.name)
         backend.breaker.on_request()
         remaining = context.time_remaining()
         per_try = self._per_try_timeout_s
@@ -338,24 +367,34 @@ class DataPlane:
         # DEADLINE_EXCEEDED is this backend's slowness, not the client giving up.
         per_try_binds = per_try is not None and (remaining is None or per_try < remaining)
         timeout = per_try if per_try_binds else remaining
+        # What the call taught about the backend's latency; None while the client gave up.
+        latency: float | None = None
+        fault = False
         try:
             with self._tracer.upstream_call(method, name, version, backend.name, context) as md:
                 response: bytes = await backend.unary[method](request, timeout=timeout, metadata=md)
+            latency = self._clock() - started
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             self._record(method, name, version, backend.name, code.name, started)
             fault = code in BACKEND_FAULTS or (
                 per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED
             )
+            gave_up = not fault and code in _CLIENT_GAVE_UP
             if fault:
                 self._pool.record_outcome(backend, False)
-            elif code is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            elif not gave_up:
                 self._pool.record_outcome(backend, True)  # a client error: the backend is fine
+            if not gave_up:
+                latency = self._clock() - started
             raise UpstreamError(
                 code, exc.details() or "", backend.name, backend_fault=fault
             ) from exc
         finally:
             self._metrics.add_in_flight("python", -1)
+            # Only inference latency feeds the estimate: metadata calls are cheap everywhere.
+            learned = latency if method == "ModelInfer" else None
+            self._balancer.finished(backend.name, (name, version), learned, fault)
         self._pool.record_outcome(backend, True)
         self._record(method, name, version, backend.name, "OK", started)
         log.debug(
@@ -464,10 +503,3 @@ def _tried_backends(context: CallContext) -> frozenset[str]:
         if key == TRIED_METADATA:
             return frozenset({value if isinstance(value, str) else value.decode()})
     return frozenset()
-
-
-def _is_sequence_request(request: bytes) -> bool:
-    # Parsed only on the failure path, where the cost does not matter.
-    parameters = service_pb2.ModelInferRequest.FromString(request).parameters
-    sequence = parameters.get("sequence_id")
-    return sequence is not None and bool(sequence.int64_param or sequence.string_param)

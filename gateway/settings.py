@@ -77,6 +77,15 @@ class BreakerSettings(_Frozen):
     """Most of the live fleet breakers alone may eject; past it all live backends serve."""
 
 
+class BalancingSettings(_Frozen):
+    """Power of two choices on calls in flight x a peak-EWMA of latency per backend and model."""
+
+    latency_decay_s: float = Field(default=5.0, gt=0)
+    """Time constant of the latency estimate: how long a slow spell takes to be forgiven."""
+    fault_penalty_s: float = Field(default=0.25, ge=0)
+    """Least latency a backend fault counts as, so a backend failing fast never looks fast."""
+
+
 class RetrySettings(_Frozen):
     budget_ratio: float = Field(default=0.2, ge=0)
     """Retries may add at most this share of the requests over the window..."""
@@ -151,6 +160,7 @@ class GatewaySettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
     breaker: BreakerSettings = BreakerSettings()
+    balancing: BalancingSettings = BalancingSettings()
     retry: RetrySettings = RetrySettings()
     shedding: SheddingSettings = SheddingSettings()
     fallback: FallbackSettings = FallbackSettings()

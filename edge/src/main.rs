@@ -4,7 +4,7 @@
 //! this process does not. It starts tgw-edge as a child and writes route snapshots (one JSON line
 //! each) to its stdin. For the model-scoped unary calls (ModelInfer, ModelReady, ModelMetadata,
 //! ModelConfig) tgw-edge reads the model name and version from the request bytes, picks a backend
-//! of the current snapshot round-robin and forwards the bytes over HTTP/2; everything else, and
+//! of the current snapshot (power of two choices on calls in flight x latency) and forwards the bytes over HTTP/2; everything else, and
 //! every request no route covers, goes to the Python gateway unchanged, so answers (errors,
 //! fallback, fan-out calls, health, reflection) stay the Python gateway's. Closing stdin drains
 //! in-flight calls and exits, so the edge never outlives its gateway.
@@ -18,7 +18,7 @@ use hyper::client::HttpConnector;
 use hyper::header::HeaderValue;
 use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Client, Request, Response, Server, Uri};
-use routes::{RouteTable, SharedRoutes};
+use routes::{LoadPolicy, Loads, RouteTable, SharedRoutes};
 use stats::{ObservedBody, Stats};
 use std::convert::Infallible;
 use std::io::BufRead;
@@ -62,7 +62,7 @@ impl Edge {
         let routed = wire::model_key(&bytes).and_then(|(name, version)| {
             table.choose(name, version, sequence.as_deref()).map(|b| (name, version, b))
         });
-        let (name, version, (backend, address)) = match routed {
+        let (name, version, target) = match routed {
             Some(found) => found,
             None => {
                 let request = Request::from_parts(parts, Body::from(bytes));
@@ -73,13 +73,14 @@ impl Edge {
         let admitted = match self.shedder.try_enter(name) {
             Some(admitted) => admitted,
             None => {
-                self.stats.start(&method, name, version, "").finish("RESOURCE_EXHAUSTED");
+                self.stats.start(&method, name, version, "", None).finish("RESOURCE_EXHAUSTED");
                 let message = format!("triton-gateway is at capacity for model '{name}': too many requests in flight");
                 return Ok(grpc_error(8, &message).map(ObservedBody::plain));
             }
         };
         // Routed calls are counted here; the gateway counts what it serves itself.
-        let pending = self.stats.start(&method, name, version, backend);
+        let (backend, address) = (target.name.as_str(), target.address.as_str());
+        let pending = self.stats.start(&method, name, version, backend, Some(target.start()));
         let attempt = Request::from_parts(copy_parts(&parts), Body::from(bytes.clone()));
         let outcome = match self.per_try {
             Some(limit) => match tokio::time::timeout(limit, self.send(attempt, address)).await {
@@ -175,6 +176,8 @@ struct Options {
     per_try: Option<std::time::Duration>,
     max_in_flight: Option<usize>,
     max_in_flight_per_model: Option<usize>,
+    policy: LoadPolicy,
+    seed: u64,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -184,6 +187,12 @@ fn parse_options() -> Result<Options, String> {
     let mut per_try = None;
     let mut max_in_flight = None;
     let mut max_in_flight_per_model = None;
+    let mut policy = LoadPolicy { decay_s: 5.0, fault_penalty_s: 0.25 };
+    // Different gateways should not draw the same sequence; tests pass --seed for repeatability.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -209,12 +218,33 @@ fn parse_options() -> Result<Options, String> {
                 max_in_flight_per_model =
                     Some(args.next().and_then(|v| v.parse().ok()).ok_or("--max-in-flight-per-model takes a number")?);
             }
+            "--latency-decay-ms" => {
+                let ms: f64 = args.next().and_then(|v| v.parse().ok()).ok_or("--latency-decay-ms takes a number")?;
+                if ms <= 0.0 {
+                    return Err("--latency-decay-ms must be positive".to_string());
+                }
+                policy.decay_s = ms / 1000.0;
+            }
+            "--fault-penalty-ms" => {
+                let ms: f64 = args.next().and_then(|v| v.parse().ok()).ok_or("--fault-penalty-ms takes a number")?;
+                policy.fault_penalty_s = ms / 1000.0;
+            }
+            "--seed" => seed = args.next().and_then(|v| v.parse().ok()).ok_or("--seed takes a number")?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let listen = listen.ok_or("--listen HOST:PORT is required")?;
     let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
-    Ok(Options { listen, threads: threads.max(1), buckets, per_try, max_in_flight, max_in_flight_per_model })
+    Ok(Options {
+        listen,
+        threads: threads.max(1),
+        buckets,
+        per_try,
+        max_in_flight,
+        max_in_flight_per_model,
+        policy,
+        seed,
+    })
 }
 
 fn main() {
@@ -231,7 +261,8 @@ fn main() {
     if !matches!(stdin.read_line(&mut first), Ok(n) if n > 0) {
         std::process::exit(0);
     }
-    let routes = match RouteTable::parse(&first) {
+    let loads = Loads::new(options.policy, options.seed);
+    let routes = match RouteTable::parse(&first, &loads) {
         Ok(table) => SharedRoutes::new(table),
         Err(message) => {
             eprintln!("tgw-edge: bad route snapshot: {message}");
@@ -253,7 +284,7 @@ fn main() {
                 Ok(line) => line,
                 Err(_) => break,
             };
-            match RouteTable::parse(&line) {
+            match RouteTable::parse(&line, &loads) {
                 Ok(table) => updates.replace(table),
                 Err(message) => eprintln!("tgw-edge: ignoring bad route snapshot: {message}"),
             }
@@ -270,10 +301,18 @@ fn main() {
         let edge = Arc::new(Edge { client, routes, stats: stats.clone(), per_try: options.per_try, shedder });
         let reporter = stats.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            // Once a second, and soon after a backend fault (at most every 50 ms), so the
+            // gateway's breakers learn of faults within milliseconds.
+            let period = std::time::Duration::from_secs(1);
+            let mut next_tick = tokio::time::Instant::now() + period;
             loop {
-                tick.tick().await;
+                let woken = tokio::time::timeout_at(next_tick, reporter.fault.notified()).await.is_ok();
                 report(&reporter);
+                if woken {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                } else {
+                    next_tick = tokio::time::Instant::now() + period;
+                }
             }
         });
         let make = make_service_fn(move |_| {

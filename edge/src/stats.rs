@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio::sync::Notify;
+
+/// Outcomes that count against a backend's breaker: reported at once, not at the next tick.
+const BACKEND_FAULTS: [&str; 3] = ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"];
 
 /// (method, model, version, backend, code)
 type Key = (String, String, String, String, &'static str);
@@ -27,6 +31,8 @@ pub struct Stats {
     bounds: Vec<f64>,
     totals: Mutex<HashMap<Key, Totals>>,
     in_flight: AtomicI64,
+    /// Woken by a backend fault, so the gateway's breaker hears of it within milliseconds.
+    pub fault: Notify,
 }
 
 const CODES: [&str; 17] = [
@@ -47,7 +53,12 @@ pub fn code_name(value: Option<&[u8]>) -> &'static str {
 
 impl Stats {
     pub fn new(bounds: Vec<f64>) -> Arc<Stats> {
-        Arc::new(Stats { bounds, totals: Mutex::new(HashMap::new()), in_flight: AtomicI64::new(0) })
+        Arc::new(Stats {
+            bounds,
+            totals: Mutex::new(HashMap::new()),
+            in_flight: AtomicI64::new(0),
+            fault: Notify::new(),
+        })
     }
 
     fn record(&self, key: Key, seconds: f64) {
@@ -82,9 +93,18 @@ impl Stats {
         Some(serde_json::json!({"requests": requests, "in_flight": in_flight}).to_string())
     }
 
-    pub fn start(self: &Arc<Self>, method: &str, model: &str, version: &str, backend: &str) -> Pending {
+    /// Start counting a call; `target` is the balancer's in-flight guard of a routed call.
+    pub fn start(
+        self: &Arc<Self>,
+        method: &str,
+        model: &str,
+        version: &str,
+        backend: &str,
+        target: Option<crate::routes::InFlight>,
+    ) -> Pending {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Pending {
+            target,
             stats: self.clone(),
             method: method.to_string(),
             model: model.to_string(),
@@ -97,6 +117,7 @@ impl Stats {
 
 /// A routed call in progress; finishing it (or dropping it) records it once.
 pub struct Pending {
+    target: Option<crate::routes::InFlight>,
     stats: Arc<Stats>,
     method: String,
     model: String,
@@ -108,9 +129,15 @@ pub struct Pending {
 impl Pending {
     pub fn finish(self, code: &'static str) {
         let seconds = self.started.elapsed().as_secs_f64();
+        if let Some(target) = self.target {
+            target.finish(code, seconds);
+        }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let key = (self.method, self.model, self.version, self.backend, code);
         self.stats.record(key, seconds);
+        if BACKEND_FAULTS.contains(&code) {
+            self.stats.fault.notify_one();
+        }
     }
 }
 
@@ -204,8 +231,8 @@ mod tests {
     #[test]
     fn report_drains_counts_into_buckets() {
         let stats = Stats::new(vec![0.001, 0.01]);
-        stats.start("ModelInfer", "m", "1", "b:1").finish("OK");
-        let pending = stats.start("ModelInfer", "m", "1", "b:1");
+        stats.start("ModelInfer", "m", "1", "b:1", None).finish("OK");
+        let pending = stats.start("ModelInfer", "m", "1", "b:1", None);
         let report = stats.take_report().unwrap();
         assert!(report.contains(r#"["ModelInfer","m","1","b:1","OK",1,"#), "{report}");
         assert!(report.contains(r#""in_flight":1"#), "{report}");

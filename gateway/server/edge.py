@@ -66,6 +66,8 @@ class EdgeProcess:
         per_try_timeout_s: float | None = None,
         max_in_flight: int | None = None,
         max_in_flight_per_model: int | None = None,
+        latency_decay_s: float = 5.0,
+        fault_penalty_s: float = 0.25,
     ) -> None:
         self._binary = binary
         self._listen = listen
@@ -73,7 +75,12 @@ class EdgeProcess:
         self._metrics = metrics
         self._on_outcomes = on_outcomes
         self._per_try_timeout_s = per_try_timeout_s
-        self._limits: list[str] = []
+        self._limits: list[str] = [
+            "--latency-decay-ms",
+            repr(latency_decay_s * 1000),
+            "--fault-penalty-ms",
+            repr(fault_penalty_s * 1000),
+        ]
         if max_in_flight is not None:
             self._limits += ["--max-in-flight", str(max_in_flight)]
         if max_in_flight_per_model is not None:

@@ -14,7 +14,7 @@ from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from load_tests import loadgen
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
-from tests.support.metrics import wait_until
+from tests.support.metrics import requests_total, wait_until
 from tests.support.models import simple_arrays, simple_inputs
 from tests.support.settings import gateway_settings
 
@@ -71,7 +71,7 @@ def test_kill_9_one_of_two_backends_under_load_fails_no_request(
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
-def test_a_hung_backend_costs_one_per_try_timeout_then_is_ejected(
+def test_a_hung_backend_under_load_costs_a_few_per_try_timeouts_then_gets_no_traffic(
     triton_installation: TritonInstallation,
     tmp_path_factory: pytest.TempPathFactory,
     edge: str,
@@ -86,30 +86,46 @@ def test_a_hung_backend_costs_one_per_try_timeout_then_is_ejected(
             health={"poll_interval_s": 60, "poll_timeout_s": 0.5},
             retry={"per_try_timeout_s": 0.3},
             breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+            # Forgive quickly, so the test sees the backend used again soon after SIGCONT.
+            balancing={"latency_decay_s": 0.5},
         )
         with BackgroundGateway(Gateway(settings)) as gateway:
-            pool = gateway.gateway.pool
+            port = gateway.gateway.metrics_port
             hung = fleet.servers["hung"]
-            client = grpcclient.InferenceServerClient(gateway.url)
-            a, b = simple_arrays()
-
-            def in_rotation() -> set[str]:
-                return {x.name for x in pool.table.candidates.get(("simple", ""), ())}
-
             os.kill(hung.pid, signal.SIGSTOP)  # a real hang: the process stops answering
             try:
-                for _ in range(12):
-                    # Each call that meets the hung backend moves on after 0.3 s, well
-                    # inside the client's own deadline, so none fails.
-                    result = client.infer("simple", simple_inputs(a, b), client_timeout=5)
-                    assert (result.as_numpy("OUTPUT0") == a + b).all()
-                assert wait_until(lambda: in_rotation() == {"steady"})
+                spec = loadgen.LoadSpec(
+                    target=gateway.url,
+                    model="simple",
+                    mode="open",
+                    rate=100,
+                    duration_s=2.0,
+                    max_requests=400,
+                    timeout_s=5,
+                )
+                result = asyncio.run(loadgen.run(spec))
+                # Each call that met the hung backend moved on after 0.3 s, well inside the
+                # client's deadline: none failed.
+                assert result.failed == 0, dict(result.errors)
+                assert result.ok == result.sent >= 150
+                # Only the first few calls met the hang: the slow answers (and the breaker)
+                # turned traffic away from it.
+                met_hang = lambda: requests_total(port, backend="hung")  # noqa: E731
+                assert wait_until(lambda: met_hang() >= 1)
+                assert met_hang() <= 10, met_hang()
             finally:
                 os.kill(hung.pid, signal.SIGCONT)
 
-            # SIGCONT: the breaker's trial succeeds and the backend serves again.
+            # SIGCONT: the backend answers requests through the gateway again (its answers
+            # to the calls that timed out do not count: they reached nobody).
+            ok_from_hung = lambda: requests_total(port, backend="hung", code="OK")  # noqa: E731
+            assert ok_from_hung() == 0
+            client = grpcclient.InferenceServerClient(gateway.url)
+            a, b = simple_arrays()
+
             def back() -> bool:
-                client.infer("simple", simple_inputs(a, b), client_timeout=5)
-                return in_rotation() == {"steady", "hung"}
+                result = client.infer("simple", simple_inputs(a, b), client_timeout=5)
+                assert (result.as_numpy("OUTPUT0") == a + b).all()
+                return ok_from_hung() > 0
 
             assert wait_until(back, timeout_s=15)

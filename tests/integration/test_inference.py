@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -10,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.devfleet import LocalFleet
 from tests.support.background import BackgroundGateway
+from tests.support.fleet import inference_count
 from tests.support.models import (
     classifier_features,
     classifier_input,
@@ -26,12 +29,6 @@ def client(gateway_url: str) -> grpcclient.InferenceServerClient:
 
 def _direct(fleet: LocalFleet, name: str) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(fleet.servers[name].address)
-
-
-def _inference_count(fleet: LocalFleet, server: str, model: str) -> int:
-    """Successful requests (not batch items) the server has run for ``model``."""
-    stats = _direct(fleet, server).get_inference_statistics(model)
-    return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
 def test_simple_matches_direct_triton(
@@ -76,15 +73,22 @@ def test_versions_really_differ_and_default_is_latest(
     assert np.array_equal(latest.as_numpy("PROBABILITIES"), v2.as_numpy("PROBABILITIES"))
 
 
-def test_requests_spread_across_backends(
-    client: grpcclient.InferenceServerClient, fleet: LocalFleet, gateway: BackgroundGateway
+async def test_concurrent_requests_spread_across_backends(
+    gateway_url: str, fleet: LocalFleet, gateway: BackgroundGateway
 ) -> None:
-    before = {name: _inference_count(fleet, name, "simple") for name in fleet.servers}
+    # Alone, a request goes to the backend answering fastest; concurrent ones spread, since
+    # calls in flight weigh on a backend's cost. Rounds of 32 until both served (at most 10).
+    before = {name: inference_count(fleet, name, "simple") for name in fleet.servers}
     a, b = simple_arrays()
-    for _ in range(20):
-        client.infer("simple", simple_inputs(a, b))
-    delta = {name: _inference_count(fleet, name, "simple") - before[name] for name in before}
-    assert sum(delta.values()) == 20
+    sent = 0
+    async with aioclient.InferenceServerClient(gateway_url) as client:
+        for _ in range(10):
+            await asyncio.gather(*(client.infer("simple", simple_inputs(a, b)) for _ in range(32)))
+            sent += 32
+            delta = {n: inference_count(fleet, n, "simple") - before[n] for n in before}
+            if all(count > 0 for count in delta.values()):
+                break
+    assert sum(delta.values()) == sent
     routes = gateway.gateway.pool.table.candidates.get(("simple", ""))
     assert all(count > 0 for count in delta.values()), (delta, routes)
 
@@ -92,13 +96,13 @@ def test_requests_spread_across_backends(
 def test_backend_without_a_model_never_receives_it(
     client: grpcclient.InferenceServerClient, fleet: LocalFleet
 ) -> None:
-    before = _inference_count(fleet, "triton-a", "classifier")
+    before = inference_count(fleet, "triton-a", "classifier")
     x = classifier_features()
     for _ in range(10):
         client.infer("classifier", classifier_input(x))
     # Every request succeeded, and all of them ran on the one server that has the model;
     # triton-b would have answered NOT_FOUND.
-    assert _inference_count(fleet, "triton-a", "classifier") - before == 10
+    assert inference_count(fleet, "triton-a", "classifier") - before == 10
 
 
 async def test_aio_client_gets_the_same_answers(gateway_url: str, fleet: LocalFleet) -> None:
@@ -206,7 +210,7 @@ def test_client_errors_pass_through_as_invalid_argument(
 def test_requests_of_one_sequence_stay_on_one_backend(
     client: grpcclient.InferenceServerClient, fleet: LocalFleet, sequence: int
 ) -> None:
-    before = {name: _inference_count(fleet, name, "simple") for name in fleet.servers}
+    before = {name: inference_count(fleet, name, "simple") for name in fleet.servers}
     a, b = simple_arrays()
     for index in range(12):
         client.infer(
@@ -216,5 +220,5 @@ def test_requests_of_one_sequence_stay_on_one_backend(
             sequence_start=index == 0,
             sequence_end=index == 11,
         )
-    delta = {name: _inference_count(fleet, name, "simple") - before[name] for name in before}
+    delta = {name: inference_count(fleet, name, "simple") - before[name] for name in before}
     assert sorted(delta.values()) == [0, 12], delta
