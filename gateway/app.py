@@ -107,11 +107,12 @@ class Gateway:
                 endpoint.name,
                 endpoint.address,
                 max_message_bytes=max_bytes,
-                breaker=CircuitBreaker(policy, clock),
+                new_breaker=lambda: CircuitBreaker(policy, clock),
             ),
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
             max_ejected_fraction=breaker.max_ejected_fraction,
+            on_breaker_change=self._count_breaker_change,
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
@@ -297,6 +298,11 @@ class Gateway:
         )
         return server
 
+    def _count_breaker_change(self, backend: str, model: str, state: BreakerState) -> None:
+        self.metrics.breaker_transitions.labels(
+            backend=backend, model=model, state=state.value
+        ).inc()
+
     def _backend_gauges(self) -> list[BackendGauge]:
         return [
             BackendGauge(
@@ -305,6 +311,10 @@ class Gateway:
                 ready_versions=len(b.health.models),
                 breaker_open=b.breaker.state is not BreakerState.CLOSED,
                 drained=self.pool.is_drained(b.name),
+                open_model_breakers={
+                    model: breaker.state is not BreakerState.CLOSED
+                    for model, breaker in b.model_breakers.items()
+                },
             )
             for b in self.pool.backends
         ]

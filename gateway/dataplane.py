@@ -22,6 +22,7 @@ from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.affinity import backend_for_sequence
+from gateway.balancing.faults import fault_scope
 from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.shedding import LoadShedder
 from gateway.errors import (
@@ -193,14 +194,27 @@ class DataPlane:
         name: str,
         version: str,
         candidates: Sequence[TritonBackend],
+        *,
+        routed: bool = True,
     ) -> bytes:
         """Forward to a chosen backend; on a backend fault, to another while policy allows.
 
-        Raises the last backend's error, or NoBackendAvailableError when every candidate was
-        already tried (tgw-edge hands over calls whose backend failed, naming it).
+        ``routed``: the candidates come from the route table (they have the model READY), so a
+        NOT_FOUND from one is a stale route, tried elsewhere. Raises the last backend's error,
+        or NoBackendAvailableError when every candidate was already tried.
         """
         self._retry_budget.on_request()
         tried = _tried_backends(context)
+        if tried and not self._retry_budget.try_retry():
+            # tgw-edge handed over a call its backend failed: that is a retry, and the budget
+            # bounds the extra load however the retry arrives.
+            self._metrics.retry_budget_exhausted.inc()
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"backend {', '.join(sorted(tried))} failed and the retry budget is spent",
+                "",
+                backend_fault=True,
+            )
         sequence = read_sequence_id(request) if method == "ModelInfer" else None
         while True:
             choices = candidates if not tried else [c for c in candidates if c.name not in tried]
@@ -211,7 +225,9 @@ class DataPlane:
             else:
                 backend = self._balancer.choose((name, version), choices)
             try:
-                return await self._forward(backend, method, request, context, name, version)
+                return await self._forward(
+                    backend, method, request, context, name, version, routed=routed
+                )
             except UpstreamError as exc:
                 if not self._may_retry(exc, context, sequence is not None):
                     raise
@@ -243,7 +259,10 @@ class DataPlane:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError:
-            candidates = self._any_ready()[:1]
+            # Unknown to the route table: one backend gives Triton's own answer.
+            return await self._try_backends(
+                method, request, context, name, version, self._any_ready()[:1], routed=False
+            )
         return await self._try_backends(method, request, context, name, version, candidates)
 
     async def model_ready(self, request: bytes, context: CallContext) -> bytes:
@@ -356,11 +375,16 @@ class DataPlane:
         context: CallContext,
         name: str,
         version: str,
+        *,
+        routed: bool = True,
     ) -> bytes:
         started = self._clock()
         self._metrics.add_in_flight("python", 1)
         self._balancer.started(backend.name)
         backend.breaker.on_request()
+        model_breaker = backend.model_breakers.get(name)
+        if model_breaker is not None:
+            model_breaker.on_request()
         remaining = context.time_remaining()
         per_try = self._per_try_timeout_s
         # The per-try timeout binds when it is shorter than what the client left us; then a
@@ -377,14 +401,19 @@ class DataPlane:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             self._record(method, name, version, backend.name, code.name, started)
-            fault = code in BACKEND_FAULTS or (
-                per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED
+            fault = (
+                code in BACKEND_FAULTS
+                or (per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED)
+                # The route table said this backend has the model: it left since the last poll.
+                or (routed and code is grpc.StatusCode.NOT_FOUND)
             )
             gave_up = not fault and code in _CLIENT_GAVE_UP
             if fault:
-                self._pool.record_outcome(backend, False)
+                scope = fault_scope(code.name, exc.details() or "", name)
+                self._pool.record_outcome(backend, False, name, scope)
             elif not gave_up:
-                self._pool.record_outcome(backend, True)  # a client error: the backend is fine
+                # A client error: the backend and the model are fine.
+                self._pool.record_outcome(backend, True, name)
             if not gave_up:
                 latency = self._clock() - started
             raise UpstreamError(
@@ -395,7 +424,7 @@ class DataPlane:
             # Only inference latency feeds the estimate: metadata calls are cheap everywhere.
             learned = latency if method == "ModelInfer" else None
             self._balancer.finished(backend.name, (name, version), learned, fault)
-        self._pool.record_outcome(backend, True)
+        self._pool.record_outcome(backend, True, name)
         self._record(method, name, version, backend.name, "OK", started)
         log.debug(
             "request",

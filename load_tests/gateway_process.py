@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -25,18 +26,23 @@ def start_gateway(
     poll_interval_s: float = 1.0,
     name: str = "gateway",
     log_level: str = "warning",
+    metrics_port: int = 0,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A gateway on a free loopback port in front of ``(name, address)`` backends."""
+    """A gateway on a free loopback port in front of ``(name, address)`` backends;
+    ``sections`` override settings sections (``{"retry": {"per_try_timeout_s": 0.3}}``)."""
     port = free_port()
     config = workdir / f"{name}.yaml"
-    settings = {
+    settings: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},
         "backends": [{"name": n, "address": a} for n, a in backends],
         "health": {"poll_interval_s": poll_interval_s},
         "edge": {"mode": edge_mode},
-        "metrics": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": log_level, "format": "json"},
     }
+    for section, overrides in (sections or {}).items():
+        settings[section] = {**settings.get(section, {}), **overrides}
     config.write_text(yaml.safe_dump(settings))
     log = workdir / f"{name}.log"
     process = subprocess.Popen(

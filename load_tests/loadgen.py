@@ -75,6 +75,11 @@ class LoadResult:
     latency: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, MAX_LATENCY_US, 3))
     queue_delay: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, MAX_LATENCY_US, 3))
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    """(intended send offset in s, latency in µs) of every answered request."""
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    """(intended send offset in s, status name) of every failed request."""
+    started_at: float = 0.0
+    """time.perf_counter() at offset 0, to place other events on the timeline."""
     """(seconds since start, latency µs) of every answered request, for the plots."""
 
     @property
@@ -159,6 +164,7 @@ class _Runner:
             response = await call
         except grpc.aio.AioRpcError as exc:
             result.errors[exc.code().name] += 1
+            result.failures.append((intended - self.start, exc.code().name))
             return
         latency_us = max(1, int((time.perf_counter() - intended) * 1e6))
         result.latency.record_value(min(latency_us, MAX_LATENCY_US))
@@ -188,7 +194,7 @@ async def run(
         with contextlib.suppress(grpc.aio.AioRpcError):
             # Connect outside the measurement; its answer (maybe an error) is not counted.
             await runner.infer(payload, timeout=spec.timeout_s)
-        runner.start = time.perf_counter()
+        runner.start = runner.result.started_at = time.perf_counter()
         deadline = runner.start + spec.duration_s
         reporter = asyncio.create_task(_report(runner.result, progress)) if progress else None
         action = asyncio.create_task(during()) if during else None

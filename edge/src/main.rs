@@ -73,7 +73,7 @@ impl Edge {
         let admitted = match self.shedder.try_enter(name) {
             Some(admitted) => admitted,
             None => {
-                self.stats.start(&method, name, version, "", None).finish("RESOURCE_EXHAUSTED");
+                self.stats.start(&method, name, version, "", None).finish("RESOURCE_EXHAUSTED", "");
                 let message = format!("triton-gateway is at capacity for model '{name}': too many requests in flight");
                 return Ok(grpc_error(8, &message).map(ObservedBody::plain));
             }
@@ -89,26 +89,38 @@ impl Edge {
             },
             None => self.send(attempt, address).await,
         };
-        match outcome {
+        let answered = match outcome {
+            // A backend that answered "not here" (UNAVAILABLE: the version is not READY any
+            // more, or the server is shutting down; NOT_FOUND: the model left it since the last
+            // route snapshot) before sending anything: another backend will likely serve it.
+            Ok(response) if hand_over_status(response.headers()) => {
+                let headers = response.headers();
+                let code = stats::code_name(headers.get("grpc-status").map(|v| v.as_bytes()));
+                Err((code, stats::message_of(headers).to_string()))
+            }
+            Ok(response) => Ok(response),
+            // No answer from the backend at all (it died or refused).
+            Err(_) => Err(("UNAVAILABLE", String::new())),
+        };
+        let (code, message) = match answered {
             Ok(response) => {
                 let (head, body) = response.into_parts();
                 let body = ObservedBody::observe(body, &head.headers, pending).holding(admitted);
-                Ok(Response::from_parts(head, body))
+                return Ok(Response::from_parts(head, body));
             }
-            Err(_) => {
-                // No answer from the backend at all (it died or refused): hand the call to the
-                // gateway, which picks again or answers from its local fallback.
-                pending.finish("UNAVAILABLE");
-                drop(admitted);
-                let mut parts = parts;
-                if let Ok(value) = HeaderValue::from_str(backend) {
-                    // The gateway must not pick the same backend again.
-                    parts.headers.insert("x-gateway-tried", value);
-                }
-                let request = Request::from_parts(parts, Body::from(bytes));
-                Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain))
-            }
+            Err(failure) => failure,
+        };
+        pending.finish(code, &message);
+        // Hand the call to the gateway, which picks another backend (within its retry budget)
+        // or answers from its local fallback.
+        drop(admitted);
+        let mut parts = parts;
+        if let Ok(value) = HeaderValue::from_str(backend) {
+            // The gateway must not pick the same backend again.
+            parts.headers.insert("x-gateway-tried", value);
         }
+        let request = Request::from_parts(parts, Body::from(bytes));
+        Ok(self.forward(request, &table.gateway).await.map(ObservedBody::plain))
     }
 
     /// Forward, turning a transport failure into a gRPC UNAVAILABLE answer.
@@ -134,6 +146,12 @@ impl Edge {
             .await
             .map_err(|error| format!("upstream {authority}: {error}"))
     }
+}
+
+/// Whether a backend's trailers-only answer means "try another backend": UNAVAILABLE (14)
+/// or NOT_FOUND (5) for a model the route table says it has.
+fn hand_over_status(headers: &hyper::HeaderMap) -> bool {
+    matches!(headers.get("grpc-status").map(|v| v.as_bytes()), Some(b"14") | Some(b"5"))
 }
 
 /// The head of a request, to send it a second time.

@@ -15,11 +15,30 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Notify;
 
-/// Outcomes that count against a backend's breaker: reported at once, not at the next tick.
-const BACKEND_FAULTS: [&str; 3] = ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"];
+/// Whose fault a backend fault is: "backend" (the whole server) or "model" (one model on
+/// it); "" for any other outcome. The rule of `gateway/balancing/faults.py`, whose docstring
+/// says why: Triton names the model it speaks of in quotes; the transport does not.
+pub fn fault_scope(code: &str, message: &str, model: &str) -> &'static str {
+    match code {
+        "RESOURCE_EXHAUSTED" | "INTERNAL" => "model",
+        "UNAVAILABLE" => {
+            // Allocates only on this failure path.
+            if message.contains(&format!("'{model}'")) || message.contains("maximum queue size") {
+                "model"
+            } else {
+                "backend"
+            }
+        }
+        "DEADLINE_EXCEEDED" => "backend",
+        // Routed calls only go to backends the route table lists for the model: NOT_FOUND
+        // means the model left this backend since the last snapshot (a stale route).
+        "NOT_FOUND" => "model",
+        _ => "",
+    }
+}
 
-/// (method, model, version, backend, code)
-type Key = (String, String, String, String, &'static str);
+/// (method, model, version, backend, code, fault scope)
+type Key = (String, String, String, String, &'static str, &'static str);
 
 struct Totals {
     count: u64,
@@ -86,8 +105,8 @@ impl Stats {
         }
         let requests: Vec<serde_json::Value> = drained
             .into_iter()
-            .map(|((method, model, version, backend, code), t)| {
-                serde_json::json!([method, model, version, backend, code, t.count, t.seconds, t.buckets])
+            .map(|((method, model, version, backend, code, scope), t)| {
+                serde_json::json!([method, model, version, backend, code, scope, t.count, t.seconds, t.buckets])
             })
             .collect();
         Some(serde_json::json!({"requests": requests, "in_flight": in_flight}).to_string())
@@ -127,18 +146,27 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn finish(self, code: &'static str) {
+    /// The call ended with `code` (and Triton's `message`, when it sent one).
+    pub fn finish(self, code: &'static str, message: &str) {
         let seconds = self.started.elapsed().as_secs_f64();
         if let Some(target) = self.target {
             target.finish(code, seconds);
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let key = (self.method, self.model, self.version, self.backend, code);
+        // Only calls that reached a backend have a scope; a shed call names none.
+        let scope = if self.backend.is_empty() { "" } else { fault_scope(code, message, &self.model) };
+        let key = (self.method, self.model, self.version, self.backend, code, scope);
         self.stats.record(key, seconds);
-        if BACKEND_FAULTS.contains(&code) {
+        if !scope.is_empty() {
+            // A fault: report it now, so the gateway's breakers react within milliseconds.
             self.stats.fault.notify_one();
         }
     }
+}
+
+/// The grpc-message header as text ("" when absent or not UTF-8).
+pub fn message_of(headers: &HeaderMap) -> &str {
+    headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// A response body that records its call when the gRPC status goes by.
@@ -164,7 +192,7 @@ impl ObservedBody {
     pub fn observe(inner: Body, headers: &HeaderMap, pending: Pending) -> Self {
         match headers.get("grpc-status") {
             Some(status) => {
-                pending.finish(code_name(Some(status.as_bytes())));
+                pending.finish(code_name(Some(status.as_bytes())), message_of(headers));
                 ObservedBody { inner, pending: None, admission: None }
             }
             None => ObservedBody { inner, pending: Some(pending), admission: None },
@@ -189,11 +217,13 @@ impl HttpBody for ObservedBody {
         if let Poll::Ready(outcome) = &result {
             this.admission = None;
             if let Some(pending) = this.pending.take() {
-                let code = match outcome {
-                    Ok(Some(trailers)) => code_name(trailers.get("grpc-status").map(|v| v.as_bytes())),
-                    _ => "UNAVAILABLE",
-                };
-                pending.finish(code);
+                match outcome {
+                    Ok(Some(trailers)) => {
+                        let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
+                        pending.finish(code, message_of(trailers));
+                    }
+                    _ => pending.finish("UNAVAILABLE", ""),
+                }
             }
         }
         result
@@ -211,14 +241,14 @@ impl HttpBody for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if let Some(pending) = self.pending.take() {
-            pending.finish("CANCELLED");
+            pending.finish("CANCELLED", "");
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{code_name, Stats};
+    use super::{code_name, fault_scope, Stats};
 
     #[test]
     fn status_codes_map_to_names() {
@@ -231,13 +261,34 @@ mod tests {
     #[test]
     fn report_drains_counts_into_buckets() {
         let stats = Stats::new(vec![0.001, 0.01]);
-        stats.start("ModelInfer", "m", "1", "b:1", None).finish("OK");
+        stats.start("ModelInfer", "m", "1", "b:1", None).finish("OK", "");
         let pending = stats.start("ModelInfer", "m", "1", "b:1", None);
         let report = stats.take_report().unwrap();
-        assert!(report.contains(r#"["ModelInfer","m","1","b:1","OK",1,"#), "{report}");
+        assert!(report.contains(r#"["ModelInfer","m","1","b:1","OK","",1,"#), "{report}");
         assert!(report.contains(r#""in_flight":1"#), "{report}");
-        pending.finish("NOT_FOUND");
-        assert!(stats.take_report().unwrap().contains("NOT_FOUND"));
+        pending.finish("UNAVAILABLE", "'m' version 1 is not at ready state");
+        assert!(stats.take_report().unwrap().contains(r#""UNAVAILABLE","model",1"#));
         assert!(stats.take_report().is_none());
+    }
+
+    #[test]
+    fn fault_scopes_match_the_gateway() {
+        // The same cases as tests/unit/test_faults.py.
+        let cases = [
+            ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "backend"),
+            ("UNAVAILABLE", "Socket closed", "backend"),
+            ("UNAVAILABLE", "'simple' version 1 is not at ready state", "model"),
+            ("UNAVAILABLE", "'other' version 1 is not at ready state", "backend"),
+            ("UNAVAILABLE", "Exceeds maximum queue size", "model"),
+            ("RESOURCE_EXHAUSTED", "", "model"),
+            ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "model"),
+            ("DEADLINE_EXCEEDED", "Deadline Exceeded", "backend"),
+            ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "model"),
+        ];
+        for (code, message, scope) in cases {
+            assert_eq!(fault_scope(code, message, "simple"), scope, "{code} {message}");
+        }
+        assert_eq!(fault_scope("OK", "", "simple"), "");
+        assert_eq!(fault_scope("INVALID_ARGUMENT", "'simple'", "simple"), "");
     }
 }

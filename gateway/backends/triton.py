@@ -6,6 +6,7 @@ path never decodes tensors; the typed stub is used only for health polls and fan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -53,7 +54,12 @@ class TritonBackend:
     """A Triton endpoint: raw forwarding callables plus a typed stub for control calls."""
 
     def __init__(
-        self, name: str, address: str, *, max_message_bytes: int, breaker: CircuitBreaker
+        self,
+        name: str,
+        address: str,
+        *,
+        max_message_bytes: int,
+        new_breaker: Callable[[], CircuitBreaker],
     ) -> None:
         self.name = name
         self.address = address
@@ -67,7 +73,17 @@ class TritonBackend:
         }
         self.stream_infer = self._channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")
         self.health = BackendHealth.down()
-        self.breaker = breaker
+        self._new_breaker = new_breaker
+        self.breaker = new_breaker()
+        """Trips on faults of the whole server: it leaves every route."""
+        self.model_breakers: dict[str, CircuitBreaker] = {}
+        """Per model name, made at its first fault: trips on faults of one model here."""
+
+    def model_breaker(self, model: str) -> CircuitBreaker:
+        breaker = self.model_breakers.get(model)
+        if breaker is None:
+            breaker = self.model_breakers[model] = self._new_breaker()
+        return breaker
 
     def __repr__(self) -> str:
         return f"TritonBackend({self.name!r}, {self.address!r})"

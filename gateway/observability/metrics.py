@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
@@ -54,6 +54,8 @@ class BackendGauge:
     ready_versions: int
     breaker_open: bool = False
     drained: bool = False
+    open_model_breakers: Mapping[str, bool] = field(default_factory=dict)
+    """Model name → whether its breaker on this backend is open or half-open."""
 
 
 class RequestMetrics(Collector):
@@ -74,6 +76,12 @@ class RequestMetrics(Collector):
             f"{PREFIX}_retries",
             "Calls sent again to another backend after a backend fault.",
             ["backend", "code"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            f"{PREFIX}_breaker_transitions",
+            "Circuit breaker state changes, per backend and model ('' for the whole backend).",
+            ["backend", "model", "state"],
             registry=registry,
         )
         self.retry_budget_exhausted = Counter(
@@ -158,6 +166,11 @@ class RequestMetrics(Collector):
             "1 while the backend's circuit breaker is open or half-open.",
             labels=["backend"],
         )
+        model_breaker = GaugeMetricFamily(
+            f"{PREFIX}_model_breaker_open",
+            "1 while the breaker of one model on the backend is open or half-open.",
+            labels=["backend", "model"],
+        )
         drained = GaugeMetricFamily(
             f"{PREFIX}_backend_drained", "1 while the backend is drained.", labels=["backend"]
         )
@@ -166,9 +179,12 @@ class RequestMetrics(Collector):
             up.add_metric([backend.name], 1.0 if backend.up else 0.0)
             versions.add_metric([backend.name], backend.ready_versions)
             breaker.add_metric([backend.name], 1.0 if backend.breaker_open else 0.0)
+            for model, is_open in sorted(backend.open_model_breakers.items()):
+                model_breaker.add_metric([backend.name, model], 1.0 if is_open else 0.0)
         yield up
         yield versions
         yield breaker
+        yield model_breaker
         yield drained
 
 

@@ -18,15 +18,16 @@ from pathlib import Path
 import structlog
 
 from gateway.backends.triton import TritonBackend
+from gateway.balancing.faults import FaultScope
 from gateway.observability.metrics import LATENCY_BUCKETS, RequestMetrics
 from gateway.routing.table import RouteTable
 
 log = structlog.get_logger(__name__)
 
 BINARY_NAME = "tgw-edge"
-# Status names that count against a backend's breaker; client errors never do.
-# DEADLINE_EXCEEDED is left out: tgw-edge cannot tell a slow backend from an impatient client.
-BACKEND_FAULTS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"})
+_CLIENT_GAVE_UP = frozenset({"CANCELLED", "DEADLINE_EXCEEDED"})
+OutcomeListener = Callable[[str, str, int, int, FaultScope], None]
+"""(backend, model, successes, faults, scope of the faults): feeds the pool's breakers."""
 
 
 class EdgeError(RuntimeError):
@@ -61,7 +62,7 @@ class EdgeProcess:
         listen: str,
         threads: int,
         metrics: RequestMetrics,
-        on_outcomes: Callable[[str, int, int], None],
+        on_outcomes: OutcomeListener,
         *,
         per_try_timeout_s: float | None = None,
         max_in_flight: int | None = None,
@@ -151,13 +152,16 @@ class EdgeProcess:
         async for line in self._process.stdout:
             try:
                 report = json.loads(line)
-                for method, model, version, backend, code, count, seconds, buckets in report[
-                    "requests"
-                ]:
+                for row in report["requests"]:
+                    method, model, version, backend, code, scope, count, seconds, buckets = row
                     key = ("edge", method, model, version, backend, code)
                     self._metrics.add_batch(key, count, seconds, buckets)
-                    fault = code in BACKEND_FAULTS
-                    self._on_outcomes(backend, 0 if fault else count, count if fault else 0)
+                    # tgw-edge marks backend faults with their scope ("" for any other
+                    # outcome); a client's own deadline or cancellation counts for nothing.
+                    if scope:
+                        self._on_outcomes(backend, model, 0, count, FaultScope(scope))
+                    elif code not in _CLIENT_GAVE_UP:
+                        self._on_outcomes(backend, model, count, 0, FaultScope.BACKEND)
                 self._metrics.set_in_flight("edge", int(report["in_flight"]))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("edge_report_unreadable", error=str(exc))

@@ -14,7 +14,7 @@ from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from load_tests import loadgen
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
-from tests.support.metrics import requests_total, wait_until
+from tests.support.metrics import requests_total, value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
 from tests.support.settings import gateway_settings
 
@@ -129,3 +129,65 @@ def test_a_hung_backend_under_load_costs_a_few_per_try_timeouts_then_gets_no_tra
                 return ok_from_hung() > 0
 
             assert wait_until(back, timeout_s=15)
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_a_model_unloaded_on_one_backend_under_load_leaves_only_that_route(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    models = ("simple", "identity")
+    specs = [ServerSpec("steady", models=models), ServerSpec("shrinking", models=models)]
+    fleet_dir = tmp_path_factory.mktemp("unload-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = gateway_settings(
+            fleet,
+            edge={"mode": edge},
+            fallback={"enabled": False},
+            # Polls far apart: only what real traffic shows can move the routes in time.
+            health={"poll_interval_s": 60},
+            breaker={"consecutive_failures": 1, "base_ejection_s": 60},
+        )
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            pool = gateway.gateway.pool
+            port = gateway.gateway.metrics_port
+            shrinking = grpcclient.InferenceServerClient(fleet.servers["shrinking"].address)
+
+            async def unload_mid_run() -> None:
+                await asyncio.sleep(0.5)
+                await asyncio.to_thread(shrinking.unload_model, "simple")
+
+            spec = loadgen.LoadSpec(
+                target=gateway.url,
+                model="simple",
+                # Eight calls in flight: enough that both backends get traffic (alone, a call
+                # goes to whichever answers fastest).
+                mode="closed",
+                concurrency=8,
+                duration_s=2.0,
+                max_requests=4000,
+                timeout_s=5,
+            )
+            result = asyncio.run(loadgen.run(spec, during=unload_mid_run))
+            # The calls that met the stale route were answered by the other backend.
+            assert result.failed == 0, dict(result.errors)
+            assert result.ok == result.sent >= 150
+
+            def routes(model: str) -> set[str]:
+                return {b.name for b in pool.table.candidates.get((model, ""), ())}
+
+            model_breaker = {"backend": "shrinking", "model": "simple"}
+            assert wait_until(
+                lambda: value(port, "triton_gateway_model_breaker_open", model_breaker) == 1
+            )
+            assert routes("simple") == {"steady"}
+            # The fault was the model's: the backend keeps serving its other model.
+            assert value(port, "triton_gateway_backend_breaker_open", {"backend": "shrinking"}) == 0
+            assert routes("identity") == {"steady", "shrinking"}
+            met_stale = requests_total(port, backend="shrinking", model="simple")
+            client = grpcclient.InferenceServerClient(gateway.url)
+            a, b = simple_arrays()
+            for _ in range(20):
+                client.infer("simple", simple_inputs(a, b))
+            assert requests_total(port, backend="shrinking", model="simple") == met_stale

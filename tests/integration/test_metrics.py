@@ -10,7 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT
 from tests.support.background import BackgroundGateway
-from tests.support.metrics import requests_total, scrape, value, wait_until
+from tests.support.metrics import exported_names, requests_total, scrape, value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
 
 
@@ -89,6 +89,6 @@ def test_dashboard_uses_only_exported_metrics(gateway: BackgroundGateway) -> Non
     used = set(re.findall(r"triton_gateway_[a-z_]+", dashboard))
     port = gateway.gateway.metrics_port
     assert wait_until(lambda: requests_total(port, model="simple") > 0)
-    exported = {name for name, _ in scrape(port)}
+    exported = exported_names(port)
     assert used
     assert used <= exported, used - exported

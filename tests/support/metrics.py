@@ -19,6 +19,19 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return samples
 
 
+def exported_names(port: int) -> set[str]:
+    """Every series name the gateway exports, also of families with no sample yet."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
 def value(port: int, name: str, labels: Mapping[str, str]) -> float:
     """The sample's value, 0 when the series does not exist yet."""
     return scrape(port).get((name, frozenset(labels.items())), 0.0)
