@@ -58,6 +58,7 @@ def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
         models=config.models,
         threads=config.threads,
         max_concurrency=config.max_concurrency,
+        max_queue=config.max_queue,
         providers=config.providers,
     )
     if config.preload:

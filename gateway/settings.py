@@ -117,7 +117,9 @@ class FallbackSettings(_Frozen):
     threads: int = Field(default=1, ge=1)
     """ONNX Runtime intra-op threads per session."""
     max_concurrency: int = Field(default=2, ge=1)
-    """Fallback calls run at once; beyond this the answer is RESOURCE_EXHAUSTED, at once."""
+    """Fallback calls run at once."""
+    max_queue: int = Field(default=64, ge=0)
+    """Fallback calls that may wait for a free runner; beyond: RESOURCE_EXHAUSTED, at once."""
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     """ONNX Runtime execution providers in order; ones not installed are skipped."""
 

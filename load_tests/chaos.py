@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -36,14 +37,13 @@ import tritonclient.grpc as grpcclient
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import free_port
 from load_tests import loadgen
 from load_tests.gateway_process import start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("kill", "hang", "kill-all", "unload", "sigterm")
-VICTIM = "triton-2"
 WATCH_PERIOD_S = 0.01
 
 
@@ -65,6 +65,10 @@ class Outcome:
     recovered: float | None = None
     """perf_counter() times of the fault and of the recovery action."""
     watch: Watch = field(default_factory=Watch)
+    victim: str = ""
+    """The backend that served the most calls before the fault: the fault hits it."""
+    victim_outcomes: dict[str, float] = field(default_factory=dict)
+    """The gateway's count of calls sent to the victim, by status (scraped at the end)."""
 
     def report(self) -> dict[str, Any]:
         result = self.result
@@ -83,11 +87,16 @@ class Outcome:
         return {
             "scenario": self.scenario,
             "edge": self.edge,
+            "victim": self.victim,
             "sent": result.sent,
             "ok": result.ok,
             "failed": dict(result.errors),
-            "failed_after_fault": sum(1 for t, _ in result.failures if t >= fault_at),
+            # Sent before the fault and failed: calls in flight that were lost (sigterm) or hit.
+            "failed_sent_before_fault": sum(1 for t, _ in result.failures if t < fault_at),
             "fallback": result.fallback,
+            # Calls the gateway sent to the victim that failed there (each retried elsewhere,
+            # handed over or answered by the fallback, unless counted in "failed").
+            "victim_faults": sum(n for code, n in self.victim_outcomes.items() if code != "OK"),
             "fault_at_s": round(fault_at, 3),
             "window_s": round(end - fault_at, 3),
             "breaker_open_after_s": after(self.watch.breaker_open_at),
@@ -112,6 +121,22 @@ def _percentiles(
         round(histogram.get_value_at_percentile(50) / 1000, 2),
         round(histogram.get_value_at_percentile(99) / 1000, 2),
     )
+
+
+def _outcomes_by_backend(metrics_port: int) -> dict[str, dict[str, float]]:
+    """The gateway's request counts: backend → status → calls."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=1) as response:
+        text = response.read().decode()
+    outcomes: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            backend = sample.labels.get("backend")
+            if sample.name == "triton_gateway_requests_total" and backend:
+                codes = outcomes.setdefault(backend, {})
+                code = sample.labels["code"]
+                codes[code] = codes.get(code, 0.0) + sample.value
+    return outcomes
 
 
 def _victim_state(metrics_port: int, victim: str) -> tuple[bool, bool]:
@@ -176,14 +201,20 @@ def run_scenario(
             armed = asyncio.Event()
 
             async def chaos() -> None:
-                watcher = asyncio.create_task(_watch(metrics_port, VICTIM, outcome.watch, armed))
                 await asyncio.sleep(fault_delay)
+                served = await asyncio.to_thread(_outcomes_by_backend, metrics_port)
+                outcome.victim = max(
+                    fleet.servers, key=lambda name: served.get(name, {}).get("OK", 0.0)
+                )
+                watcher = asyncio.create_task(
+                    _watch(metrics_port, outcome.victim, outcome.watch, armed)
+                )
                 outcome.faulted = time.perf_counter()
                 armed.set()
-                await _inject(scenario, fleet, gateway.pid)
+                await _inject(scenario, fleet, outcome.victim, gateway.pid)
                 if scenario in ("kill", "hang", "kill-all"):
                     await asyncio.sleep(max(0.0, recover_delay - fault_delay))
-                    await _recover(scenario, fleet)
+                    await _recover(scenario, fleet, outcome.victim)
                     outcome.recovered = time.perf_counter()
                 outcome.watch.stop = True
                 await watcher
@@ -193,13 +224,16 @@ def run_scenario(
                 outcome.result = asyncio.run(loadgen.run(runner_spec, None, None, chaos))
             finally:
                 if gateway.poll() is None:
+                    with contextlib.suppress(OSError):
+                        served = _outcomes_by_backend(metrics_port)
+                        outcome.victim_outcomes = served.get(outcome.victim, {})
                     gateway.terminate()
                 gateway.wait(30)
     return outcome
 
 
-async def _inject(scenario: str, fleet: LocalFleet, gateway_pid: int) -> None:
-    victim = fleet.servers[VICTIM]
+async def _inject(scenario: str, fleet: LocalFleet, victim_name: str, gateway_pid: int) -> None:
+    victim = fleet.servers[victim_name]
     if scenario == "kill":
         os.kill(victim.pid, signal.SIGKILL)
     elif scenario == "hang":
@@ -214,8 +248,8 @@ async def _inject(scenario: str, fleet: LocalFleet, gateway_pid: int) -> None:
         os.kill(gateway_pid, signal.SIGTERM)
 
 
-async def _recover(scenario: str, fleet: LocalFleet) -> None:
-    victims = list(fleet.servers) if scenario == "kill-all" else [VICTIM]
+async def _recover(scenario: str, fleet: LocalFleet, victim: str) -> None:
+    victims = list(fleet.servers) if scenario == "kill-all" else [victim]
     for name in victims:
         server = fleet.servers[name]
         if scenario == "hang":
@@ -223,8 +257,17 @@ async def _recover(scenario: str, fleet: LocalFleet) -> None:
             continue
         if server.process is not None:
             await asyncio.to_thread(server.process.wait)
-        # Off the loop so the load keeps its schedule while Triton starts.
-        await asyncio.to_thread(fleet.restart, name)
+        # Off the loop so the load keeps its schedule while Triton starts. A restart started
+        # from this busy process was seen to exit during start-up without a log line (about
+        # one run in five); a second attempt is made before giving up.
+        for attempt in (1, 2):
+            try:
+                await asyncio.to_thread(fleet.restart, name)
+                break
+            except FleetError as exc:
+                print(f"restart of {name} failed (attempt {attempt}): {exc}", file=sys.stderr)
+                if attempt == 2:
+                    raise
 
 
 def _fields(spec: loadgen.LoadSpec) -> dict[str, Any]:

@@ -5,12 +5,10 @@
     .venv/bin/python -m load_tests.scenarios spike  --target localhost:8001 --rate 200 --peak 1500
     .venv/bin/python -m load_tests.scenarios ab     --target localhost:8001 --model classifier \\
         --expect 1=0.5,2=0.5
-    .venv/bin/python -m load_tests.scenarios chaos  --rate 200      # starts its own fleet + gateway
 
 All are open loop (latency from intended send times), bounded by --duration and
---max-requests. ``chaos`` runs a local fleet of two Triton servers behind a gateway started
-here, kills one server with SIGKILL half-way through, restarts it, and reports what the
-clients saw.
+--max-requests. Fault scenarios (a backend killed, hung, unloaded; the gateway stopped) are
+in ``load_tests.chaos``.
 """
 
 from __future__ import annotations
@@ -18,20 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from load_tests import loadgen
-from load_tests.gateway_process import start_gateway
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def ramp(start_rate: float, peak_rate: float, duration_s: float) -> list[float]:
@@ -66,55 +56,11 @@ async def _run(spec: loadgen.LoadSpec, schedule: Sequence[float] | None) -> load
     return await loadgen.run(spec, loadgen.print_progress, schedule)
 
 
-def _chaos(spec: loadgen.LoadSpec, triton_home: Path) -> tuple[loadgen.LoadResult, dict[str, Any]]:
-    installation = TritonInstallation.locate(triton_home)
-    events: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        specs = [ServerSpec("triton-0"), ServerSpec("triton-1")]
-        with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
-            gateway, address = start_gateway(
-                [(s.name, s.address) for s in fleet.servers.values()],
-                workdir,
-                edge_mode="auto",
-                poll_interval_s=0.2,
-            )
-            try:
-                victim = fleet.servers["triton-1"]
-
-                async def kill_and_restart() -> None:
-                    await asyncio.sleep(spec.duration_s / 2)
-                    os.kill(victim.pid, signal.SIGKILL)
-                    events["killed_at_s"] = spec.duration_s / 2
-                    events["killed"] = victim.name
-                    started = time.monotonic()
-                    if victim.process is not None:
-                        await asyncio.to_thread(victim.process.wait)
-                    # Off the loop so the load keeps its schedule while Triton starts; the
-                    # server dies with that worker thread at the end of the run, as it should.
-                    restarted = await asyncio.to_thread(fleet.restart, victim.name)
-                    events["restart_s"] = round(time.monotonic() - started, 3)
-                    events["restarted_pid"] = restarted.pid
-
-                chaos_spec = loadgen.LoadSpec(**{**_fields(spec), "target": address})
-                result = asyncio.run(
-                    loadgen.run(chaos_spec, loadgen.print_progress, None, kill_and_restart)
-                )
-            finally:
-                gateway.terminate()
-                gateway.wait(30)
-    return result, events
-
-
-def _fields(spec: loadgen.LoadSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in loadgen.LoadSpec.__slots__}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scenarios", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("scenario", choices=["steady", "ramp", "spike", "ab", "chaos"])
+    parser.add_argument("scenario", choices=["steady", "ramp", "spike", "ab"])
     parser.add_argument("--target", default="localhost:8001")
     parser.add_argument("--model", default="simple")
     parser.add_argument("--version", default="")
@@ -124,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--expect", default="", help="ab: expected shares, e.g. 1=0.9,2=0.1")
-    parser.add_argument("--triton-home", type=Path, default=ROOT / ".triton")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
@@ -140,15 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_s=args.timeout,
     )
     extra: dict[str, Any] = {"scenario": args.scenario}
-    if args.scenario == "chaos":
-        result, events = _chaos(spec, args.triton_home)
-        extra["chaos"] = events
-    else:
-        schedule = {
-            "ramp": lambda: ramp(args.rate, args.peak, args.duration),
-            "spike": lambda: spike(args.rate, args.peak, args.duration),
-        }.get(args.scenario, lambda: None)()
-        result = asyncio.run(_run(spec, schedule))
+    schedule = {
+        "ramp": lambda: ramp(args.rate, args.peak, args.duration),
+        "spike": lambda: spike(args.rate, args.peak, args.duration),
+    }.get(args.scenario, lambda: None)()
+    result = asyncio.run(_run(spec, schedule))
     sys.stderr.write("\n")
     print("\n".join(loadgen.summary_lines(result)))
     if args.scenario == "ab" and args.expect:
@@ -156,8 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         deviation = ab_deviation(dict(result.versions), expected)
         extra["ab_deviation"] = deviation
         print("ab share - expected  " + "  ".join(f"{k}: {v:+.3f}" for k, v in deviation.items()))
-    if "chaos" in extra:
-        print("chaos       " + json.dumps(extra["chaos"]))
     if args.json:
         args.json.write_text(json.dumps({**result.to_json(), **extra}, indent=2))
     if args.plots:

@@ -2,8 +2,9 @@
 
 Used when no Triton can serve a request. It answers like Triton: same validation and
 INVALID_ARGUMENT cases, same output names, datatypes and shapes, the version that ran. The only
-importer of onnxruntime. Sessions run off the event loop on a small thread pool; beyond
-``max_concurrency`` calls it answers RESOURCE_EXHAUSTED at once instead of queueing without end.
+importer of onnxruntime. Sessions run off the event loop on ``max_concurrency`` threads, with at
+most ``max_queue`` more calls waiting for one (a burst when the fleet vanishes); beyond that it
+answers RESOURCE_EXHAUSTED at once instead of queueing without end.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ class OnnxFallback:
         models: Sequence[str] | None = None,
         threads: int = 1,
         max_concurrency: int = 2,
+        max_queue: int = 0,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         self._repository = repository
         self._allowed = frozenset(models) if models is not None else None
         self._threads = threads
         self._max_concurrency = max_concurrency
+        self._capacity = max_concurrency + max_queue
         available = set(ort.get_available_providers())
         # CUDA/TensorRT only when configured and actually present; CPU always works.
         self._providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
@@ -98,9 +101,10 @@ class OnnxFallback:
 
     async def infer(self, request: bytes) -> bytes:
         """Answer one serialized ModelInferRequest; raises GatewayError subclasses."""
-        if self._in_flight >= self._max_concurrency:
+        if self._in_flight >= self._capacity:
             raise FallbackBusyError(
-                f"the local fallback is at capacity ({self._max_concurrency} concurrent requests)"
+                f"the local fallback is at capacity ({self._max_concurrency} running, "
+                f"{self._capacity - self._max_concurrency} waiting)"
             )
         self._in_flight += 1
         try:

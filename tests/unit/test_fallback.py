@@ -126,22 +126,25 @@ def test_unknown_model_or_version_is_not_found(fallback: OnnxFallback) -> None:
         assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_beyond_max_concurrency_is_resource_exhausted_at_once() -> None:
-    runtime = OnnxFallback(MODEL_REPOSITORY, max_concurrency=1)
+@pytest.mark.parametrize("max_queue", [0, 2])
+def test_beyond_running_and_waiting_calls_is_resource_exhausted_at_once(max_queue: int) -> None:
+    runtime = OnnxFallback(MODEL_REPOSITORY, max_concurrency=1, max_queue=max_queue)
     payload = _simple(ONE, ONE).SerializeToString()
+    calls = 1 + max_queue + 1  # one running, the queue full, one more
 
-    async def two_at_once() -> list[object]:
+    async def at_once() -> list[bytes | BaseException]:
         return await asyncio.gather(
-            runtime.infer(payload), runtime.infer(payload), return_exceptions=True
+            *(runtime.infer(payload) for _ in range(calls)), return_exceptions=True
         )
 
     try:
-        first, second = asyncio.run(two_at_once())
+        outcomes = asyncio.run(at_once())
     finally:
         runtime.close()
-    assert isinstance(first, bytes)
-    assert isinstance(second, GatewayError)
-    assert second.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert all(isinstance(answer, bytes) for answer in outcomes[:-1])
+    refused = outcomes[-1]
+    assert isinstance(refused, GatewayError)
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_a_model_outside_the_allowed_list_is_not_served() -> None:
