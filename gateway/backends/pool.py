@@ -7,6 +7,7 @@ Only this object mutates backend state, and only off the request path; request h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -20,6 +21,7 @@ from gateway.routing.table import ModelKey, RouteTable
 log = structlog.get_logger(__name__)
 
 BackendFactory = Callable[[Endpoint], TritonBackend]
+_MIN_POLL_GAP_S = 0.05
 BreakerListener = Callable[[str, str, BreakerState], None]
 """Told of every breaker transition: backend name, model name ("" for the whole backend), state."""
 
@@ -41,6 +43,7 @@ class BackendPool:
         self._poll_timeout_s = poll_timeout_s
         self._backends: dict[str, TritonBackend] = {}
         self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
         self._listeners: list[Callable[[RouteTable[TritonBackend]], None]] = []
         self._discovered = asyncio.Event()
         self._max_ejected_fraction = max_ejected_fraction
@@ -110,8 +113,10 @@ class BackendPool:
                 self._feed(backend, model_breaker, model, True)
         elif scope is FaultScope.MODEL and model:
             self._feed(backend, backend.model_breaker(model), model, False)
+            self._poll_soon(backend)
         else:
             self._feed(backend, backend.breaker, "", False)
+            self._poll_soon(backend)
 
     def record_outcomes(
         self, name: str, model: str, successes: int, faults: int, scope: FaultScope
@@ -178,6 +183,7 @@ class BackendPool:
     async def _remove(self, name: str) -> None:
         backend = self._backends.pop(name, None)
         task = self._pollers.pop(name, None)
+        self._wakes.pop(name, None)
         if task is not None:
             task.cancel()
         if backend is not None:
@@ -185,7 +191,9 @@ class BackendPool:
             log.info("backend_removed", backend=name)
 
     async def _poll_forever(self, backend: TritonBackend) -> None:
+        wake = self._wakes[backend.name] = asyncio.Event()
         while True:
+            wake.clear()
             health = await backend.poll_health(self._poll_timeout_s)
             if self._backends.get(backend.name) is not backend:
                 return
@@ -193,7 +201,18 @@ class BackendPool:
                 self._publish()
             # A backend that did not answer is asked again soon: a restart is noticed fast.
             interval = self._poll_interval_s if health.ready else min(self._poll_interval_s, 1.0)
-            await asyncio.sleep(interval)
+            # A fault seen by traffic asks at once (see ``_poll_soon``), but never more often
+            # than every _MIN_POLL_GAP_S: a storm of faults costs the backend few polls.
+            await asyncio.sleep(_MIN_POLL_GAP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval - _MIN_POLL_GAP_S)
+
+    def _poll_soon(self, backend: TritonBackend) -> None:
+        """After a fault: poll now, so a dead server or a model gone leaves the routes at once
+        rather than at the next interval."""
+        wake = self._wakes.get(backend.name)
+        if wake is not None:
+            wake.set()
 
     def _record(self, backend: TritonBackend, health: BackendHealth) -> bool:
         if health == backend.health:

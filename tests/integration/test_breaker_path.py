@@ -56,6 +56,9 @@ def test_a_killed_backend_is_ejected_and_no_request_fails(
             assert wait_until(lambda: routes() == {"alive"})
             assert value(port, "triton_gateway_backend_breaker_open", {"backend": "victim"}) == 1
             assert value(port, "triton_gateway_backend_breaker_open", {"backend": "alive"}) == 0
+            # The fault also asked the victim's health at once (polls are 60 s apart here).
+            down = {"backend": "victim"}
+            assert wait_until(lambda: value(port, "triton_gateway_backend_up", down) == 0)
             for _ in range(10):
                 client.infer("simple", simple_inputs(a, b))
 
