@@ -37,7 +37,7 @@ import tritonclient.grpc as grpcclient
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import free_port
 from load_tests import loadgen
 from load_tests.gateway_process import start_gateway
@@ -257,17 +257,8 @@ async def _recover(scenario: str, fleet: LocalFleet, victim: str) -> None:
             continue
         if server.process is not None:
             await asyncio.to_thread(server.process.wait)
-        # Off the loop so the load keeps its schedule while Triton starts. A restart started
-        # from this busy process was seen to exit during start-up without a log line (about
-        # one run in five); a second attempt is made before giving up.
-        for attempt in (1, 2):
-            try:
-                await asyncio.to_thread(fleet.restart, name)
-                break
-            except FleetError as exc:
-                print(f"restart of {name} failed (attempt {attempt}): {exc}", file=sys.stderr)
-                if attempt == 2:
-                    raise
+        # Off the loop so the load keeps its schedule while Triton starts.
+        await asyncio.to_thread(fleet.restart, name)
 
 
 def _fields(spec: loadgen.LoadSpec) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from gateway.devfleet.python_backend import build_repository
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "fleet.json"
 _PR_SET_PDEATHSIG = 1
+SHM_DIR = Path("/dev/shm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,14 @@ class TritonServer:
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int = 0
+    shm_prefix: str = ""
+    """Name prefix of its Python backend's shared-memory regions in /dev/shm."""
+
+    def remove_shared_memory(self) -> None:
+        """Delete the regions a killed server could not (SIGKILL leaves them behind)."""
+        if self.shm_prefix:
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
 
     @property
     def address(self) -> str:
@@ -100,6 +109,7 @@ class LocalFleet:
         self._ready_timeout_s = ready_timeout_s
         self._stop_grace_s = stop_grace_s
         self._detached = detached
+        self._launches = 0
         self._model_names: list[str] = []
         self.servers: dict[str, TritonServer] = {}
 
@@ -162,6 +172,7 @@ class LocalFleet:
         _kill_group(old.pid)
         if old.process is not None:
             old.process.wait()
+        old.remove_shared_memory()
         _wait_port_free(old.grpc_port, timeout_s=self._stop_grace_s)
         spec = ServerSpec(name=name, grpc_port=old.grpc_port, models=old.models)
         server = self._launch(spec)
@@ -179,10 +190,12 @@ class LocalFleet:
             _kill_group(server.pid)
             if server.process is not None:
                 server.process.wait()
+            server.remove_shared_memory()
         state = self._work_dir / STATE_FILE
         state.unlink(missing_ok=True)
 
     def _launch(self, spec: ServerSpec) -> TritonServer:
+        self._launches += 1
         models = spec.models if spec.models is not None else tuple(self._model_names)
         unknown = sorted(set(models) - set(self._model_names))
         if unknown:
@@ -190,7 +203,15 @@ class LocalFleet:
         port = spec.grpc_port or free_port()
         ensure_port_free(port, spec.name)
         log_path = self._work_dir / "logs" / f"{spec.name}.log"
+        shm_prefix = f"tgw_{os.getpid()}_{spec.name}_{self._launches}_"
+        # If the test run or demo dies without cleaning up, the kernel ends the server rather
+        # than leaving an orphan holding a port (parent-death signal). util-linux's setpriv sets
+        # it in C; Python code between fork and exec (preexec_fn) was seen to crash the child
+        # with SIGSEGV when the parent was busy with threads, so it is only the fallback.
+        setpriv = None if self._detached else shutil.which("setpriv")
+        wrapper = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
         args = [
+            *wrapper,
             str(self._installation.binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={self._work_dir / 'backends'}",
@@ -202,8 +223,9 @@ class LocalFleet:
             f"--grpc-port={port}",
             "--exit-timeout-secs=5",
             "--log-verbose=0",
-            # Shared-memory names must not collide between servers on one machine.
-            f"--backend-config=python,shm-region-prefix-name=tgw_{os.getpid()}_{spec.name}_",
+            # Shared-memory names must not collide between servers on one machine, nor with
+            # the regions a killed predecessor of the same name left in /dev/shm.
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         ]
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = self._installation.library_path()
@@ -217,7 +239,7 @@ class LocalFleet:
                 env=env,
                 start_new_session=True,
                 # Only prctl runs between fork and exec: no lock is taken there.
-                preexec_fn=None if self._detached else _die_with_parent,  # noqa: PLW1509
+                preexec_fn=None if self._detached or setpriv else _die_with_parent,  # noqa: PLW1509
             )
         return TritonServer(
             name=spec.name,
@@ -226,6 +248,7 @@ class LocalFleet:
             log_path=log_path,
             process=process,
             pid=process.pid,
+            shm_prefix=shm_prefix,
         )
 
     def _wait_ready(self, server: TritonServer) -> None:
@@ -234,9 +257,10 @@ class LocalFleet:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
                 if not server.is_running():
+                    code = server.process.returncode if server.process is not None else None
                     raise FleetError(
-                        f"tritonserver {server.name} exited during start-up "
-                        f"(log {server.log_path}):\n{server.log_tail()}"
+                        f"tritonserver {server.name} exited during start-up (exit status "
+                        f"{code}; log {server.log_path}):\n{server.log_tail()}"
                     )
                 if _server_ready(stub, server.models):
                     return
@@ -341,8 +365,7 @@ def _server_ready(stub: service_pb2_grpc.GRPCInferenceServiceStub, models: Itera
 
 
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the test run or demo dies without cleaning
-    # up, the kernel ends the server instead of leaving an orphan holding a port.
+    # Runs in the child between fork and exec (only where setpriv is missing).
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,26 @@ def test_start_and_stop_leave_no_process_behind(
         assert server.log_path.is_file()
     assert _alive(group) == set()
     assert not server.is_running()
+
+
+def test_a_killed_server_restarts_and_leaves_no_shared_memory_behind(
+    triton_installation: TritonInstallation, tmp_path: Path
+) -> None:
+    fleet = LocalFleet(
+        triton_installation, MODEL_REPOSITORY, tmp_path, [ServerSpec("solo", models=("simple",))]
+    )
+    with fleet:
+        killed = fleet.servers["solo"]
+        regions = set(Path("/dev/shm").glob(f"{killed.shm_prefix}*"))
+        assert regions  # the Python backend maps its regions there
+        os.kill(killed.pid, signal.SIGKILL)  # the server cannot clean up after itself
+        assert killed.process is not None
+        killed.process.wait()
+        restarted = fleet.restart("solo")
+        assert grpcclient.InferenceServerClient(restarted.address).is_model_ready("simple")
+        assert restarted.shm_prefix != killed.shm_prefix
+        assert not any(region.exists() for region in regions)
+    assert not list(Path("/dev/shm").glob(f"{restarted.shm_prefix}*"))
 
 
 def test_missing_triton_install_is_a_clear_error(tmp_path: Path) -> None:
