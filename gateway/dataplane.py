@@ -177,8 +177,15 @@ class DataPlane:
                 "ModelInfer", request, context, name, version, candidates
             )
         except UpstreamError as exc:
-            # Client errors pass through unchanged: the fallback never answers them.
-            if not exc.backend_fault or self._fallback is None or not self._fallback.serves(name):
+            # Client errors pass through unchanged: the fallback never answers them. Nor does
+            # it answer a request of a sequence that may have reached a backend: the sequence's
+            # state lives there, and a stateless answer would hide that it is lost.
+            if (
+                not exc.backend_fault
+                or self._fallback is None
+                or not self._fallback.serves(name)
+                or read_sequence_id(request) is not None
+            ):
                 raise
             log.warning("backend_fault_fallback", code=exc.code.name)
         except NoBackendAvailableError:
@@ -205,6 +212,17 @@ class DataPlane:
         """
         self._retry_budget.on_request()
         tried = _tried_backends(context)
+        sequence = read_sequence_id(request) if method == "ModelInfer" else None
+        if tried and sequence is not None:
+            # tgw-edge handed over a sequence request its backend failed: it may have reached
+            # that backend, which holds the sequence's state; another backend must not start
+            # the sequence afresh.
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"backend {', '.join(sorted(tried))} failed during a sequence; requests of a "
+                "sequence are not sent to another backend",
+                "",
+            )
         if tried and not self._retry_budget.try_retry():
             # tgw-edge handed over a call its backend failed: that is a retry, and the budget
             # bounds the extra load however the retry arrives.
@@ -215,7 +233,6 @@ class DataPlane:
                 "",
                 backend_fault=True,
             )
-        sequence = read_sequence_id(request) if method == "ModelInfer" else None
         while True:
             choices = candidates if not tried else [c for c in candidates if c.name not in tried]
             if not choices:

@@ -6,8 +6,8 @@
 Each scenario starts three local Triton servers and a gateway process (default settings but
 for the ones named below), sends open-loop load, injects its fault a third of the way in and
 prints: requests sent, failed (by status), answered by the local fallback, the time from the
-fault to the victim's breaker opening and to its health poll failing (scraped from /metrics
-every 10 ms), and latency p50/p99 before the fault and in the window after it.
+fault to the victim's breaker opening and to its health poll showing the fault (scraped from
+/metrics every 10 ms), and latency p50/p99 before the fault and in the window after it.
 
 - kill:     SIGKILL one backend; restart it two thirds of the way in.
 - hang:     SIGSTOP one backend (per-try timeout 0.3 s); SIGCONT two thirds of the way in.
@@ -49,7 +49,8 @@ WATCH_PERIOD_S = 0.01
 
 @dataclass
 class Watch:
-    """When (perf_counter) the victim's breaker was first seen open and its poll failing."""
+    """When (perf_counter) the victim's breaker was first seen open, and its health poll first
+    showed the fault."""
 
     breaker_open_at: float | None = None
     poll_down_at: float | None = None
@@ -140,7 +141,8 @@ def _outcomes_by_backend(metrics_port: int) -> dict[str, dict[str, float]]:
 
 
 def _victim_state(metrics_port: int, victim: str) -> tuple[bool, bool]:
-    """(breaker open for the backend or any of its models, backend health poll failing)."""
+    """(breaker open for the backend or any of its models, health poll shows the fault: the
+    backend down, or no model version READY on it; the victims serve only ``simple``)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=1) as response:
         text = response.read().decode()
@@ -154,7 +156,10 @@ def _victim_state(metrics_port: int, victim: str) -> tuple[bool, bool]:
                 "triton_gateway_model_breaker_open",
             ):
                 breaker |= sample.value == 1
-            elif sample.name == "triton_gateway_backend_up":
+            elif sample.name in (
+                "triton_gateway_backend_up",
+                "triton_gateway_backend_ready_model_versions",
+            ):
                 down |= sample.value == 0
     return breaker, down
 

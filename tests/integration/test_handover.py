@@ -1,0 +1,76 @@
+"""Calls tgw-edge hands to the gateway after their backend failed (header x-gateway-tried).
+
+These talk to the Python server's own port, as tgw-edge does: the backend named in the header
+is never picked again, a sequence request is not moved to another backend, and a call whose
+every candidate was tried goes to the local fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.devfleet import LocalFleet
+from tests.support.background import BackgroundGateway
+from tests.support.fleet import inference_count
+from tests.support.metrics import requests_total
+from tests.support.models import (
+    classifier_features,
+    classifier_input,
+    reference_classifier,
+    simple_arrays,
+    simple_inputs,
+)
+
+TRIED = "x-gateway-tried"
+
+
+@pytest.fixture
+def python_server(gateway: BackgroundGateway) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{gateway.gateway.grpc_port}")
+
+
+def test_the_tried_backend_is_not_picked_again(
+    python_server: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
+    before = {name: inference_count(fleet, name, "simple") for name in fleet.servers}
+    a, b = simple_arrays()
+    for _ in range(8):
+        result = python_server.infer("simple", simple_inputs(a, b), headers={TRIED: "triton-b"})
+        assert (result.as_numpy("OUTPUT0") == a + b).all()
+    assert inference_count(fleet, "triton-a", "simple") - before["triton-a"] == 8
+    assert inference_count(fleet, "triton-b", "simple") == before["triton-b"]
+
+
+def test_a_handed_over_sequence_request_is_not_moved_to_another_backend(
+    python_server: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
+    before = {name: inference_count(fleet, name, "simple") for name in fleet.servers}
+    a, b = simple_arrays()
+    with pytest.raises(InferenceServerException) as info:
+        python_server.infer(
+            "simple", simple_inputs(a, b), sequence_id=77, headers={TRIED: "triton-b"}
+        )
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert "sequence" in (info.value.message() or "")
+    # Nor did the local fallback answer it: nothing ran anywhere.
+    assert {name: inference_count(fleet, name, "simple") for name in fleet.servers} == before
+
+
+def test_a_call_whose_only_backend_was_tried_is_answered_by_the_fallback(
+    python_server: grpcclient.InferenceServerClient, gateway: BackgroundGateway
+) -> None:
+    port = gateway.gateway.metrics_port
+    answered_locally = requests_total(port, path="fallback", model="classifier", code="OK")
+    x = classifier_features(seed=3)
+    result = python_server.infer("classifier", classifier_input(x), headers={TRIED: "triton-a"})
+    # Only triton-a has classifier: the local ONNX Runtime session answered, like Triton would.
+    np.testing.assert_allclose(
+        result.as_numpy("PROBABILITIES"), reference_classifier(2, x), atol=1e-5
+    )
+    assert result.get_response().model_version == "2"
+    assert requests_total(port, path="fallback", model="classifier", code="OK") == (
+        answered_locally + 1
+    )
