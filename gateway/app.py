@@ -272,6 +272,7 @@ class Gateway:
             max_in_flight_per_model=settings.shedding.max_in_flight_per_model,
             latency_decay_s=settings.balancing.latency_decay_s,
             fault_penalty_s=settings.balancing.fault_penalty_s,
+            max_message_bytes=settings.server.max_message_bytes,
         )
 
     def _build_server(self) -> grpc.aio.Server:

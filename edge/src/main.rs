@@ -35,6 +35,8 @@ struct Edge {
     /// Longest wait for a backend's answer before the call goes to the gateway instead.
     per_try: Option<std::time::Duration>,
     shedder: shedding::Shedder,
+    /// Largest request message accepted, as the gateway's `server.max_message_bytes`.
+    max_message_bytes: usize,
 }
 
 impl Edge {
@@ -54,9 +56,9 @@ impl Edge {
             }
         };
         let (parts, body) = request.into_parts();
-        let bytes = match hyper::body::to_bytes(body).await {
+        let bytes = match read_body(body, self.max_message_bytes).await {
             Ok(bytes) => bytes,
-            Err(error) => return Ok(grpc_error(1, &format!("request body: {error}")).map(ObservedBody::plain)),
+            Err((code, message)) => return Ok(grpc_error(code, &message).map(ObservedBody::plain)),
         };
         let sequence = wire::sequence_id(&bytes);
         let routed = wire::model_key(&bytes).and_then(|(name, version)| {
@@ -154,6 +156,27 @@ fn hand_over_status(headers: &hyper::HeaderMap) -> bool {
     matches!(headers.get("grpc-status").map(|v| v.as_bytes()), Some(b"14") | Some(b"5"))
 }
 
+/// A unary request body (5-byte gRPC prefix + message), refused as soon as the message grows
+/// past `max_message_bytes` with RESOURCE_EXHAUSTED, in the words grpc servers use: a hostile
+/// or mistaken client cannot make the edge buffer without bound.
+async fn read_body(mut body: Body, max_message_bytes: usize) -> Result<hyper::body::Bytes, (u32, String)> {
+    use hyper::body::HttpBody;
+    let limit = max_message_bytes.saturating_add(5);
+    let mut collected = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|error| (1, format!("request body: {error}")))?;
+        if collected.len() + chunk.len() > limit {
+            let message = format!(
+                "Received message larger than max (more than {} vs. {max_message_bytes})",
+                collected.len() + chunk.len() - 5
+            );
+            return Err((8, message));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(hyper::body::Bytes::from(collected))
+}
+
 /// The head of a request, to send it a second time.
 fn copy_parts(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
     let mut copy = Request::new(()).into_parts().0;
@@ -196,6 +219,7 @@ struct Options {
     max_in_flight_per_model: Option<usize>,
     policy: LoadPolicy,
     seed: u64,
+    max_message_bytes: usize,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -205,6 +229,7 @@ fn parse_options() -> Result<Options, String> {
     let mut per_try = None;
     let mut max_in_flight = None;
     let mut max_in_flight_per_model = None;
+    let mut max_message_bytes = 256 * 1024 * 1024;
     let mut policy = LoadPolicy { decay_s: 5.0, fault_penalty_s: 0.25 };
     // Different gateways should not draw the same sequence; tests pass --seed for repeatability.
     let mut seed = std::time::SystemTime::now()
@@ -247,6 +272,10 @@ fn parse_options() -> Result<Options, String> {
                 let ms: f64 = args.next().and_then(|v| v.parse().ok()).ok_or("--fault-penalty-ms takes a number")?;
                 policy.fault_penalty_s = ms / 1000.0;
             }
+            "--max-message-bytes" => {
+                max_message_bytes =
+                    args.next().and_then(|v| v.parse().ok()).ok_or("--max-message-bytes takes a number")?;
+            }
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).ok_or("--seed takes a number")?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -262,6 +291,7 @@ fn parse_options() -> Result<Options, String> {
         max_in_flight_per_model,
         policy,
         seed,
+        max_message_bytes,
     })
 }
 
@@ -316,7 +346,14 @@ fn main() {
         let client = Client::builder().http2_only(true).build(connector);
         let stats = Stats::new(options.buckets.clone());
         let shedder = shedding::Shedder::new(options.max_in_flight, options.max_in_flight_per_model);
-        let edge = Arc::new(Edge { client, routes, stats: stats.clone(), per_try: options.per_try, shedder });
+        let edge = Arc::new(Edge {
+            client,
+            routes,
+            stats: stats.clone(),
+            per_try: options.per_try,
+            shedder,
+            max_message_bytes: options.max_message_bytes,
+        });
         let reporter = stats.clone();
         tokio::spawn(async move {
             // Once a second, and soon after a backend fault (at most every 50 ms), so the

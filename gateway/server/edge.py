@@ -69,6 +69,7 @@ class EdgeProcess:
         max_in_flight_per_model: int | None = None,
         latency_decay_s: float = 5.0,
         fault_penalty_s: float = 0.25,
+        max_message_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._binary = binary
         self._listen = listen
@@ -77,6 +78,8 @@ class EdgeProcess:
         self._on_outcomes = on_outcomes
         self._per_try_timeout_s = per_try_timeout_s
         self._limits: list[str] = [
+            "--max-message-bytes",
+            str(max_message_bytes),
             "--latency-decay-ms",
             repr(latency_decay_s * 1000),
             "--fault-penalty-ms",

@@ -9,9 +9,13 @@ import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet
 from tests.support.background import BackgroundGateway
 from tests.support.models import simple_arrays, simple_inputs
+from tests.support.settings import gateway_settings
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ALLOWED = {
@@ -82,3 +86,22 @@ def test_gateway_still_serves_after_the_fuzzing(gateway: BackgroundGateway) -> N
     a, b = simple_arrays()
     result = grpcclient.InferenceServerClient(gateway.url).infer("simple", simple_inputs(a, b))
     assert np.array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_an_oversized_message_is_refused_and_the_gateway_keeps_serving(
+    fleet: LocalFleet, edge: str
+) -> None:
+    settings = gateway_settings(fleet, edge={"mode": edge}, server={"max_message_bytes": 64 * 1024})
+    with BackgroundGateway(Gateway(settings)) as gateway:
+        client = grpcclient.InferenceServerClient(gateway.url)
+        big = np.zeros(32 * 1024, dtype=np.float32)  # 128 KiB of tensor data
+        tensor = grpcclient.InferInput("INPUT", list(big.shape), "FP32")
+        tensor.set_data_from_numpy(big)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("identity", [tensor])
+        assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "larger than max" in (info.value.message() or "")
+        a, b = simple_arrays()
+        result = client.infer("simple", simple_inputs(a, b))
+        assert np.array_equal(result.as_numpy("OUTPUT0"), a + b)
