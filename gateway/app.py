@@ -118,6 +118,13 @@ class Gateway:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
         self.fallback = _fallback(settings)
+        retry_budget = RetryBudget(
+            clock,
+            ratio=settings.retry.budget_ratio,
+            min_per_second=settings.retry.min_per_second,
+            window_s=settings.retry.window_s,
+        )
+        self._edge = self._edge_process(settings, self.metrics, self.pool, retry_budget)
         self.dataplane = DataPlane(
             self.pool,
             PowerOfTwoChoices(
@@ -131,12 +138,9 @@ class Gateway:
             self.metrics,
             tracer=_tracer(settings, tracer_provider),
             fallback=self.fallback,
-            retry_budget=RetryBudget(
-                clock,
-                ratio=settings.retry.budget_ratio,
-                min_per_second=settings.retry.min_per_second,
-                window_s=settings.retry.window_s,
-            ),
+            retry_budget=retry_budget,
+            # tgw-edge strips the header from clients; without it, clients could set it.
+            honour_tried_header=self._edge is not None,
             per_try_timeout_s=settings.retry.per_try_timeout_s,
             shedder=LoadShedder(
                 settings.shedding.max_in_flight, settings.shedding.max_in_flight_per_model
@@ -149,7 +153,6 @@ class Gateway:
         self._gate = DrainGate()
         self._config_path = config_path
         self._config_watch: asyncio.Task[None] | None = None
-        self._edge = self._edge_process(settings, self.metrics, self.pool)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port = 0
         self.port = 0
@@ -246,7 +249,10 @@ class Gateway:
 
     @staticmethod
     def _edge_process(
-        settings: GatewaySettings, metrics: RequestMetrics, pool: BackendPool
+        settings: GatewaySettings,
+        metrics: RequestMetrics,
+        pool: BackendPool,
+        retry_budget: RetryBudget,
     ) -> EdgeProcess | None:
         edge = settings.edge
         if edge.mode == "off":
@@ -267,6 +273,8 @@ class Gateway:
             edge.threads,
             metrics,
             pool.record_outcomes,
+            # Calls tgw-edge routes count toward the budget its hand-overs spend.
+            on_routed=retry_budget.on_request,
             per_try_timeout_s=settings.retry.per_try_timeout_s,
             max_in_flight=settings.shedding.max_in_flight,
             max_in_flight_per_model=settings.shedding.max_in_flight_per_model,

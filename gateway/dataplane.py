@@ -22,7 +22,7 @@ from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.affinity import backend_for_sequence
-from gateway.balancing.faults import fault_scope
+from gateway.balancing.faults import FaultScope, fault_scope
 from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.shedding import LoadShedder
 from gateway.errors import (
@@ -121,6 +121,7 @@ class DataPlane:
         retry_budget: RetryBudget | None = None,
         per_try_timeout_s: float | None = None,
         shedder: LoadShedder | None = None,
+        honour_tried_header: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
@@ -130,6 +131,7 @@ class DataPlane:
         self._fallback = fallback
         self._retry_budget = retry_budget or RetryBudget(time.monotonic)
         self._per_try_timeout_s = per_try_timeout_s
+        self._honour_tried_header = honour_tried_header
         self._shedder = shedder or LoadShedder(None, None)
         self._clock = clock
 
@@ -166,10 +168,20 @@ class DataPlane:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError as exc:
-            if self._fallback is not None and self._fallback.serves(name):
+            # Held by a live backend that breakers ejected: unavailable, not unknown; and a
+            # sequence's state is on that backend, so the stateless fallback does not answer it.
+            ejected = self._pool.held_by_live_backend(name)
+            in_sequence = read_sequence_id(request) is not None
+            fallback = self._fallback is not None and self._fallback.serves(name)
+            if fallback and not (ejected and in_sequence):
                 return await self._serve_fallback(request, context, name, version)
-            code = exc.code if self._pool.ready_backends else NoBackendAvailableError.code
+            no_backend = ejected or not self._pool.ready_backends
+            code = NoBackendAvailableError.code if no_backend else exc.code
             self._record("ModelInfer", name, version, "", code.name, started)
+            if ejected:
+                raise NoBackendAvailableError(
+                    f"no backend for model '{name}' is available now (breakers open or drained)"
+                ) from exc
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise
         try:
@@ -211,7 +223,7 @@ class DataPlane:
         or NoBackendAvailableError when every candidate was already tried.
         """
         self._retry_budget.on_request()
-        tried = _tried_backends(context)
+        tried = _tried_backends(context) if self._honour_tried_header else frozenset()
         sequence = read_sequence_id(request) if method == "ModelInfer" else None
         if tried and sequence is not None:
             # tgw-edge handed over a sequence request its backend failed: it may have reached
@@ -408,7 +420,8 @@ class DataPlane:
         # DEADLINE_EXCEEDED is this backend's slowness, not the client giving up.
         per_try_binds = per_try is not None and (remaining is None or per_try < remaining)
         timeout = per_try if per_try_binds else remaining
-        # What the call taught about the backend's latency; None while the client gave up.
+        # What the call taught about the backend's latency; None while the client gave up (then
+        # the breakers got no outcome either, and a half-open trial is given back).
         latency: float | None = None
         fault = False
         try:
@@ -426,7 +439,13 @@ class DataPlane:
             )
             gave_up = not fault and code in _CLIENT_GAVE_UP
             if fault:
-                scope = fault_scope(code.name, exc.details() or "", name)
+                # A model breaker only for models the routes know: client input (an unknown
+                # model name asked of one backend) must not create breakers or series.
+                scope = (
+                    fault_scope(code.name, exc.details() or "", name)
+                    if routed
+                    else FaultScope.BACKEND
+                )
                 self._pool.record_outcome(backend, False, name, scope)
             elif not gave_up:
                 # A client error: the backend and the model are fine.
@@ -438,6 +457,10 @@ class DataPlane:
             ) from exc
         finally:
             self._metrics.add_in_flight("python", -1)
+            if latency is None:
+                backend.breaker.abandon()
+                if model_breaker is not None:
+                    model_breaker.abandon()
             # Only inference latency feeds the estimate: metadata calls are cheap everywhere.
             learned = latency if method == "ModelInfer" else None
             self._balancer.finished(backend.name, (name, version), learned, fault)

@@ -40,7 +40,9 @@ struct Edge {
 }
 
 impl Edge {
-    async fn handle(self: Arc<Self>, request: Request<Body>) -> Result<Response<ObservedBody>, Infallible> {
+    async fn handle(self: Arc<Self>, mut request: Request<Body>) -> Result<Response<ObservedBody>, Infallible> {
+        // Only tgw-edge may tell the gateway which backend already failed a call.
+        request.headers_mut().remove("x-gateway-tried");
         let table = self.routes.current();
         let method = request
             .uri()
@@ -82,7 +84,7 @@ impl Edge {
         };
         // Routed calls are counted here; the gateway counts what it serves itself.
         let (backend, address) = (target.name.as_str(), target.address.as_str());
-        let pending = self.stats.start(&method, name, version, backend, Some(target.start()));
+        let pending = self.stats.start(&method, name, version, backend, Some(target.start(method == "ModelInfer")));
         let attempt = Request::from_parts(copy_parts(&parts), Body::from(bytes.clone()));
         let outcome = match self.per_try {
             Some(limit) => match tokio::time::timeout(limit, self.send(attempt, address)).await {
@@ -162,17 +164,25 @@ fn hand_over_status(headers: &hyper::HeaderMap) -> bool {
 async fn read_body(mut body: Body, max_message_bytes: usize) -> Result<hyper::body::Bytes, (u32, String)> {
     use hyper::body::HttpBody;
     let limit = max_message_bytes.saturating_add(5);
-    let mut collected = Vec::new();
+    let mut chunks: Vec<hyper::body::Bytes> = Vec::new();
+    let mut total = 0usize;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|error| (1, format!("request body: {error}")))?;
-        if collected.len() + chunk.len() > limit {
-            let message = format!(
-                "Received message larger than max (more than {} vs. {max_message_bytes})",
-                collected.len() + chunk.len() - 5
-            );
+        total += chunk.len();
+        if total > limit {
+            let message =
+                format!("Received message larger than max (more than {} vs. {max_message_bytes})", total - 5);
             return Err((8, message));
         }
-        collected.extend_from_slice(&chunk);
+        chunks.push(chunk);
+    }
+    // One chunk (the usual case) is passed on without a copy.
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().expect("one chunk"));
+    }
+    let mut collected = Vec::with_capacity(total);
+    for chunk in &chunks {
+        collected.extend_from_slice(chunk);
     }
     Ok(hyper::body::Bytes::from(collected))
 }

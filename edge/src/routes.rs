@@ -59,10 +59,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// Count a call as in flight until the returned guard is finished or dropped.
-    pub fn start(&self) -> InFlight {
+    /// Count a call as in flight until the returned guard is finished or dropped. `learn`:
+    /// whether its latency feeds the estimate (inference only: metadata calls are cheap
+    /// everywhere and would drag it down).
+    pub fn start(&self, learn: bool) -> InFlight {
         self.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { load: self.load.clone(), latency: self.latency.clone(), done: false }
+        InFlight { load: self.load.clone(), latency: self.latency.clone(), learn, done: false }
     }
 
     fn in_flight(&self) -> usize {
@@ -74,20 +76,21 @@ impl Target {
 pub struct InFlight {
     load: Arc<BackendLoad>,
     latency: Arc<Latency>,
+    learn: bool,
     done: bool,
 }
 
 impl InFlight {
-    /// The call ended with `code` after `seconds`. A client that gave up teaches nothing; a
-    /// backend fault counts as at least the fault penalty, so failing fast never looks fast.
-    pub fn finish(mut self, code: &str, seconds: f64) {
+    /// The call ended with `code` after `seconds`; `fault`: it was a backend fault (see
+    /// `stats::fault_scope`). A client that gave up teaches nothing; a fault counts as at least
+    /// the fault penalty, so failing fast never looks fast.
+    pub fn finish(mut self, code: &str, fault: bool, seconds: f64) {
         self.done = true;
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let sample = match code {
-            "CANCELLED" | "DEADLINE_EXCEEDED" => return,
-            "UNAVAILABLE" | "RESOURCE_EXHAUSTED" | "INTERNAL" => seconds.max(self.latency.policy.fault_penalty_s),
-            _ => seconds,
-        };
+        if !self.learn || matches!(code, "CANCELLED" | "DEADLINE_EXCEEDED") {
+            return;
+        }
+        let sample = if fault { seconds.max(self.latency.policy.fault_penalty_s) } else { seconds };
         self.latency.observe(sample, Instant::now());
     }
 }
@@ -270,7 +273,7 @@ mod tests {
         let table = table(TWO);
         let busy = table.choose("m", "", None).unwrap();
         let busy_name = busy.name.clone();
-        let _held = [busy.start(), busy.start()];
+        let _held = [busy.start(true), busy.start(true)];
         for _ in 0..20 {
             assert_ne!(table.choose("m", "", None).unwrap().name, busy_name);
         }
@@ -281,13 +284,13 @@ mod tests {
         let loads = Loads::new(POLICY, 7);
         let first = RouteTable::parse(TWO, &loads).unwrap();
         let targets = &first.routes[&("m".to_string(), String::new())];
-        targets[0].start().finish("OK", 0.002);
-        targets[1].start().finish("UNAVAILABLE", 0.0001); // counts as the 250 ms penalty
+        targets[0].start(true).finish("OK", false, 0.002);
+        targets[1].start(true).finish("NOT_FOUND", true, 0.0001); // counts as the 250 ms penalty
         let second = RouteTable::parse(TWO, &loads).unwrap();
         for _ in 0..20 {
             assert_eq!(second.choose("m", "", None).unwrap().name, "a");
         }
-        let held = second.choose("m", "", None).unwrap().start();
+        let held = second.choose("m", "", None).unwrap().start(true);
         drop(held); // a dropped guard frees its place without teaching anything
         assert_eq!(second.routes[&("m".to_string(), String::new())][0].in_flight(), 0);
     }
@@ -296,7 +299,8 @@ mod tests {
     fn a_client_that_gave_up_teaches_nothing() {
         let table = table(TWO);
         let targets = &table.routes[&("m".to_string(), String::new())];
-        targets[0].start().finish("CANCELLED", 9.0);
+        targets[0].start(true).finish("CANCELLED", false, 9.0);
+        targets[0].start(false).finish("OK", false, 9.0); // a metadata call
         assert!(targets[0].latency.current(std::time::Instant::now()).is_none());
     }
 

@@ -29,7 +29,8 @@ pub fn fault_scope(code: &str, message: &str, model: &str) -> &'static str {
                 "backend"
             }
         }
-        "DEADLINE_EXCEEDED" => "backend",
+        // The client's own deadline (tgw-edge passes grpc-timeout on): it gave up, nothing is
+        // the backend's fault. tgw-edge's per-try timeout is reported as UNAVAILABLE instead.
         // Routed calls only go to backends the route table lists for the model: NOT_FOUND
         // means the model left this backend since the last snapshot (a stale route).
         "NOT_FOUND" => "model",
@@ -130,6 +131,7 @@ impl Stats {
             version: version.to_string(),
             backend: backend.to_string(),
             started: Instant::now(),
+            done: false,
         }
     }
 }
@@ -143,23 +145,53 @@ pub struct Pending {
     version: String,
     backend: String,
     started: Instant,
+    done: bool,
 }
 
 impl Pending {
     /// The call ended with `code` (and Triton's `message`, when it sent one).
-    pub fn finish(self, code: &'static str, message: &str) {
+    pub fn finish(mut self, code: &'static str, message: &str) {
+        self.done = true;
         let seconds = self.started.elapsed().as_secs_f64();
-        if let Some(target) = self.target {
-            target.finish(code, seconds);
-        }
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Only calls that reached a backend have a scope; a shed call names none.
         let scope = if self.backend.is_empty() { "" } else { fault_scope(code, message, &self.model) };
-        let key = (self.method, self.model, self.version, self.backend, code, scope);
+        if let Some(target) = self.target.take() {
+            target.finish(code, !scope.is_empty(), seconds);
+        }
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let key = (
+            std::mem::take(&mut self.method),
+            std::mem::take(&mut self.model),
+            std::mem::take(&mut self.version),
+            std::mem::take(&mut self.backend),
+            code,
+            scope,
+        );
         self.stats.record(key, seconds);
         if !scope.is_empty() {
             // A fault: report it now, so the gateway's breakers react within milliseconds.
             self.stats.fault.notify_one();
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A call dropped before its answer (the client went away while tgw-edge waited for the
+    /// backend): counted as CANCELLED, so the in-flight gauge does not drift.
+    fn drop(&mut self) {
+        if !self.done {
+            let pending = Pending {
+                target: self.target.take(),
+                stats: self.stats.clone(),
+                method: std::mem::take(&mut self.method),
+                model: std::mem::take(&mut self.model),
+                version: std::mem::take(&mut self.version),
+                backend: std::mem::take(&mut self.backend),
+                started: self.started,
+                done: false,
+            };
+            self.done = true;
+            pending.finish("CANCELLED", "");
         }
     }
 }
@@ -273,7 +305,7 @@ mod tests {
 
     #[test]
     fn fault_scopes_match_the_gateway() {
-        // The same cases as tests/unit/test_faults.py.
+        // The same cases as tests/unit/test_faults.py (but DEADLINE_EXCEEDED, below).
         let cases = [
             ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "backend"),
             ("UNAVAILABLE", "Socket closed", "backend"),
@@ -282,7 +314,6 @@ mod tests {
             ("UNAVAILABLE", "Exceeds maximum queue size", "model"),
             ("RESOURCE_EXHAUSTED", "", "model"),
             ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "model"),
-            ("DEADLINE_EXCEEDED", "Deadline Exceeded", "backend"),
             ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "model"),
         ];
         for (code, message, scope) in cases {
@@ -290,5 +321,7 @@ mod tests {
         }
         assert_eq!(fault_scope("OK", "", "simple"), "");
         assert_eq!(fault_scope("INVALID_ARGUMENT", "'simple'", "simple"), "");
+        // The client's own deadline; Python sees DEADLINE_EXCEEDED only for its per-try timeout.
+        assert_eq!(fault_scope("DEADLINE_EXCEEDED", "Deadline Exceeded", "simple"), "");
     }
 }

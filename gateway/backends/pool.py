@@ -94,6 +94,11 @@ class BackendPool:
             self._drained = names
             self._publish()
 
+    def held_by_live_backend(self, name: str) -> bool:
+        """Whether a live backend has any version of the model READY, admitted or not (a model
+        out of the routes only because breakers ejected its holders is not an unknown one)."""
+        return any(key[0] == name for b in self.ready_backends for key in b.health.models)
+
     def is_drained(self, name: str) -> bool:
         return name in self._drained
 
@@ -105,17 +110,25 @@ class BackendPool:
         scope: FaultScope = FaultScope.BACKEND,
     ) -> None:
         """A call's outcome for the breakers: a success counts for the backend and its model;
-        a fault for the backend's breaker or, when the fault is the model's, the pair's."""
+        a fault for the backend's breaker or, when the fault is the model's, the pair's.
+
+        Every breaker the call went through gets an outcome, so a half-open trial is always
+        settled: a model's fault still shows the server answering (a success for the backend),
+        and a server fault says nothing of the model (its trial is given back).
+        """
+        model_breaker = backend.model_breakers.get(model)
         if success:
             self._feed(backend, backend.breaker, "", True)
-            model_breaker = backend.model_breakers.get(model)
             if model_breaker is not None:
                 self._feed(backend, model_breaker, model, True)
         elif scope is FaultScope.MODEL and model:
+            self._feed(backend, backend.breaker, "", True)
             self._feed(backend, backend.model_breaker(model), model, False)
             self._poll_soon(backend)
         else:
             self._feed(backend, backend.breaker, "", False)
+            if model_breaker is not None:
+                model_breaker.abandon()
             self._poll_soon(backend)
 
     def record_outcomes(
@@ -253,7 +266,9 @@ class BackendPool:
                 if breaker is not None and not breaker.admits():
                     ejected.setdefault(name, set()).add(backend.name)
         for name, names in list(ejected.items()):
-            if len(names) > self._ejection_cap(holders[name]):
+            # No floor of one here: a model's last live holder is never ejected by its breaker,
+            # or the model would vanish from the routes and read as unknown.
+            if len(names) > int(holders[name] * self._max_ejected_fraction):
                 log.warning("ejection_cap_reached", model=name, ejected=len(names))
                 del ejected[name]
         return {

@@ -71,6 +71,12 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN and self._trials_left > 0:
             self._trials_left -= 1
 
+    def abandon(self) -> None:
+        """A request sent with ``on_request`` ended without an outcome (the client gave up):
+        give its half-open trial back, or the breaker would wait forever for its answer."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._trials_left = min(self._trials_left + 1, self._policy.half_open_trials)
+
     def record(self, success: bool) -> BreakerState:
         """One outcome; returns the state after it."""
         now = self._clock()

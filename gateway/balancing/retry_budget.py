@@ -29,9 +29,10 @@ class RetryBudget:
         self._requests = 0
         self._retries = 0
 
-    def on_request(self) -> None:
-        self._bucket()[1] += 1
-        self._requests += 1
+    def on_request(self, count: int = 1) -> None:
+        """Requests sent (tgw-edge reports its routed calls in batches)."""
+        self._bucket()[1] += count
+        self._requests += count
 
     def try_retry(self) -> bool:
         """Spend one retry if the budget has room; False means do not retry."""

@@ -64,6 +64,7 @@ class EdgeProcess:
         metrics: RequestMetrics,
         on_outcomes: OutcomeListener,
         *,
+        on_routed: Callable[[int], None] | None = None,
         per_try_timeout_s: float | None = None,
         max_in_flight: int | None = None,
         max_in_flight_per_model: int | None = None,
@@ -76,6 +77,7 @@ class EdgeProcess:
         self._threads = threads
         self._metrics = metrics
         self._on_outcomes = on_outcomes
+        self._on_routed = on_routed
         self._per_try_timeout_s = per_try_timeout_s
         self._limits: list[str] = [
             "--max-message-bytes",
@@ -159,6 +161,8 @@ class EdgeProcess:
                     method, model, version, backend, code, scope, count, seconds, buckets = row
                     key = ("edge", method, model, version, backend, code)
                     self._metrics.add_batch(key, count, seconds, buckets)
+                    if backend and method == "ModelInfer" and self._on_routed is not None:
+                        self._on_routed(count)
                     # tgw-edge marks backend faults with their scope ("" for any other
                     # outcome); a client's own deadline or cancellation counts for nothing.
                     if scope:

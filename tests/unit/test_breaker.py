@@ -79,3 +79,17 @@ def test_late_answers_while_open_change_nothing() -> None:
     breaker, _ = _breaker(consecutive_failures=1)
     breaker.record(False)
     assert breaker.record(True) is BreakerState.OPEN
+
+
+def test_an_abandoned_trial_is_given_back() -> None:
+    breaker, clock = _breaker(consecutive_failures=1, base_ejection_s=1.0, half_open_trials=1)
+    breaker.record(False)
+    clock.now += 1.0
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.on_request()
+    assert not breaker.admits()  # the one trial is out
+    breaker.abandon()  # its client went away: no outcome will come
+    assert breaker.admits()
+    breaker.abandon()  # never more trials than the policy allows
+    breaker.on_request()
+    assert not breaker.admits()
