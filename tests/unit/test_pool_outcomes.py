@@ -3,6 +3,7 @@
 import asyncio
 
 from gateway.backends.pool import BackendPool
+from gateway.backends.triton import BackendHealth
 from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.balancing.faults import FaultScope
 
@@ -61,5 +62,41 @@ def test_a_server_fault_gives_the_model_trial_back() -> None:
         _pool().record_outcome(backend, False, "m", FaultScope.BACKEND)  # type: ignore[arg-type]
         assert backend.breaker.state is BreakerState.OPEN
         assert backend.model_breakers["m"].admits()  # not stuck waiting for an answer
+
+    asyncio.run(run())
+
+
+class HealthyBackend(Backend):
+    """A live backend with ``simple`` version 1 READY, as a health poll leaves it."""
+
+    def __init__(self, clock: FakeClock, name: str) -> None:
+        super().__init__(clock)
+        self.name = name
+        self.health = BackendHealth(ready=True, models=frozenset({("simple", "1")}))
+
+
+def test_a_models_last_live_holder_is_never_ejected_by_its_breaker() -> None:
+    async def run() -> None:
+        clock = FakeClock()
+        pool = _pool()
+        only = HealthyBackend(clock, "only")
+        pool._backends = {"only": only}  # type: ignore[dict-item]
+        pool.record_outcome(only, False, "simple", FaultScope.MODEL)  # type: ignore[arg-type]
+        assert only.model_breakers["simple"].state is BreakerState.OPEN
+        # Ejecting it would make the model read as unknown (NOT_FOUND): it stays routed.
+        assert pool.table.lookup("simple", "") == (only,)
+
+    asyncio.run(run())
+
+
+def test_one_of_two_holders_is_ejected_for_the_model_only() -> None:
+    async def run() -> None:
+        clock = FakeClock()
+        pool = _pool()
+        sick, well = HealthyBackend(clock, "sick"), HealthyBackend(clock, "well")
+        pool._backends = {"sick": sick, "well": well}  # type: ignore[dict-item]
+        pool.record_outcome(sick, False, "simple", FaultScope.MODEL)  # type: ignore[arg-type]
+        assert pool.table.lookup("simple", "") == (well,)
+        assert sick.breaker.state is BreakerState.CLOSED
 
     asyncio.run(run())
