@@ -168,19 +168,20 @@ class DataPlane:
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError as exc:
-            # Held by a live backend that breakers ejected: unavailable, not unknown; and a
-            # sequence's state is on that backend, so the stateless fallback does not answer it.
-            ejected = self._pool.held_by_live_backend(name)
+            # A model the fleet served but no backend can now (down, drained, ejected) is
+            # unavailable, not unknown; and a sequence's state was on one of those backends, so
+            # the stateless fallback does not answer it.
+            known = self._pool.knows_model(name, version)
             in_sequence = read_sequence_id(request) is not None
             fallback = self._fallback is not None and self._fallback.serves(name)
-            if fallback and not (ejected and in_sequence):
+            if fallback and not (known and in_sequence):
                 return await self._serve_fallback(request, context, name, version)
-            no_backend = ejected or not self._pool.ready_backends
+            no_backend = known or not self._pool.ready_backends
             code = NoBackendAvailableError.code if no_backend else exc.code
             self._record("ModelInfer", name, version, "", code.name, started)
-            if ejected:
+            if known:
                 raise NoBackendAvailableError(
-                    f"no backend for model '{name}' is available now (breakers open or drained)"
+                    f"no backend can serve model '{name}' now (down, drained or ejected)"
                 ) from exc
             self._any_ready()  # with no backend up, say so rather than "unknown model"
             raise

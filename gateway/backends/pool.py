@@ -94,10 +94,14 @@ class BackendPool:
             self._drained = names
             self._publish()
 
-    def held_by_live_backend(self, name: str) -> bool:
-        """Whether a live backend has any version of the model READY, admitted or not (a model
-        out of the routes only because breakers ejected its holders is not an unknown one)."""
-        return any(key[0] == name for b in self.ready_backends for key in b.health.models)
+    def knows_model(self, name: str, version: str) -> bool:
+        """Whether a backend of the fleet served the version ("": any) when last seen up, even
+        if it is down, drained or ejected now: such a model is unavailable, not unknown."""
+        return any(
+            model == name and version in ("", held)
+            for b in self._backends.values()
+            for model, held in b.last_models
+        )
 
     def is_drained(self, name: str) -> bool:
         return name in self._drained
@@ -232,6 +236,8 @@ class BackendPool:
             return False
         previous = backend.health
         backend.health = health
+        if health.ready:
+            backend.last_models = health.models
         if health.ready and not previous.ready:
             log.info("backend_ready", backend=backend.name, models=sorted(health.models))
         elif previous.ready and not health.ready:

@@ -73,6 +73,8 @@ class TritonBackend:
         }
         self.stream_infer = self._channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")
         self.health = BackendHealth.down()
+        self.last_models: frozenset[ModelKey] = frozenset()
+        """The READY versions of the last poll that found it up (kept while it is down)."""
         self._new_breaker = new_breaker
         self.breaker = new_breaker()
         """Trips on faults of the whole server: it leaves every route."""

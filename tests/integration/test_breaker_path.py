@@ -7,13 +7,19 @@ import signal
 
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import value, wait_until
-from tests.support.models import simple_arrays, simple_inputs
+from tests.support.models import (
+    classifier_features,
+    classifier_input,
+    simple_arrays,
+    simple_inputs,
+)
 from tests.support.settings import gateway_settings
 
 
@@ -101,3 +107,37 @@ def test_calls_that_meet_a_dead_backend_are_retried_on_another(
                 )
                 assert retried >= 1
             assert gateway.gateway.pool.table.candidates[("simple", "")]  # still both listed
+
+
+@pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
+def test_a_model_whose_only_backend_died_is_unavailable_not_unknown(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    edge: str,
+) -> None:
+    specs = [
+        ServerSpec("holder", models=("simple", "classifier")),
+        ServerSpec("other", models=("simple",)),
+    ]
+    fleet_dir = tmp_path_factory.mktemp("holder-fleet")
+    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
+        settings = gateway_settings(fleet, edge={"mode": edge}, fallback={"enabled": False})
+        with BackgroundGateway(Gateway(settings)) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.url)
+            pool = gateway.gateway.pool
+            holder = fleet.servers["holder"]
+            os.kill(holder.pid, signal.SIGKILL)
+            assert wait_until(lambda: ("classifier", "") not in pool.table.candidates)
+            x = classifier_features()
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("classifier", classifier_input(x))
+            # The client may retry later: UNAVAILABLE, not "unknown model".
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+            assert "classifier" in (info.value.message() or "")
+            # A version the fleet never had is still unknown, in Triton's words.
+            with pytest.raises(InferenceServerException) as unknown:
+                client.infer("classifier", classifier_input(x), model_version="9")
+            assert unknown.value.status() == "StatusCode.NOT_FOUND"
+            a, b = simple_arrays()
+            result = client.infer("simple", simple_inputs(a, b))
+            assert (result.as_numpy("OUTPUT0") == a + b).all()

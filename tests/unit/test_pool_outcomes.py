@@ -73,6 +73,7 @@ class HealthyBackend(Backend):
         super().__init__(clock)
         self.name = name
         self.health = BackendHealth(ready=True, models=frozenset({("simple", "1")}))
+        self.last_models = self.health.models
 
 
 def test_a_models_last_live_holder_is_never_ejected_by_its_breaker() -> None:
