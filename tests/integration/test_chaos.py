@@ -9,14 +9,11 @@ import signal
 import pytest
 import tritonclient.grpc as grpcclient
 
-from gateway.app import Gateway
-from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.devfleet import TritonInstallation
 from load_tests import loadgen
-from tests.conftest import MODEL_REPOSITORY
-from tests.support.background import BackgroundGateway
+from tests.support.fleet import fleet_behind_gateway
 from tests.support.metrics import requests_total, value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
-from tests.support.settings import gateway_settings
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -25,49 +22,48 @@ def test_kill_9_one_of_two_backends_under_load_fails_no_request(
     tmp_path_factory: pytest.TempPathFactory,
     edge: str,
 ) -> None:
-    specs = [ServerSpec("steady", models=("simple",)), ServerSpec("victim", models=("simple",))]
-    fleet_dir = tmp_path_factory.mktemp("chaos-fleet")
-    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = gateway_settings(
-            fleet,
-            edge={"mode": edge},
-            # No fallback: the fleet's own resilience must carry every request.
-            fallback={"enabled": False},
-            health={"poll_interval_s": 0.2, "poll_timeout_s": 0.5},
-            breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+    servers = {"steady": ("simple",), "victim": ("simple",)}
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        servers,
+        edge={"mode": edge},
+        # No fallback: the fleet's own resilience must carry every request.
+        fallback={"enabled": False},
+        health={"poll_interval_s": 0.2, "poll_timeout_s": 0.5},
+        breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+    ) as (fleet, gateway):
+        pool = gateway.gateway.pool
+        victim = fleet.servers["victim"]
+        killed = asyncio.Event()
+
+        async def kill_mid_run() -> None:
+            await asyncio.sleep(1.0)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.set()
+
+        spec = loadgen.LoadSpec(
+            target=gateway.url,
+            model="simple",
+            mode="open",
+            rate=150,
+            duration_s=3.0,
+            max_requests=1000,
+            timeout_s=10,
         )
-        with BackgroundGateway(Gateway(settings)) as gateway:
-            pool = gateway.gateway.pool
-            victim = fleet.servers["victim"]
-            killed = asyncio.Event()
+        result = asyncio.run(loadgen.run(spec, during=kill_mid_run))
+        assert killed.is_set()
+        assert result.sent == result.ok + result.failed
+        assert result.failed == 0, dict(result.errors)
+        assert result.ok == result.sent >= 400
 
-            async def kill_mid_run() -> None:
-                await asyncio.sleep(1.0)
-                os.kill(victim.pid, signal.SIGKILL)
-                killed.set()
+        def in_rotation() -> set[str]:
+            return {b.name for b in pool.table.candidates.get(("simple", ""), ())}
 
-            spec = loadgen.LoadSpec(
-                target=gateway.url,
-                model="simple",
-                mode="open",
-                rate=150,
-                duration_s=3.0,
-                max_requests=1000,
-                timeout_s=10,
-            )
-            result = asyncio.run(loadgen.run(spec, during=kill_mid_run))
-            assert killed.is_set()
-            assert result.sent == result.ok + result.failed
-            assert result.failed == 0, dict(result.errors)
-            assert result.ok == result.sent >= 400
-
-            def in_rotation() -> set[str]:
-                return {b.name for b in pool.table.candidates.get(("simple", ""), ())}
-
-            assert wait_until(lambda: in_rotation() == {"steady"})
-            # The restarted backend comes back into rotation without a gateway restart.
-            fleet.restart("victim")
-            assert wait_until(lambda: in_rotation() == {"steady", "victim"}, timeout_s=15)
+        assert wait_until(lambda: in_rotation() == {"steady"})
+        # The restarted backend comes back into rotation without a gateway restart.
+        fleet.restart("victim")
+        assert wait_until(lambda: in_rotation() == {"steady", "victim"}, timeout_s=15)
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -76,59 +72,58 @@ def test_a_hung_backend_under_load_costs_a_few_per_try_timeouts_then_gets_no_tra
     tmp_path_factory: pytest.TempPathFactory,
     edge: str,
 ) -> None:
-    specs = [ServerSpec("steady", models=("simple",)), ServerSpec("hung", models=("simple",))]
-    fleet_dir = tmp_path_factory.mktemp("hang-fleet")
-    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = gateway_settings(
-            fleet,
-            edge={"mode": edge},
-            fallback={"enabled": False},
-            health={"poll_interval_s": 60, "poll_timeout_s": 0.5},
-            retry={"per_try_timeout_s": 0.3},
-            breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
-            # Forgive quickly, so the test sees the backend used again soon after SIGCONT.
-            balancing={"latency_decay_s": 0.5},
-        )
-        with BackgroundGateway(Gateway(settings)) as gateway:
-            port = gateway.gateway.metrics_port
-            hung = fleet.servers["hung"]
-            os.kill(hung.pid, signal.SIGSTOP)  # a real hang: the process stops answering
-            try:
-                spec = loadgen.LoadSpec(
-                    target=gateway.url,
-                    model="simple",
-                    mode="open",
-                    rate=100,
-                    duration_s=2.0,
-                    max_requests=400,
-                    timeout_s=5,
-                )
-                result = asyncio.run(loadgen.run(spec))
-                # Each call that met the hung backend moved on after 0.3 s, well inside the
-                # client's deadline: none failed.
-                assert result.failed == 0, dict(result.errors)
-                assert result.ok == result.sent >= 150
-                # Only the first few calls met the hang: the slow answers (and the breaker)
-                # turned traffic away from it.
-                met_hang = lambda: requests_total(port, backend="hung")  # noqa: E731
-                assert wait_until(lambda: met_hang() >= 1)
-                assert met_hang() <= 10, met_hang()
-            finally:
-                os.kill(hung.pid, signal.SIGCONT)
+    servers = {"steady": ("simple",), "hung": ("simple",)}
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        servers,
+        edge={"mode": edge},
+        fallback={"enabled": False},
+        health={"poll_interval_s": 60, "poll_timeout_s": 0.5},
+        retry={"per_try_timeout_s": 0.3},
+        breaker={"consecutive_failures": 2, "base_ejection_s": 0.5},
+        # Forgive quickly, so the test sees the backend used again soon after SIGCONT.
+        balancing={"latency_decay_s": 0.5},
+    ) as (fleet, gateway):
+        port = gateway.gateway.metrics_port
+        hung = fleet.servers["hung"]
+        os.kill(hung.pid, signal.SIGSTOP)  # a real hang: the process stops answering
+        try:
+            spec = loadgen.LoadSpec(
+                target=gateway.url,
+                model="simple",
+                mode="open",
+                rate=100,
+                duration_s=2.0,
+                max_requests=400,
+                timeout_s=5,
+            )
+            result = asyncio.run(loadgen.run(spec))
+            # Each call that met the hung backend moved on after 0.3 s, well inside the
+            # client's deadline: none failed.
+            assert result.failed == 0, dict(result.errors)
+            assert result.ok == result.sent >= 150
+            # Only the first few calls met the hang: the slow answers (and the breaker)
+            # turned traffic away from it.
+            met_hang = lambda: requests_total(port, backend="hung")  # noqa: E731
+            assert wait_until(lambda: met_hang() >= 1)
+            assert met_hang() <= 10, met_hang()
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
 
-            # SIGCONT: the backend answers requests through the gateway again (its answers
-            # to the calls that timed out do not count: they reached nobody).
-            ok_from_hung = lambda: requests_total(port, backend="hung", code="OK")  # noqa: E731
-            assert ok_from_hung() == 0
-            client = grpcclient.InferenceServerClient(gateway.url)
-            a, b = simple_arrays()
+        # SIGCONT: the backend answers requests through the gateway again (its answers
+        # to the calls that timed out do not count: they reached nobody).
+        ok_from_hung = lambda: requests_total(port, backend="hung", code="OK")  # noqa: E731
+        assert ok_from_hung() == 0
+        client = grpcclient.InferenceServerClient(gateway.url)
+        a, b = simple_arrays()
 
-            def back() -> bool:
-                result = client.infer("simple", simple_inputs(a, b), client_timeout=5)
-                assert (result.as_numpy("OUTPUT0") == a + b).all()
-                return ok_from_hung() > 0
+        def back() -> bool:
+            result = client.infer("simple", simple_inputs(a, b), client_timeout=5)
+            assert (result.as_numpy("OUTPUT0") == a + b).all()
+            return ok_from_hung() > 0
 
-            assert wait_until(back, timeout_s=15)
+        assert wait_until(back, timeout_s=15)
 
 
 @pytest.mark.parametrize("edge", ["off", "on"], ids=["python", "edge"])
@@ -138,56 +133,55 @@ def test_a_model_unloaded_on_one_backend_under_load_leaves_only_that_route(
     edge: str,
 ) -> None:
     models = ("simple", "identity")
-    specs = [ServerSpec("steady", models=models), ServerSpec("shrinking", models=models)]
-    fleet_dir = tmp_path_factory.mktemp("unload-fleet")
-    with LocalFleet(triton_installation, MODEL_REPOSITORY, fleet_dir, specs) as fleet:
-        settings = gateway_settings(
-            fleet,
-            edge={"mode": edge},
-            fallback={"enabled": False},
-            # Polls far apart: only what real traffic shows can move the routes in time.
-            health={"poll_interval_s": 60},
-            breaker={"consecutive_failures": 1, "base_ejection_s": 60},
+    servers = {"steady": models, "shrinking": models}
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        servers,
+        edge={"mode": edge},
+        fallback={"enabled": False},
+        # Polls far apart: only what real traffic shows can move the routes in time.
+        health={"poll_interval_s": 60},
+        breaker={"consecutive_failures": 1, "base_ejection_s": 60},
+    ) as (fleet, gateway):
+        pool = gateway.gateway.pool
+        port = gateway.gateway.metrics_port
+        shrinking = grpcclient.InferenceServerClient(fleet.servers["shrinking"].address)
+
+        async def unload_mid_run() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(shrinking.unload_model, "simple")
+
+        spec = loadgen.LoadSpec(
+            target=gateway.url,
+            model="simple",
+            # Eight calls in flight: enough that both backends get traffic (alone, a call
+            # goes to whichever answers fastest).
+            mode="closed",
+            concurrency=8,
+            duration_s=2.0,
+            max_requests=4000,
+            timeout_s=5,
         )
-        with BackgroundGateway(Gateway(settings)) as gateway:
-            pool = gateway.gateway.pool
-            port = gateway.gateway.metrics_port
-            shrinking = grpcclient.InferenceServerClient(fleet.servers["shrinking"].address)
+        result = asyncio.run(loadgen.run(spec, during=unload_mid_run))
+        # The calls that met the stale route were answered by the other backend.
+        assert result.failed == 0, dict(result.errors)
+        assert result.ok == result.sent >= 150
 
-            async def unload_mid_run() -> None:
-                await asyncio.sleep(0.5)
-                await asyncio.to_thread(shrinking.unload_model, "simple")
+        def routes(model: str) -> set[str]:
+            return {b.name for b in pool.table.candidates.get((model, ""), ())}
 
-            spec = loadgen.LoadSpec(
-                target=gateway.url,
-                model="simple",
-                # Eight calls in flight: enough that both backends get traffic (alone, a call
-                # goes to whichever answers fastest).
-                mode="closed",
-                concurrency=8,
-                duration_s=2.0,
-                max_requests=4000,
-                timeout_s=5,
-            )
-            result = asyncio.run(loadgen.run(spec, during=unload_mid_run))
-            # The calls that met the stale route were answered by the other backend.
-            assert result.failed == 0, dict(result.errors)
-            assert result.ok == result.sent >= 150
-
-            def routes(model: str) -> set[str]:
-                return {b.name for b in pool.table.candidates.get((model, ""), ())}
-
-            model_breaker = {"backend": "shrinking", "model": "simple"}
-            assert wait_until(
-                lambda: value(port, "triton_gateway_model_breaker_open", model_breaker) == 1
-            )
-            assert routes("simple") == {"steady"}
-            # The fault was the model's: the backend keeps serving its other model.
-            assert value(port, "triton_gateway_backend_breaker_open", {"backend": "shrinking"}) == 0
-            assert routes("identity") == {"steady", "shrinking"}
-            met_stale = requests_total(port, backend="shrinking", model="simple")
-            client = grpcclient.InferenceServerClient(gateway.url)
-            a, b = simple_arrays()
-            for _ in range(20):
-                client.infer("simple", simple_inputs(a, b))
-            assert requests_total(port, backend="shrinking", model="simple") == met_stale
+        model_breaker = {"backend": "shrinking", "model": "simple"}
+        assert wait_until(
+            lambda: value(port, "triton_gateway_model_breaker_open", model_breaker) == 1
+        )
+        assert routes("simple") == {"steady"}
+        # The fault was the model's: the backend keeps serving its other model.
+        assert value(port, "triton_gateway_backend_breaker_open", {"backend": "shrinking"}) == 0
+        assert routes("identity") == {"steady", "shrinking"}
+        met_stale = requests_total(port, backend="shrinking", model="simple")
+        client = grpcclient.InferenceServerClient(gateway.url)
+        a, b = simple_arrays()
+        for _ in range(20):
+            client.infer("simple", simple_inputs(a, b))
+        assert requests_total(port, backend="shrinking", model="simple") == met_stale
