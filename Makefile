@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 $(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
 	scripts/install_triton.sh $(BIN)/python $(TRITON_HOME)
 
-$(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml $(wildcard edge/src/*.rs)
+$(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml edge/Cargo.lock $(wildcard edge/src/*.rs)
 	scripts/build_edge.sh $(BIN)
 
 demo: install
@@ -26,7 +26,9 @@ demo: install
 test: install
 	$(BIN)/ruff check gateway tests load_tests scripts
 	$(BIN)/mypy
-	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo test --release --offline --quiet
+	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo fmt --check
+	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo clippy --release --locked --quiet --all-targets -- -D warnings
+	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo test --release --locked --quiet
 	$(BIN)/pytest
 
 models: $(VENV)/.installed

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,7 @@ from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
-from gateway.server.edge import EdgeError, EdgeProcess, find_edge_binary
+from gateway.server.edge import EdgeError, EdgeProcess, edge_arguments, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings, load_settings
@@ -157,7 +159,10 @@ class Gateway:
         self.metrics_port = 0
         self.port = 0
         """The public port: tgw-edge's when it fronts the gateway, else the gRPC server's."""
-        self.grpc_port = 0
+        self.private_address = ""
+        """Where the Python gRPC server listens: a private Unix socket behind tgw-edge, else
+        the public address."""
+        self._private_dir: Path | None = None
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
@@ -165,12 +170,20 @@ class Gateway:
         self._health = health_aio.HealthServicer()
         self._server = self._build_server()
         public = f"{self.settings.server.host}:{self.settings.server.port}"
-        # With tgw-edge in front, the gRPC server only listens on loopback for it.
-        address = "127.0.0.1:0" if self._edge is not None else public
-        self.grpc_port = self._server.add_insecure_port(address)
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {address}")
-        self.port = self.grpc_port
+        # With tgw-edge in front, the gRPC server listens only on a Unix socket in a folder
+        # only this user can open: no other local process can skip the edge's checks (or
+        # forge the header with which the edge hands over a failed call).
+        if self._edge is not None:
+            self._private_dir = Path(tempfile.mkdtemp(prefix="triton-gateway-"))
+            self.private_address = f"unix:{self._private_dir / 'gateway.sock'}"
+        else:
+            self.private_address = public
+        bound = self._server.add_insecure_port(self.private_address)
+        if bound == 0:
+            raise OSError(f"cannot listen on {self.private_address}")
+        if self._edge is None:
+            self.private_address = f"{self.settings.server.host}:{bound}"
+        self.port = bound
         self.pool.on_change(self._report_readiness)
         if self.settings.metrics.enabled:
             server, _ = start_http_server(
@@ -187,7 +200,8 @@ class Gateway:
         await self._server.start()
         if self._edge is not None:
             self.pool.on_change(self._edge.publish)
-            self.port = await self._edge.start(f"127.0.0.1:{self.grpc_port}", self.pool.table)
+            assert self._private_dir is not None
+            self.port = await self._edge.start(self._private_dir / "gateway.sock", self.pool.table)
         log.info(
             "gateway_started",
             address=public,
@@ -223,6 +237,8 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         log.info("gateway_stopped")
 
     async def run_until_signal(self) -> None:
@@ -266,21 +282,13 @@ class Gateway:
                 )
             log.info("edge_not_installed", fallback="python data plane only")
             return None
-        listen = f"{settings.server.host}:{settings.server.port}"
         return EdgeProcess(
             binary,
-            listen,
-            edge.threads,
+            edge_arguments(settings),
             metrics,
             pool.record_outcomes,
             # Calls tgw-edge routes count toward the budget its hand-overs spend.
             on_routed=retry_budget.on_request,
-            per_try_timeout_s=settings.retry.per_try_timeout_s,
-            max_in_flight=settings.shedding.max_in_flight,
-            max_in_flight_per_model=settings.shedding.max_in_flight_per_model,
-            latency_decay_s=settings.balancing.latency_decay_s,
-            fault_penalty_s=settings.balancing.fault_penalty_s,
-            max_message_bytes=settings.server.max_message_bytes,
         )
 
     def _build_server(self) -> grpc.aio.Server:

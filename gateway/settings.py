@@ -56,6 +56,34 @@ class EdgeSettings(_Frozen):
     """Path of tgw-edge; by default the one beside the Python interpreter, then PATH."""
     threads: int = Field(default=1, ge=1)
     """Worker threads of tgw-edge (one is enough for two cores)."""
+    # Limits of the public port: what one client may hold or send (tgw-edge enforces them).
+    max_connections: int = Field(default=10_000, ge=1)
+    """Client connections open at once; more are closed as they arrive. Lowered at start to
+    fit the file descriptor limit (which tgw-edge raises to its hard limit first)."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection that sends no HTTP/2 preface and first call within this time is closed."""
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    """A connection with no call in progress for this long is closed (GOAWAY)."""
+    max_concurrent_streams: int = Field(default=256, ge=1, le=2**31 - 1)
+    """Calls one client connection may have open at once."""
+    max_header_list_bytes: int = Field(default=65_536, ge=1024, le=2**31 - 1)
+    """Largest request header block (decoded, CONTINUATION frames included); larger ones
+    close the connection."""
+    max_pending_accept_reset_streams: int = Field(default=20, ge=1)
+    """Streams a client may open and reset before the edge accepts them (Rapid Reset)."""
+    max_local_error_reset_streams: int = Field(default=1024, ge=1)
+    """Streams the edge may reset for a client's protocol errors before it closes the
+    connection."""
+    max_send_buffer_bytes: int = Field(default=400 * 1024, ge=16 * 1024)
+    """Answer bytes buffered per call towards a client that does not read."""
+    keepalive_interval_s: float = Field(default=60.0, ge=0)
+    """PING an idle client connection this often (0: never)..."""
+    keepalive_timeout_s: float = Field(default=20.0, gt=0)
+    """...and close it when the answer takes longer than this."""
+    upstream_stream_window_bytes: int = Field(default=2 * 1024 * 1024, ge=65_535, le=2**31 - 1)
+    """Flow-control window of one call on a backend connection: what a client that stops
+    reading can hold buffered. The connection's own window is HTTP/2's largest, so a stalled
+    call never stalls others on the same backend connection."""
 
 
 class BreakerSettings(_Frozen):

@@ -64,7 +64,12 @@ impl Target {
     /// everywhere and would drag it down).
     pub fn start(&self, learn: bool) -> InFlight {
         self.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { load: self.load.clone(), latency: self.latency.clone(), learn, done: false }
+        InFlight {
+            load: self.load.clone(),
+            latency: self.latency.clone(),
+            learn,
+            done: false,
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -90,7 +95,11 @@ impl InFlight {
         if !self.learn || matches!(code, "CANCELLED" | "DEADLINE_EXCEEDED") {
             return;
         }
-        let sample = if fault { seconds.max(self.latency.policy.fault_penalty_s) } else { seconds };
+        let sample = if fault {
+            seconds.max(self.latency.policy.fault_penalty_s)
+        } else {
+            seconds
+        };
         self.latency.observe(sample, Instant::now());
     }
 }
@@ -103,11 +112,14 @@ impl Drop for InFlight {
     }
 }
 
+/// (backend name, backend address, model, version)
+type LatencyKey = (String, String, String, String);
+
 /// Load state kept across snapshots, keyed by backend (name, address) and by model key.
 pub struct Loads {
     policy: LoadPolicy,
     backends: Mutex<HashMap<(String, String), Arc<BackendLoad>>>,
-    latencies: Mutex<HashMap<(String, String, String, String), Arc<Latency>>>,
+    latencies: Mutex<HashMap<LatencyKey, Arc<Latency>>>,
     draws: AtomicU64,
 }
 
@@ -123,39 +135,61 @@ impl Loads {
 
     fn target(&self, name: &str, address: &str, model: &str, version: &str) -> Target {
         let backend_key = (name.to_string(), address.to_string());
-        let load = self.backends.lock().expect("loads lock").entry(backend_key).or_default().clone();
-        let latency_key = (name.to_string(), address.to_string(), model.to_string(), version.to_string());
+        let load = self
+            .backends
+            .lock()
+            .expect("loads lock")
+            .entry(backend_key)
+            .or_default()
+            .clone();
+        let latency_key = (
+            name.to_string(),
+            address.to_string(),
+            model.to_string(),
+            version.to_string(),
+        );
         let latency = self
             .latencies
             .lock()
             .expect("loads lock")
             .entry(latency_key)
-            .or_insert_with(|| Arc::new(Latency { policy: self.policy, estimate: Mutex::new(None) }))
+            .or_insert_with(|| {
+                Arc::new(Latency {
+                    policy: self.policy,
+                    estimate: Mutex::new(None),
+                })
+            })
             .clone();
-        Target { name: name.to_string(), address: address.to_string(), load, latency }
+        Target {
+            name: name.to_string(),
+            address: address.to_string(),
+            load,
+            latency,
+        }
     }
 
     /// A uniform random number (splitmix64 over a shared counter: lock-free, seedable).
     fn draw(&self) -> u64 {
-        let mut z = self.draws.fetch_add(0x9E3779B97F4A7C15, Ordering::Relaxed).wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self
+            .draws
+            .fetch_add(0x9E3779B97F4A7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E3779B97F4A7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
         z ^ (z >> 31)
     }
 }
 
-/// One snapshot: model key -> backends, plus the Python gateway's own address.
+/// One snapshot: model key -> backends.
 pub struct RouteTable {
-    pub gateway: String,
     routes: HashMap<(String, String), Vec<Target>>,
     loads: Arc<Loads>,
 }
 
 impl RouteTable {
-    /// `{"gateway": "127.0.0.1:PORT", "routes": [["simple", "1", [["t0", "127.0.0.1:8101"]]]]}`
+    /// `{"routes": [["simple", "1", [["t0", "127.0.0.1:8101"]]]]}`
     pub fn parse(line: &str, loads: &Arc<Loads>) -> Result<RouteTable, String> {
         let value: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        let gateway = value["gateway"].as_str().ok_or("missing gateway")?.to_string();
         let mut routes = HashMap::new();
         for entry in value["routes"].as_array().ok_or("missing routes")? {
             let name = entry[0].as_str().ok_or("route name")?;
@@ -170,7 +204,10 @@ impl RouteTable {
                 routes.insert((name.to_string(), version.to_string()), targets);
             }
         }
-        Ok(RouteTable { gateway, routes, loads: loads.clone() })
+        Ok(RouteTable {
+            routes,
+            loads: loads.clone(),
+        })
     }
 
     /// The backend for a call of the key, or None when no backend serves it. A request of a
@@ -237,22 +274,26 @@ mod tests {
     use super::{LoadPolicy, Loads, RouteTable};
     use std::collections::HashMap;
 
-    const POLICY: LoadPolicy = LoadPolicy { decay_s: 5.0, fault_penalty_s: 0.25 };
+    const POLICY: LoadPolicy = LoadPolicy {
+        decay_s: 5.0,
+        fault_penalty_s: 0.25,
+    };
 
     fn table(line: &str) -> RouteTable {
         RouteTable::parse(line, &Loads::new(POLICY, 7)).unwrap()
     }
 
-    const TWO: &str = r#"{"gateway": "127.0.0.1:1",
+    const TWO: &str = r#"{
         "routes": [["m", "", [["a", "a:1"], ["b", "b:2"]]], ["n", "1", []]]}"#;
 
     #[test]
     fn parses_and_spreads_equal_backends() {
         let table = table(TWO);
-        assert_eq!(table.gateway, "127.0.0.1:1");
         let mut picks: HashMap<String, usize> = HashMap::new();
         for _ in 0..1000 {
-            *picks.entry(table.choose("m", "", None).unwrap().name.clone()).or_default() += 1;
+            *picks
+                .entry(table.choose("m", "", None).unwrap().name.clone())
+                .or_default() += 1;
         }
         assert!(picks["a"] > 400 && picks["b"] > 400, "{picks:?}");
         assert!(table.choose("n", "1", None).is_none());
@@ -311,7 +352,8 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_snapshot_without_gateway() {
-        assert!(RouteTable::parse(r#"{"routes": []}"#, &Loads::new(POLICY, 1)).is_err());
+    fn rejects_a_snapshot_without_routes() {
+        assert!(RouteTable::parse(r#"{"gateway": "x"}"#, &Loads::new(POLICY, 1)).is_err());
+        assert!(RouteTable::parse("not json", &Loads::new(POLICY, 1)).is_err());
     }
 }

@@ -24,25 +24,35 @@ pub struct Admitted {
 
 impl Shedder {
     pub fn new(max: Option<usize>, max_per_model: Option<usize>) -> Self {
-        Shedder { max, max_per_model, counts: Arc::new(Mutex::new(Counts::default())) }
+        Shedder {
+            max,
+            max_per_model,
+            counts: Arc::new(Mutex::new(Counts::default())),
+        }
     }
 
     /// Admit a call for `model`, or None when a cap is reached.
     pub fn try_enter(&self, model: &str) -> Option<Admitted> {
         if self.max.is_none() && self.max_per_model.is_none() {
-            return Some(Admitted { shedder: self.clone(), model: String::new() });
+            return Some(Admitted {
+                shedder: self.clone(),
+                model: String::new(),
+            });
         }
         let mut counts = self.counts.lock().expect("shedder lock");
-        if self.max.map_or(false, |max| counts.total >= max) {
+        if self.max.is_some_and(|max| counts.total >= max) {
             return None;
         }
         let current = counts.per_model.get(model).copied().unwrap_or(0);
-        if self.max_per_model.map_or(false, |max| current >= max) {
+        if self.max_per_model.is_some_and(|max| current >= max) {
             return None;
         }
         counts.total += 1;
         counts.per_model.insert(model.to_string(), current + 1);
-        Some(Admitted { shedder: self.clone(), model: model.to_string() })
+        Some(Admitted {
+            shedder: self.clone(),
+            model: model.to_string(),
+        })
     }
 }
 

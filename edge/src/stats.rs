@@ -4,9 +4,11 @@
 //! the headers of a trailers-only answer) and the call is counted exactly once, also when the
 //! client goes away first (counted as CANCELLED).
 
-use hyper::body::{Bytes, HttpBody};
-use hyper::header::HeaderMap;
-use hyper::Body;
+use crate::body::Upstream;
+use crate::server::ActiveCall;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,11 +33,19 @@ pub fn fault_scope(code: &str, message: &str, model: &str) -> &'static str {
         }
         // The client's own deadline (tgw-edge passes grpc-timeout on): it gave up, nothing is
         // the backend's fault. tgw-edge's per-try timeout is reported as UNAVAILABLE instead.
-        // Routed calls only go to backends the route table lists for the model: NOT_FOUND
-        // means the model left this backend since the last snapshot (a stale route).
-        "NOT_FOUND" => "model",
+        // Routed calls only go to backends the route table lists for the model: a NOT_FOUND
+        // that says the model is unknown there means it left since the last snapshot (a stale
+        // route). Any other NOT_FOUND is about the request (a shared-memory region it names).
+        "NOT_FOUND" if is_stale_route(message) => "model",
         _ => "",
     }
+}
+
+/// Whether a NOT_FOUND message says the routed model or version is not on the backend, in
+/// Triton's words ("Request for unknown model: 'm' has no available versions", "... 'm'
+/// version 2 is not found"); the rule of `gateway/balancing/faults.py`.
+pub fn is_stale_route(message: &str) -> bool {
+    message.starts_with("Request for unknown model")
 }
 
 /// (method, model, version, backend, code, fault scope)
@@ -56,9 +66,22 @@ pub struct Stats {
 }
 
 const CODES: [&str; 17] = [
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
 
@@ -82,7 +105,11 @@ impl Stats {
     }
 
     fn record(&self, key: Key, seconds: f64) {
-        let index = self.bounds.iter().position(|bound| seconds <= *bound).unwrap_or(self.bounds.len());
+        let index = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
         let mut totals = self.totals.lock().expect("stats lock");
         let entry = totals.entry(key).or_insert_with(|| Totals {
             count: 0,
@@ -154,7 +181,11 @@ impl Pending {
         self.done = true;
         let seconds = self.started.elapsed().as_secs_f64();
         // Only calls that reached a backend have a scope; a shed call names none.
-        let scope = if self.backend.is_empty() { "" } else { fault_scope(code, message, &self.model) };
+        let scope = if self.backend.is_empty() {
+            ""
+        } else {
+            fault_scope(code, message, &self.model)
+        };
         if let Some(target) = self.target.take() {
             target.finish(code, !scope.is_empty(), seconds);
         }
@@ -201,71 +232,89 @@ pub fn message_of(headers: &HeaderMap) -> &str {
     headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// A response body that records its call when the gRPC status goes by.
+/// A response body that records its call when the gRPC status goes by, and holds what the
+/// call occupies (its shedding admission, its place on the client connection) until it ends.
 pub struct ObservedBody {
-    inner: Body,
+    inner: Upstream,
     pending: Option<Pending>,
-    /// Load-shedding admission, released when the response body is done.
     admission: Option<crate::shedding::Admitted>,
+    call: Option<ActiveCall>,
+}
+
+impl From<Upstream> for ObservedBody {
+    fn from(inner: Upstream) -> Self {
+        ObservedBody {
+            inner,
+            pending: None,
+            admission: None,
+            call: None,
+        }
+    }
 }
 
 impl ObservedBody {
-    pub fn plain(inner: Body) -> Self {
-        ObservedBody { inner, pending: None, admission: None }
-    }
-
     /// Keep the call counted as in flight until its body is done.
     pub fn holding(mut self, admission: crate::shedding::Admitted) -> Self {
         self.admission = Some(admission);
         self
     }
 
+    /// Keep the client connection's call open until the body is done.
+    pub fn on_connection(mut self, call: ActiveCall) -> Self {
+        self.call = Some(call);
+        self
+    }
+
     /// Wrap a backend response; a trailers-only answer (status in headers) is recorded now.
-    pub fn observe(inner: Body, headers: &HeaderMap, pending: Pending) -> Self {
+    pub fn observe(inner: Upstream, headers: &HeaderMap, pending: Pending) -> Self {
         match headers.get("grpc-status") {
             Some(status) => {
                 pending.finish(code_name(Some(status.as_bytes())), message_of(headers));
-                ObservedBody { inner, pending: None, admission: None }
+                ObservedBody::from(inner)
             }
-            None => ObservedBody { inner, pending: Some(pending), admission: None },
+            None => ObservedBody {
+                inner,
+                pending: Some(pending),
+                admission: None,
+                call: None,
+            },
+        }
+    }
+
+    fn done(&mut self, code: &'static str, message: &str) {
+        self.admission = None;
+        if let Some(pending) = self.pending.take() {
+            pending.finish(code, message);
         }
     }
 }
 
-impl HttpBody for ObservedBody {
+impl Body for ObservedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_data(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_data(cx)
-    }
-
-    fn poll_trailers(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<HeaderMap>, hyper::Error>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_trailers(cx);
-        if let Poll::Ready(outcome) = &result {
-            this.admission = None;
-            if let Some(pending) = this.pending.take() {
-                match outcome {
-                    Ok(Some(trailers)) => {
-                        let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
-                        pending.finish(code, message_of(trailers));
-                    }
-                    _ => pending.finish("UNAVAILABLE", ""),
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
+                    this.done(code, message_of(trailers));
                 }
             }
+            // The stream broke, or ended without a status: the backend failed the call.
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.done("UNAVAILABLE", ""),
+            Poll::Pending => {}
         }
-        result
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
 }
@@ -307,14 +356,32 @@ mod tests {
     fn fault_scopes_match_the_gateway() {
         // The same cases as tests/unit/test_faults.py (but DEADLINE_EXCEEDED, below).
         let cases = [
-            ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "backend"),
+            (
+                "UNAVAILABLE",
+                "failed to connect to all addresses; last error: ECONNREFUSED",
+                "backend",
+            ),
             ("UNAVAILABLE", "Socket closed", "backend"),
             ("UNAVAILABLE", "'simple' version 1 is not at ready state", "model"),
             ("UNAVAILABLE", "'other' version 1 is not at ready state", "backend"),
             ("UNAVAILABLE", "Exceeds maximum queue size", "model"),
             ("RESOURCE_EXHAUSTED", "", "model"),
-            ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "model"),
-            ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "model"),
+            (
+                "INTERNAL",
+                "Failed to process the request(s) for model instance 'simple_0_0'",
+                "model",
+            ),
+            (
+                "NOT_FOUND",
+                "Request for unknown model: 'simple' has no available versions",
+                "model",
+            ),
+            (
+                "NOT_FOUND",
+                "Request for unknown model: 'simple' version 3 is not found",
+                "model",
+            ),
+            ("NOT_FOUND", "Unable to find shared memory region: 'nope'", ""),
         ];
         for (code, message, scope) in cases {
             assert_eq!(fault_scope(code, message, "simple"), scope, "{code} {message}");

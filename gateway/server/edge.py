@@ -1,9 +1,9 @@
-"""Runs ``tgw-edge``, the compiled HTTP/2 fast path, and keeps its routes current.
+"""Runs ``tgw-edge``, the compiled HTTP/2 data plane, and keeps its routes current.
 
 The Python gateway stays the authority: tgw-edge forwards the model-scoped unary calls it has a
-route for straight to Triton and hands every other call to this process unchanged. Routes go to
-its stdin as one JSON line per snapshot; closing stdin drains and stops it, so it never outlives
-the gateway.
+route for straight to Triton and hands every other call to this process over a Unix socket only
+this user can open. Routes go to its stdin as one JSON line per snapshot; closing stdin drains
+and stops it, so it never outlives the gateway.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.backends.triton import TritonBackend
 from gateway.balancing.faults import FaultScope
 from gateway.observability.metrics import LATENCY_BUCKETS, RequestMetrics
 from gateway.routing.table import RouteTable
+from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +46,64 @@ def find_edge_binary(configured: Path | None) -> Path | None:
     return Path(found) if found else None
 
 
-def route_snapshot(gateway_address: str, table: RouteTable[TritonBackend]) -> bytes:
+def route_snapshot(table: RouteTable[TritonBackend]) -> bytes:
     routes = [
         [name, version, [[backend.name, backend.address] for backend in backends]]
         for (name, version), backends in table.candidates.items()
     ]
-    return json.dumps({"gateway": gateway_address, "routes": routes}).encode() + b"\n"
+    return json.dumps({"routes": routes}).encode() + b"\n"
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+def edge_arguments(settings: GatewaySettings) -> list[str]:
+    """tgw-edge's command-line options for these settings (``tgw-edge --help`` lists them)."""
+    edge, shedding = settings.edge, settings.shedding
+    arguments = [
+        "--listen",
+        f"{settings.server.host}:{settings.server.port}",
+        "--threads",
+        str(edge.threads),
+        "--buckets",
+        ",".join(repr(bound) for bound in LATENCY_BUCKETS),
+        "--max-message-bytes",
+        str(settings.server.max_message_bytes),
+        "--latency-decay-ms",
+        repr(settings.balancing.latency_decay_s * 1000),
+        "--fault-penalty-ms",
+        repr(settings.balancing.fault_penalty_s * 1000),
+        "--max-connections",
+        str(edge.max_connections),
+        "--handshake-timeout-ms",
+        _ms(edge.handshake_timeout_s),
+        "--idle-timeout-ms",
+        _ms(edge.idle_timeout_s),
+        "--max-concurrent-streams",
+        str(edge.max_concurrent_streams),
+        "--max-header-list-bytes",
+        str(edge.max_header_list_bytes),
+        "--max-pending-accept-reset-streams",
+        str(edge.max_pending_accept_reset_streams),
+        "--max-local-error-reset-streams",
+        str(edge.max_local_error_reset_streams),
+        "--max-send-buffer-bytes",
+        str(edge.max_send_buffer_bytes),
+        "--keepalive-interval-ms",
+        "0" if edge.keepalive_interval_s == 0 else _ms(edge.keepalive_interval_s),
+        "--keepalive-timeout-ms",
+        _ms(edge.keepalive_timeout_s),
+        "--upstream-stream-window-bytes",
+        str(edge.upstream_stream_window_bytes),
+    ]
+    if settings.retry.per_try_timeout_s is not None:
+        arguments += ["--per-try-timeout-ms", _ms(settings.retry.per_try_timeout_s)]
+    if shedding.max_in_flight is not None:
+        arguments += ["--max-in-flight", str(shedding.max_in_flight)]
+    if shedding.max_in_flight_per_model is not None:
+        arguments += ["--max-in-flight-per-model", str(shedding.max_in_flight_per_model)]
+    return arguments
 
 
 class EdgeProcess:
@@ -59,72 +112,41 @@ class EdgeProcess:
     def __init__(
         self,
         binary: Path,
-        listen: str,
-        threads: int,
+        arguments: list[str],
         metrics: RequestMetrics,
         on_outcomes: OutcomeListener,
         *,
         on_routed: Callable[[int], None] | None = None,
-        per_try_timeout_s: float | None = None,
-        max_in_flight: int | None = None,
-        max_in_flight_per_model: int | None = None,
-        latency_decay_s: float = 5.0,
-        fault_penalty_s: float = 0.25,
-        max_message_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._binary = binary
-        self._listen = listen
-        self._threads = threads
+        self._arguments = arguments
         self._metrics = metrics
         self._on_outcomes = on_outcomes
         self._on_routed = on_routed
-        self._per_try_timeout_s = per_try_timeout_s
-        self._limits: list[str] = [
-            "--max-message-bytes",
-            str(max_message_bytes),
-            "--latency-decay-ms",
-            repr(latency_decay_s * 1000),
-            "--fault-penalty-ms",
-            repr(fault_penalty_s * 1000),
-        ]
-        if max_in_flight is not None:
-            self._limits += ["--max-in-flight", str(max_in_flight)]
-        if max_in_flight_per_model is not None:
-            self._limits += ["--max-in-flight-per-model", str(max_in_flight_per_model)]
         self._reports: asyncio.Task[None] | None = None
-        self._gateway_address = ""
         self._process: asyncio.subprocess.Process | None = None
         self.port = 0
 
-    async def start(self, gateway_address: str, table: RouteTable[TritonBackend]) -> int:
-        """Start serving on the listen address; returns the bound port."""
-        self._gateway_address = gateway_address
-        per_try = []
-        if self._per_try_timeout_s is not None:
-            per_try = ["--per-try-timeout-ms", str(max(1, round(self._per_try_timeout_s * 1000)))]
+    async def start(self, gateway_socket: Path, table: RouteTable[TritonBackend]) -> int:
+        """Start serving, handing calls over to ``gateway_socket``; returns the bound port."""
         self._process = await asyncio.create_subprocess_exec(
             str(self._binary),
-            "--listen",
-            self._listen,
-            "--threads",
-            str(self._threads),
-            "--buckets",
-            ",".join(repr(bound) for bound in LATENCY_BUCKETS),
-            *per_try,
-            *self._limits,
+            *self._arguments,
+            "--gateway-socket",
+            str(gateway_socket),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(route_snapshot(gateway_address, table))
+        self._process.stdin.write(route_snapshot(table))
         await self._process.stdin.drain()
         line = await self._process.stdout.readline()
         if not line.startswith(b"listening "):
             code = await self._process.wait()
-            raise EdgeError(f"{BINARY_NAME} did not start on {self._listen} (exit code {code})")
+            raise EdgeError(f"{BINARY_NAME} did not start (exit code {code}); see its stderr")
         self.port = int(line.split()[1].rsplit(b":", 1)[1])
         self._reports = asyncio.create_task(self._read_reports(), name="edge-reports")
-        log.info("edge_started", listen=self._listen, port=self.port, pid=self._process.pid)
+        log.info("edge_started", port=self.port, pid=self._process.pid)
         return self.port
 
     def publish(self, table: RouteTable[TritonBackend]) -> None:
@@ -132,7 +154,7 @@ class EdgeProcess:
         process = self._process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return
-        process.stdin.write(route_snapshot(self._gateway_address, table))
+        process.stdin.write(route_snapshot(table))
 
     async def stop(self, grace_s: float) -> None:
         """Close stdin (tgw-edge drains in-flight calls and exits); kill after the grace."""

@@ -1,6 +1,6 @@
 """Calls tgw-edge hands to the gateway after their backend failed (header x-gateway-tried).
 
-These talk to the Python server's own port, as tgw-edge does: the backend named in the header
+These talk to the Python server's own (private) socket, as tgw-edge does: the backend named in the header
 is never picked again, a sequence request is not moved to another backend, and a call whose
 every candidate was tried goes to the local fallback. Without tgw-edge the header could only
 come from a client, and is ignored.
@@ -30,7 +30,7 @@ TRIED = "x-gateway-tried"
 
 @pytest.fixture
 def python_server(gateway: BackgroundGateway) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(f"127.0.0.1:{gateway.gateway.grpc_port}")
+    return grpcclient.InferenceServerClient(gateway.gateway.private_address)
 
 
 @pytest.fixture

@@ -1,0 +1,231 @@
+//! The gRPC rules the edge enforces before a request goes anywhere: request headers a backend
+//! would choke on, and the length-prefixed framing of a unary request. Each refusal carries
+//! the status and message a Triton server gives for the same bytes, so a client cannot tell
+//! the edge's answer from Triton's.
+
+use crate::body::Upstream;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response};
+use std::time::Duration;
+
+/// gRPC status codes the edge answers with.
+pub mod code {
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+/// A request refused by the edge itself, answered trailers-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u32,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn response<B: From<Upstream>>(&self) -> Response<B> {
+        trailers_only(self.code, &self.message)
+    }
+}
+
+/// A trailers-only gRPC answer (status in the headers, no body).
+pub fn trailers_only<B: From<Upstream>>(code: u32, message: &str) -> Response<B> {
+    let mut response = Response::new(B::from(Upstream::Empty));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if !message.is_empty() {
+        headers.insert("grpc-message", percent_encode(message));
+    }
+    response
+}
+
+/// grpc-message is percent-encoded (gRPC's HTTP/2 spec): every byte outside printable ASCII,
+/// and '%' itself.
+fn percent_encode(message: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Compression algorithms Triton's gRPC server decodes.
+const KNOWN_ENCODINGS: [&[u8]; 3] = [b"identity", b"gzip", b"deflate"];
+
+/// Checks (and normalises) the headers of a request before it is forwarded anywhere.
+///
+/// A `grpc-timeout` is parsed as the gRPC spec says (1 to 8 digits and a unit); a valid one is
+/// passed on as the client sent it, one Triton could not represent is clamped, and a malformed
+/// one is answered as Triton answers it. An unknown `grpc-encoding` is refused as Triton
+/// refuses it. Forwarding neither keeps one client's bad header from reaching the upstream
+/// connection that other clients share.
+pub fn check_headers(headers: &mut HeaderMap) -> Result<(), Refusal> {
+    if let Some(value) = headers.get("grpc-timeout") {
+        match parse_timeout(value.as_bytes()) {
+            Some(timeout) if timeout > MAX_TIMEOUT => {
+                headers.insert("grpc-timeout", HeaderValue::from_static(MAX_TIMEOUT_HEADER));
+            }
+            Some(_) => {}
+            None => return Err(Refusal::new(code::INTERNAL, BAD_TIMEOUT_MESSAGE)),
+        }
+    }
+    if let Some(value) = headers.get("grpc-encoding") {
+        if !KNOWN_ENCODINGS.contains(&value.as_bytes()) {
+            let name = String::from_utf8_lossy(value.as_bytes());
+            return Err(Refusal::new(
+                code::UNIMPLEMENTED,
+                format!("Compression algorithm '{name}' not supported"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const BAD_TIMEOUT_MESSAGE: &str = "Error parsing 'grpc-timeout' metadata";
+
+/// The longest deadline forwarded: beyond it a deadline means "none" in practice, and a
+/// larger one overflows the deadline arithmetic of some gRPC servers (an answer of
+/// DEADLINE_EXCEEDED at once). 99,999,999 seconds is over three years.
+const MAX_TIMEOUT: Duration = Duration::from_secs(99_999_999);
+const MAX_TIMEOUT_HEADER: &str = "99999999S";
+
+/// A `grpc-timeout` value: `TimeoutValue TimeoutUnit`, the value at most 8 ASCII digits.
+pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// What the 5-byte prefix of a unary request says, once the whole body is in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// One uncompressed message, exactly as long as its prefix says.
+    Plain,
+    /// One compressed message (with a `grpc-encoding`): only a gRPC server can read it.
+    Compressed,
+}
+
+/// Checks that `body` is exactly one length-prefixed message, as a unary call must carry.
+/// `encoded`: the request names a compression algorithm other than identity.
+pub fn check_unary_framing(body: &Bytes, encoded: bool) -> Result<Framing, Refusal> {
+    if body.is_empty() {
+        return Err(Refusal::new(code::UNIMPLEMENTED, NO_MESSAGE));
+    }
+    if body.len() < 5 {
+        return Err(Refusal::new(code::INTERNAL, TRUNCATED));
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    match (body.len() - 5).cmp(&length) {
+        std::cmp::Ordering::Less => return Err(Refusal::new(code::INTERNAL, TRUNCATED)),
+        std::cmp::Ordering::Greater => return Err(Refusal::new(code::UNIMPLEMENTED, TOO_MANY)),
+        std::cmp::Ordering::Equal => {}
+    }
+    match body[0] {
+        0 => Ok(Framing::Plain),
+        1 if encoded => Ok(Framing::Compressed),
+        1 => Err(Refusal::new(code::INTERNAL, COMPRESSED_WITHOUT_ENCODING)),
+        _ => Err(Refusal::new(code::INTERNAL, BAD_FLAG)),
+    }
+}
+
+const NO_MESSAGE: &str = "No message received";
+const TRUNCATED: &str = "Incomplete message received";
+const TOO_MANY: &str = "More than one message received";
+const COMPRESSED_WITHOUT_ENCODING: &str = "Compressed message received without a grpc-encoding";
+const BAD_FLAG: &str = "Invalid message flags";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(flag: u8, message: &[u8]) -> Bytes {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn timeouts_parse_as_the_spec_says() {
+        assert_eq!(parse_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_timeout(b"99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(parse_timeout(b"999999999S"), None, "nine digits");
+        assert_eq!(parse_timeout(b"S"), None);
+        assert_eq!(parse_timeout(b"abc"), None);
+        assert_eq!(parse_timeout(b"10x"), None);
+        assert_eq!(parse_timeout(b"-1S"), None);
+    }
+
+    #[test]
+    fn huge_timeouts_are_clamped_and_bad_ones_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static("2562047H"));
+        assert!(check_headers(&mut headers).is_ok());
+        assert_eq!(headers["grpc-timeout"], MAX_TIMEOUT_HEADER);
+        headers.insert("grpc-timeout", HeaderValue::from_static("5S"));
+        assert!(check_headers(&mut headers).is_ok());
+        assert_eq!(headers["grpc-timeout"], "5S");
+        headers.insert("grpc-timeout", HeaderValue::from_static("abc"));
+        assert_eq!(check_headers(&mut headers).unwrap_err().code, code::INTERNAL);
+    }
+
+    #[test]
+    fn unknown_encodings_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+        assert!(check_headers(&mut headers).is_ok());
+        headers.insert("grpc-encoding", HeaderValue::from_static("bogus"));
+        assert_eq!(check_headers(&mut headers).unwrap_err().code, code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn framing_is_checked() {
+        assert_eq!(check_unary_framing(&frame(0, b"abc"), false), Ok(Framing::Plain));
+        assert_eq!(check_unary_framing(&frame(1, b"abc"), true), Ok(Framing::Compressed));
+        assert!(check_unary_framing(&frame(1, b"abc"), false).is_err());
+        assert!(check_unary_framing(&frame(2, b"abc"), false).is_err());
+        assert!(check_unary_framing(&Bytes::new(), false).is_err());
+        assert!(check_unary_framing(&Bytes::from_static(b"\0\0\0"), false).is_err());
+        let mut long = frame(0, b"abc").to_vec();
+        long[4] = 9; // says 9 bytes, carries 3
+        assert!(check_unary_framing(&Bytes::from(long), false).is_err());
+        let mut two = frame(0, b"abc").to_vec();
+        two.extend_from_slice(&frame(0, b"d"));
+        assert!(check_unary_framing(&Bytes::from(two), false).is_err());
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        let response: Response<Upstream> = trailers_only(3, "50% é\n");
+        assert_eq!(response.headers()["grpc-message"], "50%25 %C3%A9%0A");
+        assert_eq!(response.headers()["grpc-status"], "3");
+    }
+}
