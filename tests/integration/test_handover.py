@@ -1,7 +1,7 @@
 """Calls tgw-edge hands to the gateway after their backend failed (header x-gateway-tried).
 
-These talk to the Python server's own (private) socket, as tgw-edge does: the backend named in the header
-is never picked again, a sequence request is not moved to another backend, and a call whose
+These talk to the Python server's own private socket, as tgw-edge does: the backend named in the
+header is never picked again, a sequence request is not moved to another backend, and a call whose
 every candidate was tried goes to the local fallback. Without tgw-edge the header could only
 come from a client, and is ignored.
 """
