@@ -11,7 +11,6 @@ use std::time::Duration;
 /// gRPC status codes the edge answers with.
 pub mod code {
     pub const RESOURCE_EXHAUSTED: u32 = 8;
-    pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
 }
@@ -65,36 +64,43 @@ fn percent_encode(message: &str) -> HeaderValue {
 /// Compression algorithms Triton's gRPC server decodes.
 const KNOWN_ENCODINGS: [&[u8]; 3] = [b"identity", b"gzip", b"deflate"];
 
+/// A request header Triton answers by resetting the stream (RST_STREAM INTERNAL_ERROR):
+/// the edge resets it too, and never forwards it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadHeader(pub &'static str);
+
+impl std::fmt::Display for BadHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed {} header", self.0)
+    }
+}
+
+impl std::error::Error for BadHeader {}
+
 /// Checks (and normalises) the headers of a request before it is forwarded anywhere.
 ///
 /// A `grpc-timeout` is parsed as the gRPC spec says (1 to 8 digits and a unit); a valid one is
-/// passed on as the client sent it, one Triton could not represent is clamped, and a malformed
-/// one is answered as Triton answers it. An unknown `grpc-encoding` is refused as Triton
-/// refuses it. Forwarding neither keeps one client's bad header from reaching the upstream
-/// connection that other clients share.
-pub fn check_headers(headers: &mut HeaderMap) -> Result<(), Refusal> {
+/// passed on as the client sent it, but one past [`MAX_TIMEOUT`] is clamped to it. A malformed
+/// `grpc-timeout` or an unknown `grpc-encoding` is answered as Triton answers it, by resetting
+/// the stream. Never forwarding them keeps one client's bad header off the upstream connection
+/// other clients share.
+pub fn check_headers(headers: &mut HeaderMap) -> Result<(), BadHeader> {
     if let Some(value) = headers.get("grpc-timeout") {
         match parse_timeout(value.as_bytes()) {
             Some(timeout) if timeout > MAX_TIMEOUT => {
                 headers.insert("grpc-timeout", HeaderValue::from_static(MAX_TIMEOUT_HEADER));
             }
             Some(_) => {}
-            None => return Err(Refusal::new(code::INTERNAL, BAD_TIMEOUT_MESSAGE)),
+            None => return Err(BadHeader("grpc-timeout")),
         }
     }
     if let Some(value) = headers.get("grpc-encoding") {
         if !KNOWN_ENCODINGS.contains(&value.as_bytes()) {
-            let name = String::from_utf8_lossy(value.as_bytes());
-            return Err(Refusal::new(
-                code::UNIMPLEMENTED,
-                format!("Compression algorithm '{name}' not supported"),
-            ));
+            return Err(BadHeader("grpc-encoding"));
         }
     }
     Ok(())
 }
-
-const BAD_TIMEOUT_MESSAGE: &str = "Error parsing 'grpc-timeout' metadata";
 
 /// The longest deadline forwarded: beyond it a deadline means "none" in practice, and a
 /// larger one overflows the deadline arithmetic of some gRPC servers (an answer of
@@ -120,43 +126,35 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-/// What the 5-byte prefix of a unary request says, once the whole body is in.
+/// What the edge can do with a unary request body, once the whole body is in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// One uncompressed message, exactly as long as its prefix says.
-    Plain,
-    /// One compressed message (with a `grpc-encoding`): only a gRPC server can read it.
-    Compressed,
+    /// The first message is plain bytes the edge can read (as Triton does, bytes after it are
+    /// ignored, and a compressed flag without a `grpc-encoding` is taken as plain).
+    Readable,
+    /// A compressed message, or flags no gRPC version defines: only a gRPC server reads it.
+    Opaque,
 }
 
-/// Checks that `body` is exactly one length-prefixed message, as a unary call must carry.
+/// Triton's answer to a request it cannot parse (no message, or a truncated one).
+pub const UNPARSABLE: &str = "Unable to parse request";
+
+/// Checks that `body` starts with one whole length-prefixed message, as a unary call must.
 /// `encoded`: the request names a compression algorithm other than identity.
 pub fn check_unary_framing(body: &Bytes, encoded: bool) -> Result<Framing, Refusal> {
-    if body.is_empty() {
-        return Err(Refusal::new(code::UNIMPLEMENTED, NO_MESSAGE));
-    }
     if body.len() < 5 {
-        return Err(Refusal::new(code::INTERNAL, TRUNCATED));
+        return Err(Refusal::new(code::INTERNAL, UNPARSABLE));
     }
     let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    match (body.len() - 5).cmp(&length) {
-        std::cmp::Ordering::Less => return Err(Refusal::new(code::INTERNAL, TRUNCATED)),
-        std::cmp::Ordering::Greater => return Err(Refusal::new(code::UNIMPLEMENTED, TOO_MANY)),
-        std::cmp::Ordering::Equal => {}
+    if body.len() - 5 < length {
+        return Err(Refusal::new(code::INTERNAL, UNPARSABLE));
     }
     match body[0] {
-        0 => Ok(Framing::Plain),
-        1 if encoded => Ok(Framing::Compressed),
-        1 => Err(Refusal::new(code::INTERNAL, COMPRESSED_WITHOUT_ENCODING)),
-        _ => Err(Refusal::new(code::INTERNAL, BAD_FLAG)),
+        0 => Ok(Framing::Readable),
+        1 if !encoded => Ok(Framing::Readable),
+        _ => Ok(Framing::Opaque),
     }
 }
-
-const NO_MESSAGE: &str = "No message received";
-const TRUNCATED: &str = "Incomplete message received";
-const TOO_MANY: &str = "More than one message received";
-const COMPRESSED_WITHOUT_ENCODING: &str = "Compressed message received without a grpc-encoding";
-const BAD_FLAG: &str = "Invalid message flags";
 
 #[cfg(test)]
 mod tests {
@@ -194,7 +192,7 @@ mod tests {
         assert!(check_headers(&mut headers).is_ok());
         assert_eq!(headers["grpc-timeout"], "5S");
         headers.insert("grpc-timeout", HeaderValue::from_static("abc"));
-        assert_eq!(check_headers(&mut headers).unwrap_err().code, code::INTERNAL);
+        assert_eq!(check_headers(&mut headers), Err(BadHeader("grpc-timeout")));
     }
 
     #[test]
@@ -203,23 +201,24 @@ mod tests {
         headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
         assert!(check_headers(&mut headers).is_ok());
         headers.insert("grpc-encoding", HeaderValue::from_static("bogus"));
-        assert_eq!(check_headers(&mut headers).unwrap_err().code, code::UNIMPLEMENTED);
+        assert_eq!(check_headers(&mut headers), Err(BadHeader("grpc-encoding")));
     }
 
     #[test]
-    fn framing_is_checked() {
-        assert_eq!(check_unary_framing(&frame(0, b"abc"), false), Ok(Framing::Plain));
-        assert_eq!(check_unary_framing(&frame(1, b"abc"), true), Ok(Framing::Compressed));
-        assert!(check_unary_framing(&frame(1, b"abc"), false).is_err());
-        assert!(check_unary_framing(&frame(2, b"abc"), false).is_err());
-        assert!(check_unary_framing(&Bytes::new(), false).is_err());
-        assert!(check_unary_framing(&Bytes::from_static(b"\0\0\0"), false).is_err());
+    fn framing_is_read_as_triton_reads_it() {
+        assert_eq!(check_unary_framing(&frame(0, b"abc"), false), Ok(Framing::Readable));
+        assert_eq!(check_unary_framing(&frame(1, b"abc"), false), Ok(Framing::Readable));
+        assert_eq!(check_unary_framing(&frame(1, b"abc"), true), Ok(Framing::Opaque));
+        assert_eq!(check_unary_framing(&frame(2, b"abc"), false), Ok(Framing::Opaque));
+        let unparsable = Err(Refusal::new(code::INTERNAL, UNPARSABLE));
+        assert_eq!(check_unary_framing(&Bytes::new(), false), unparsable);
+        assert_eq!(check_unary_framing(&Bytes::from_static(b"\0\0\0"), false), unparsable);
         let mut long = frame(0, b"abc").to_vec();
         long[4] = 9; // says 9 bytes, carries 3
-        assert!(check_unary_framing(&Bytes::from(long), false).is_err());
+        assert_eq!(check_unary_framing(&Bytes::from(long), false), unparsable);
         let mut two = frame(0, b"abc").to_vec();
         two.extend_from_slice(&frame(0, b"d"));
-        assert!(check_unary_framing(&Bytes::from(two), false).is_err());
+        assert_eq!(check_unary_framing(&Bytes::from(two), false), Ok(Framing::Readable));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! fleet or the fallback stay the gateway's.
 
 use crate::body::{Outgoing, Upstream};
-use crate::grpc::{self, code, Framing, Refusal};
+use crate::grpc::{self, code, BadHeader, Framing, Refusal};
 use crate::routes::SharedRoutes;
 use crate::server::ActiveCall;
 use crate::shedding::Shedder;
@@ -43,19 +43,26 @@ pub struct Edge {
 
 impl Edge {
     /// Answers one call; `call` keeps the client connection open until the answer is done.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, call: ActiveCall) -> Response<ObservedBody> {
-        let response = self.route(request).await;
+    /// An error resets the stream (RST_STREAM INTERNAL_ERROR), as Triton answers a bad header.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        call: ActiveCall,
+    ) -> Result<Response<ObservedBody>, BadHeader> {
+        let response = self.route(request).await?;
         let (head, body) = response.into_parts();
-        Response::from_parts(head, body.on_connection(call))
+        Ok(Response::from_parts(head, body.on_connection(call)))
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Response<ObservedBody> {
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<ObservedBody>, BadHeader> {
         let (mut parts, body) = request.into_parts();
         // Only the edge may tell the gateway which backend already failed a call.
         parts.headers.remove(TRIED_HEADER);
-        if let Err(refusal) = grpc::check_headers(&mut parts.headers) {
-            return refusal.response();
-        }
+        grpc::check_headers(&mut parts.headers)?;
+        Ok(self.dispatch(parts, body).await)
+    }
+
+    async fn dispatch(&self, parts: Parts, body: Incoming) -> Response<ObservedBody> {
         let routed = match classify(parts.uri.path()) {
             // Streams and other services (health, reflection) go through as they arrive.
             Call::Streamed => return self.to_gateway(parts, Outgoing::Streamed(body)).await,
@@ -72,9 +79,9 @@ impl Edge {
             .is_some_and(|value| value != "identity");
         match grpc::check_unary_framing(&bytes, encoded) {
             Err(refusal) => return refusal.response(),
-            // Only a gRPC server can decompress it: the gateway's.
-            Ok(Framing::Compressed) => return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
-            Ok(Framing::Plain) => {}
+            // Only a gRPC server can read it: the gateway's.
+            Ok(Framing::Opaque) => return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
+            Ok(Framing::Readable) => {}
         }
         match routed {
             Some(method) => self.to_backend(method, parts, bytes).await,

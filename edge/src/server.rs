@@ -12,7 +12,6 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -111,7 +110,8 @@ impl Drop for ActiveCall {
 }
 
 /// Serves `listener` until `stop` turns true, then lets open connections finish their calls.
-pub async fn serve<H, F, B>(
+/// A handler's error resets its stream (RST_STREAM INTERNAL_ERROR).
+pub async fn serve<H, F, B, E>(
     listener: TcpListener,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
@@ -119,7 +119,8 @@ pub async fn serve<H, F, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, ActiveCall) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -156,7 +157,7 @@ pub async fn serve<H, F, B>(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<H, F, B>(
+async fn serve_connection<H, F, B, E>(
     io: TokioIo<tokio::net::TcpStream>,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
@@ -164,7 +165,8 @@ async fn serve_connection<H, F, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, ActiveCall) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -176,8 +178,7 @@ async fn serve_connection<H, F, B>(
     let calls = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let call = calls.enter();
-        let response = handler(request, call);
-        async move { Ok::<_, Infallible>(response.await) }
+        handler(request, call)
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);

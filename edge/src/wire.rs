@@ -1,9 +1,11 @@
 //! Reads fields 1 (model name) and 2 (model version) of a gRPC-framed protobuf request.
 
-/// Returns None when the frame is compressed, malformed or not UTF-8: the gateway then answers.
+/// Returns None when the message is malformed or its strings are not UTF-8 (a message Triton
+/// cannot parse either). The flag byte is not looked at: `grpc::check_unary_framing` decided
+/// the message is readable.
 pub fn model_key(frame: &[u8]) -> Option<(&str, &str)> {
     // gRPC framing: 1 byte compressed flag, 4 bytes big-endian length, then the message.
-    if frame.len() < 5 || frame[0] != 0 {
+    if frame.len() < 5 {
         return None;
     }
     let length = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
@@ -157,10 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_compressed_truncated_and_bad_utf8() {
-        let mut compressed = frame(b"\x0a\x01m");
-        compressed[0] = 1;
-        assert_eq!(model_key(&compressed), None);
+    fn rejects_truncated_and_bad_utf8() {
         assert_eq!(model_key(&frame(b"\x0a\x09short")), None);
         assert_eq!(model_key(&frame(b"\x0a\x02\xff\xfe")), None);
         assert_eq!(model_key(b"\x00\x00"), None);
