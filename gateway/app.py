@@ -61,6 +61,8 @@ def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
         threads=config.threads,
         max_concurrency=config.max_concurrency,
         max_queue=config.max_queue,
+        max_request_bytes=config.max_request_bytes,
+        max_total_bytes=config.max_total_bytes,
         providers=config.providers,
     )
     if config.preload:
@@ -96,6 +98,7 @@ class Gateway:
             Endpoint(name=b.name, address=b.address) for b in settings.backends
         )
         breaker = settings.breaker
+        backend_metadata = settings.security.backend_metadata()
         policy = BreakerPolicy(
             consecutive_failures=breaker.consecutive_failures,
             failure_rate=breaker.failure_rate,
@@ -111,6 +114,7 @@ class Gateway:
                 endpoint.address,
                 max_message_bytes=max_bytes,
                 new_breaker=lambda: CircuitBreaker(policy, clock),
+                control_metadata=backend_metadata,
             ),
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
@@ -118,7 +122,9 @@ class Gateway:
             on_breaker_change=self._count_breaker_change,
         )
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = RequestMetrics(self.registry, backends=self._backend_gauges)
+        self.metrics = RequestMetrics(
+            self.registry, backends=self._backend_gauges, model_labels=self._metric_labels
+        )
         self.fallback = _fallback(settings)
         retry_budget = RetryBudget(
             clock,
@@ -147,6 +153,7 @@ class Gateway:
             shedder=LoadShedder(
                 settings.shedding.max_in_flight, settings.shedding.max_in_flight_per_model
             ),
+            model_repository_key=settings.security.client_key(),
         )
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -198,6 +205,9 @@ class Gateway:
             self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
         await self._set_serving(self.dataplane.is_ready())
         await self._server.start()
+        if self._private_dir is not None:
+            # The folder is already owner-only (0700); the socket is too, in case it is moved.
+            (self._private_dir / "gateway.sock").chmod(0o600)
         if self._edge is not None:
             self.pool.on_change(self._edge.publish)
             assert self._private_dir is not None
@@ -320,6 +330,9 @@ class Gateway:
         self.metrics.breaker_transitions.labels(
             backend=backend, model=model, state=state.value
         ).inc()
+
+    def _metric_labels(self, model: str, version: str) -> tuple[str, str]:
+        return self.dataplane.metric_labels(model, version)
 
     def _backend_gauges(self) -> list[BackendGauge]:
         return [

@@ -2,12 +2,15 @@
 
 Model-scoped requests stay serialized bytes: the model name and version are read from fields 1
 and 2 without parsing tensors, and the original bytes go to the chosen Triton unchanged. Calls
-that span the fleet (repository index, statistics, load/unload) fan out and merge.
+that span the fleet (repository index, statistics) fan out and merge; calls that change it
+(load/unload) need the configured key and go to one backend first, then the others one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
@@ -22,10 +25,12 @@ from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.balancing.affinity import backend_for_sequence
-from gateway.balancing.faults import FaultScope, fault_scope
+from gateway.balancing.faults import RESTRICTED_PROTOCOL, FaultScope, fault_scope
 from gateway.balancing.retry_budget import RetryBudget
 from gateway.balancing.shedding import LoadShedder
 from gateway.errors import (
+    FleetChangeError,
+    FleetChangeRefusedError,
     GatewayError,
     ModelNotFoundError,
     NoBackendAvailableError,
@@ -34,7 +39,9 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
 from gateway.observability.tracing import PassThroughTracer, Tracer
+from gateway.routing.versions import canonical_version
 from gateway.routing.wire import read_model_key, read_sequence_id
+from gateway.settings import ProtocolKey
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +66,20 @@ NO_BACKEND_READY = "no Triton backend is ready"
 _HELD_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 _UNLOAD_POLL_S = 0.05
 _UNLOAD_WAIT_S = 60.0
+# Longest deadline passed on upstream. grpc-timeout allows up to 99999999 hours; grpc python
+# turns a timeout into an absolute int64 of nanoseconds, so one past ~7e9 s overflows and the
+# call fails at once with DEADLINE_EXCEEDED. A deadline beyond the 8-digit seconds of the gRPC
+# spec (over three years) means "no deadline".
+MAX_DEADLINE_S = 99_999_999.0
+_NO_KEY = (
+    "{method} is disabled on triton-gateway: set security.model_repository_key (environment "
+    "GATEWAY_SECURITY__MODEL_REPOSITORY_KEY) to KEY=VALUE and send the header "
+    "'triton-grpc-protocol-KEY: VALUE', as for tritonserver "
+    "--grpc-restricted-protocol=model-repository:KEY=VALUE"
+)
+# Absolute paths in a backend's message (its model repository, temporary folders) stay in logs.
+_SERVER_PATH = re.compile(r"(?<![\w.])/[^\s'\"(),;:]+")
+_MAX_DETAIL_CHARS = 300
 
 
 class Balancer(Protocol):
@@ -84,21 +105,22 @@ class CallContext(Protocol):
 
     def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
 
+    def peer(self) -> str: ...
+
 
 class Fallback(Protocol):
     """A local runtime for requests no backend can serve (ONNX Runtime in production)."""
 
     def serves(self, name: str) -> bool: ...
 
+    def knows(self, name: str, version: str) -> bool: ...
+
     async def infer(self, request: bytes) -> bytes: ...
 
 
-# Backend faults: they count against the backend's breaker, are retried on another backend,
-# and may be answered by the fallback. DEADLINE_EXCEEDED counts only where the per-try timeout
-# bound the call (see ``_forward``); otherwise it is the client's own deadline.
-BACKEND_FAULTS = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
-)
+# Which statuses are backend faults (counted against a breaker, retried on another backend,
+# answered by the fallback) is ``fault_scope``'s to say. DEADLINE_EXCEEDED counts only where
+# the per-try timeout bound the call (see ``_forward``); otherwise it is the client's deadline.
 # The client's own deadline or cancellation: nothing is learned of the backend.
 _CLIENT_GAVE_UP = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 TRIED_METADATA = "x-gateway-tried"
@@ -122,6 +144,7 @@ class DataPlane:
         per_try_timeout_s: float | None = None,
         shedder: LoadShedder | None = None,
         honour_tried_header: bool = True,
+        model_repository_key: ProtocolKey | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
@@ -133,6 +156,9 @@ class DataPlane:
         self._per_try_timeout_s = per_try_timeout_s
         self._honour_tried_header = honour_tried_header
         self._shedder = shedder or LoadShedder(None, None)
+        self._model_repository_key = model_repository_key
+        # One fleet change at a time: two interleaved ones could leave backends disagreeing.
+        self._fleet_change = asyncio.Lock()
         self._clock = clock
 
     # -- server-level -----------------------------------------------------------------------
@@ -151,7 +177,7 @@ class DataPlane:
 
     async def model_infer(self, request: bytes, context: CallContext) -> bytes:
         started = self._clock()
-        name, version = read_model_key(request)
+        name, version = _model_key(request)
         if not self._shedder.try_enter(name):
             self._record("ModelInfer", name, version, "", OverloadedError.code.name, started)
             raise OverloadedError(
@@ -184,7 +210,9 @@ class DataPlane:
                     f"no backend can serve model '{name}' now (down, drained or ejected)"
                 ) from exc
             self._any_ready()  # with no backend up, say so rather than "unknown model"
-            raise
+            # Triton names the version only of a model it has.
+            has_model = name in self._pool.table.latest_version or self._pool.knows_model(name, "")
+            raise ModelNotFoundError(name, version if has_model else "") from exc
         try:
             return await self._try_backends(
                 "ModelInfer", request, context, name, version, candidates
@@ -285,7 +313,7 @@ class DataPlane:
         For a model no backend has, any ready backend is asked, so the client gets Triton's own
         answer for an unknown model.
         """
-        name, version = read_model_key(request)
+        name, version = _model_key(request)
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError:
@@ -296,7 +324,7 @@ class DataPlane:
         return await self._try_backends(method, request, context, name, version, candidates)
 
     async def model_ready(self, request: bytes, context: CallContext) -> bytes:
-        name, version = read_model_key(request)
+        name, version = _model_key(request)
         try:
             candidates = self._pool.table.lookup(name, version)
         except ModelNotFoundError:
@@ -324,7 +352,7 @@ class DataPlane:
             "ModelStreamInfer", name, version, backend.name, context
         ) as metadata:
             call = backend.stream_infer(
-                upstream_requests(), timeout=context.time_remaining(), metadata=metadata
+                upstream_requests(), timeout=_deadline(context), metadata=metadata
             )
             try:
                 async for response in call:
@@ -341,59 +369,145 @@ class DataPlane:
     ) -> service_pb2.ModelStatisticsResponse:
         if request.name:
             table = self._pool.table
-            if request.version:
-                backends = table.candidates.get((request.name, request.version), ())
+            version = canonical_version(request.version)
+            if version:
+                backends = table.candidates.get((request.name, version), ())
             else:
                 backends = table.backends_with_model(request.name)
             # Unknown model: let one backend give Triton's own error.
             targets = backends or self._any_ready()[:1]
         else:
             targets = self._any_ready()
+        timeout = _deadline(context)
         responses: list[service_pb2.ModelStatisticsResponse] = await self._fan_out(
-            targets, lambda b: b.stub.ModelStatistics(request, timeout=context.time_remaining())
+            targets,
+            lambda b: b.stub.ModelStatistics(request, timeout=timeout, metadata=b.control_metadata),
         )
         return merge_model_statistics(responses)
 
     async def repository_index(
         self, request: service_pb2.RepositoryIndexRequest, context: CallContext
     ) -> service_pb2.RepositoryIndexResponse:
+        timeout = _deadline(context)
         responses: list[service_pb2.RepositoryIndexResponse] = await self._fan_out(
             self._any_ready(),
-            lambda b: b.stub.RepositoryIndex(request, timeout=context.time_remaining()),
+            lambda b: b.stub.RepositoryIndex(request, timeout=timeout, metadata=b.control_metadata),
         )
         return merge_repository_index(responses)
 
     async def repository_model_load(
         self, request: service_pb2.RepositoryModelLoadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelLoadResponse:
-        """Load on every ready backend, then refresh routes so traffic can use it at once."""
-        await self._on_every_backend_then_refresh(
-            lambda b: b.stub.RepositoryModelLoad(request, timeout=context.time_remaining())
-        )
-        log.info("fleet_model_loaded", model=request.model_name)
+        """Load on one backend, then on the others one by one; routes refreshed after."""
+        name = request.model_name
+        self._authorize("RepositoryModelLoad", name, context, parameters=sorted(request.parameters))
+
+        async def load(backend: TritonBackend) -> None:
+            await backend.stub.RepositoryModelLoad(
+                request, timeout=_deadline(context), metadata=backend.control_metadata
+            )
+
+        changed = await self._change_fleet("RepositoryModelLoad", name, load)
+        log.info("fleet_model_loaded", model=name, backends=changed)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: service_pb2.RepositoryModelUnloadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        """Unload on every ready backend and return once no backend still holds the model.
+        """Unload on one backend, then on the others one by one, each time returning once the
+        backend no longer holds the model.
 
         Triton answers an unload before the model is gone; a load sent right after would race
         the unload and lose. Waiting here makes "unload, then load" through the gateway work.
         """
         name = request.model_name
-        timeout = context.time_remaining()
+        self._authorize("RepositoryModelUnload", name, context)
 
-        async def unload(backend: TritonBackend) -> service_pb2.RepositoryModelUnloadResponse:
-            response: service_pb2.RepositoryModelUnloadResponse = (
-                await backend.stub.RepositoryModelUnload(request, timeout=timeout)
+        async def unload(backend: TritonBackend) -> None:
+            timeout = _deadline(context)
+            await backend.stub.RepositoryModelUnload(
+                request, timeout=timeout, metadata=backend.control_metadata
             )
             await _wait_unloaded(backend, name, self._clock, timeout)
-            return response
 
-        await self._on_every_backend_then_refresh(unload)
-        log.info("fleet_model_unloaded", model=name)
+        changed = await self._change_fleet("RepositoryModelUnload", name, unload)
+        log.info("fleet_model_unloaded", model=name, backends=changed)
         return service_pb2.RepositoryModelUnloadResponse()
+
+    def _authorize(
+        self, method: str, model: str, context: CallContext, parameters: Sequence[str] = ()
+    ) -> None:
+        """Fleet changes need the configured key, sent as Triton's restricted protocols ask."""
+        key = self._model_repository_key
+        peer = context.peer()
+        if key is None:
+            log.warning(
+                "fleet_change_refused", method=method, model=model, peer=peer, reason="no key set"
+            )
+            raise FleetChangeRefusedError(_NO_KEY.format(method=method))
+        if not _carries_key(context, key):
+            log.warning(
+                "fleet_change_refused",
+                method=method,
+                model=model,
+                peer=peer,
+                reason="missing or wrong key header",
+            )
+            # Triton's own words for a restricted protocol called without its header.
+            raise FleetChangeRefusedError(
+                f"This protocol is restricted, expecting header '{key.header}'"
+            )
+        log.info(
+            "fleet_change_allowed", method=method, model=model, peer=peer, parameters=parameters
+        )
+
+    async def _change_fleet(
+        self, method: str, name: str, change: Callable[[TritonBackend], Awaitable[None]]
+    ) -> list[str]:
+        """Apply ``change`` to one backend (the canary), then to the others one at a time,
+        stopping at the first failure: a change that breaks a server breaks only one."""
+        async with self._fleet_change:
+            return await self._change_one_by_one(method, name, change)
+
+    async def _change_one_by_one(
+        self, method: str, name: str, change: Callable[[TritonBackend], Awaitable[None]]
+    ) -> list[str]:
+        backends = self._any_ready()
+        changed: list[str] = []
+        try:
+            for backend in backends:
+                try:
+                    await change(backend)
+                except grpc.aio.AioRpcError as exc:
+                    code, detail = exc.code(), exc.details() or ""
+                except GatewayError as exc:  # the unload did not finish within the deadline
+                    code, detail = exc.code, exc.message
+                else:
+                    changed.append(backend.name)
+                    continue
+                untouched = [b.name for b in backends[len(changed) + 1 :]]
+                log.warning(
+                    "fleet_change_failed",
+                    method=method,
+                    model=name,
+                    backend=backend.name,
+                    code=code.name,
+                    detail=detail,
+                    changed=changed,
+                    untouched=untouched,
+                )
+                raise FleetChangeError(
+                    code,
+                    f"{method} of model '{name}' failed on backend {backend.name} "
+                    f"({len(changed) + 1} of {len(backends)}): {_client_detail(detail)}; "
+                    f"changed before it: {', '.join(changed) or 'none'}; left untouched: "
+                    f"{', '.join(untouched) or 'none'}",
+                    backend.name,
+                )
+        finally:
+            # Even a partial change changed some backends: re-read them all now.
+            await self._pool.refresh()
+        return changed
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -415,7 +529,7 @@ class DataPlane:
         model_breaker = backend.model_breakers.get(name)
         if model_breaker is not None:
             model_breaker.on_request()
-        remaining = context.time_remaining()
+        remaining = _deadline(context)
         per_try = self._per_try_timeout_s
         # The per-try timeout binds when it is shorter than what the client left us; then a
         # DEADLINE_EXCEEDED is this backend's slowness, not the client giving up.
@@ -432,21 +546,14 @@ class DataPlane:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             self._record(method, name, version, backend.name, code.name, started)
-            fault = (
-                code in BACKEND_FAULTS
-                or (per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED)
-                # The route table said this backend has the model: it left since the last poll.
-                or (routed and code is grpc.StatusCode.NOT_FOUND)
-            )
+            # A model breaker only for models the routes know (``routed``): client input (an
+            # unknown model name asked of one backend) must not create breakers or series.
+            scope = fault_scope(code.name, exc.details() or "", name, version, routed=routed)
+            if per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                scope = FaultScope.BACKEND
+            fault = scope is not FaultScope.NONE
             gave_up = not fault and code in _CLIENT_GAVE_UP
             if fault:
-                # A model breaker only for models the routes know: client input (an unknown
-                # model name asked of one backend) must not create breakers or series.
-                scope = (
-                    fault_scope(code.name, exc.details() or "", name)
-                    if routed
-                    else FaultScope.BACKEND
-                )
                 self._pool.record_outcome(backend, False, name, scope)
             elif not gave_up:
                 # A client error: the backend and the model are fine.
@@ -503,15 +610,26 @@ class DataPlane:
         started: float,
         path: str = "python",
     ) -> None:
-        # Only models the fleet or the fallback serves become label values; client input
-        # cannot add series.
-        known = name in self._pool.table.latest_version or (
-            self._fallback is not None and path == "fallback"
-        )
-        if not known:
-            name, version = UNKNOWN_MODEL, ""
         key = (path, method, name, version, backend, code)
         self._metrics.observe(key, self._clock() - started)
+
+    def metric_labels(self, name: str, version: str) -> tuple[str, str]:
+        """Model and version as label values: only what the fleet or the fallback has, so
+        client input cannot add series (``_unknown`` for the rest)."""
+        if (name, version) in self._pool.table.candidates:
+            return name, version
+        fallback = self._fallback
+        if (fallback is not None and fallback.knows(name, version)) or self._pool.knows_model(
+            name, version
+        ):
+            return name, version
+        if (
+            name in self._pool.table.latest_version
+            or (fallback is not None and fallback.serves(name))
+            or self._pool.knows_model(name, "")
+        ):
+            return name, UNKNOWN_MODEL
+        return UNKNOWN_MODEL, ""
 
     def _choose_or_any(self, name: str, version: str) -> TritonBackend:
         try:
@@ -525,15 +643,6 @@ class DataPlane:
         if not ready:
             raise NoBackendAvailableError(NO_BACKEND_READY)
         return ready
-
-    async def _on_every_backend_then_refresh(
-        self, call: Callable[[TritonBackend], Awaitable[Message]]
-    ) -> None:
-        try:
-            await self._fan_out(self._any_ready(), call)
-        finally:
-            # Even a partial failure changed some backends: re-read them all now.
-            await self._pool.refresh()
 
     @staticmethod
     async def _fan_out(
@@ -557,7 +666,9 @@ async def _wait_unloaded(
     deadline = clock() + (budget_s if budget_s is not None else _UNLOAD_WAIT_S)
     request = service_pb2.RepositoryIndexRequest()
     while True:
-        index = await backend.stub.RepositoryIndex(request, timeout=max(deadline - clock(), 0.001))
+        index = await backend.stub.RepositoryIndex(
+            request, timeout=max(deadline - clock(), 0.001), metadata=backend.control_metadata
+        )
         if not any(m.name == name and m.state in _HELD_STATES for m in index.models):
             return
         if clock() >= deadline:
@@ -573,3 +684,35 @@ def _tried_backends(context: CallContext) -> frozenset[str]:
         if key == TRIED_METADATA:
             return frozenset({value if isinstance(value, str) else value.decode()})
     return frozenset()
+
+
+def _model_key(request: bytes) -> tuple[str, str]:
+    """Model name and canonical version; a version Triton cannot parse is INVALID_ARGUMENT."""
+    name, version = read_model_key(request)
+    return name, canonical_version(version)
+
+
+def _deadline(context: CallContext) -> float | None:
+    """The client's time left, as a timeout for an upstream call (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > MAX_DEADLINE_S else remaining
+
+
+def _carries_key(context: CallContext, key: ProtocolKey) -> bool:
+    expected = key.value.encode()
+    for header, value in context.invocation_metadata() or ():
+        if header == key.header:
+            given = value if isinstance(value, bytes) else value.encode(errors="surrogateescape")
+            return hmac.compare_digest(given, expected)
+    return False
+
+
+def _client_detail(detail: str) -> str:
+    """A backend's message as a client may see it: its first line, server paths removed."""
+    first = detail.strip().split("\n", 1)[0]
+    redacted = _SERVER_PATH.sub("<path>", first)
+    if len(redacted) > _MAX_DETAIL_CHARS:
+        redacted = redacted[:_MAX_DETAIL_CHARS] + "..."
+    if detail.startswith(RESTRICTED_PROTOCOL):
+        redacted += " (the backend restricts this protocol: set security.backend_key)"
+    return redacted

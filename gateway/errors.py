@@ -63,6 +63,22 @@ class UpstreamError(GatewayError):
         """The backend, not the request, is at fault: retry elsewhere, count on its breaker."""
 
 
+class FleetChangeRefusedError(GatewayError):
+    """RepositoryModelLoad/Unload without the configured key, or with none configured: refused
+    with the status Triton gives a restricted protocol called without its header."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FleetChangeError(GatewayError):
+    """A fleet change failed on one backend and was not applied to the ones after it; the
+    message names the backend, never the server's paths (the full detail is logged)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, backend: str) -> None:
+        super().__init__(message, code=code)
+        self.backend = backend
+
+
 class UnsupportedMethodError(GatewayError):
     """A protocol method the gateway deliberately does not offer."""
 

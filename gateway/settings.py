@@ -7,11 +7,13 @@ Nested fields are set from the environment with a double underscore, for example
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -148,8 +150,87 @@ class FallbackSettings(_Frozen):
     """Fallback calls run at once."""
     max_queue: int = Field(default=64, ge=0)
     """Fallback calls that may wait for a free runner; beyond: RESOURCE_EXHAUSTED, at once."""
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Most tensor bytes one fallback call may decode (an upper bound read from the request
+    before parsing it; typed contents count at their decoded width, BYTES elements with their
+    per-object cost); beyond: RESOURCE_EXHAUSTED, at once."""
+    max_total_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Most tensor bytes all fallback calls running or waiting may hold decoded together;
+    beyond: RESOURCE_EXHAUSTED, at once."""
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     """ONNX Runtime execution providers in order; ones not installed are skipped."""
+
+
+RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
+"""Triton's restricted protocols expect header ``triton-grpc-protocol-<KEY>: <VALUE>``."""
+_PROTOCOL_KEY = re.compile(r"([a-z0-9_.-]+)=([\x20-\x7e]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolKey:
+    """One ``KEY=VALUE`` of ``--grpc-restricted-protocol``, as the header a call carries."""
+
+    header: str
+    """``triton-grpc-protocol-<KEY>``."""
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> ProtocolKey:
+        match = _PROTOCOL_KEY.fullmatch(text)
+        if match is None:
+            # One line, and never the value itself: it is a secret.
+            raise ValueError(
+                "must be KEY=VALUE as in tritonserver --grpc-restricted-protocol="
+                "model-repository:KEY=VALUE (KEY of lowercase letters, digits, '-', '_' or "
+                "'.'; VALUE of printable ASCII, not empty)"
+            )
+        return cls(RESTRICTED_HEADER_PREFIX + match.group(1), match.group(2))
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((self.header, self.value),)
+
+
+class SecuritySettings(_Frozen):
+    """Who may change the fleet, and the key the gateway shows backends that restrict calls."""
+
+    model_repository_key: SecretStr | None = None
+    """KEY=VALUE: RepositoryModelLoad/Unload are allowed only with header
+    ``triton-grpc-protocol-KEY: VALUE``, as Triton's ``--grpc-restricted-protocol=
+    model-repository:KEY=VALUE`` asks; None: they are refused (env:
+    GATEWAY_SECURITY__MODEL_REPOSITORY_KEY)."""
+    backend_key: SecretStr | None = None
+    """KEY=VALUE sent as header ``triton-grpc-protocol-KEY`` on the gateway's own calls to
+    backends (health polls, index, statistics, load/unload), for backends that restrict those
+    protocols; None: the same as model_repository_key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_first(cls, data: Any) -> Any:
+        # Wrapped before validation, so an error about a malformed key shows it masked.
+        if isinstance(data, dict):
+            return {
+                key: SecretStr(value) if isinstance(value, str) else value
+                for key, value in data.items()
+            }
+        return data
+
+    @field_validator("model_repository_key", "backend_key")
+    @classmethod
+    def _key_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            ProtocolKey.parse(value.get_secret_value())
+        return value
+
+    def client_key(self) -> ProtocolKey | None:
+        """What a fleet-changing call must carry; None: such calls are refused."""
+        key = self.model_repository_key
+        return None if key is None else ProtocolKey.parse(key.get_secret_value())
+
+    def backend_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The header for the gateway's own calls to backends, or None."""
+        key = self.backend_key or self.model_repository_key
+        return None if key is None else ProtocolKey.parse(key.get_secret_value()).metadata
 
 
 class MetricsSettings(_Frozen):
@@ -194,6 +275,7 @@ class GatewaySettings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     shedding: SheddingSettings = SheddingSettings()
     fallback: FallbackSettings = FallbackSettings()
+    security: SecuritySettings = SecuritySettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -9,6 +9,7 @@
 //! exits, so the edge never outlives its gateway.
 
 mod body;
+mod faults;
 mod grpc;
 mod options;
 mod proxy;

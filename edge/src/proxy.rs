@@ -6,6 +6,7 @@
 //! fleet or the fallback stay the gateway's.
 
 use crate::body::{Outgoing, Upstream};
+use crate::faults;
 use crate::grpc::{self, code, BadHeader, Framing, Refusal};
 use crate::routes::SharedRoutes;
 use crate::server::ActiveCall;
@@ -131,7 +132,7 @@ impl Edge {
             // version is not READY any more, or the server is shutting down), or NOT_FOUND
             // for a model that left it since the last route snapshot. Another backend will
             // likely serve it.
-            Ok(response) if hands_over(response.headers()) => {
+            Ok(response) if hands_over(response.headers(), name, version) => {
                 let headers = response.headers();
                 let code = stats::code_name(headers.get("grpc-status").map(|v| v.as_bytes()));
                 (code, stats::message_of(headers).to_string())
@@ -199,13 +200,16 @@ fn classify(path: &str) -> Call {
         .map_or(Call::OtherUnary, |routed| Call::Routed(routed))
 }
 
-/// Whether a backend's trailers-only answer means "try another backend".
-fn hands_over(headers: &http::HeaderMap) -> bool {
-    match headers.get("grpc-status").map(|v| v.as_bytes()) {
-        Some(b"14") => true,
-        Some(b"5") => stats::is_stale_route(stats::message_of(headers)),
-        _ => false,
-    }
+/// Whether a backend's trailers-only answer means "try another backend": UNAVAILABLE or a
+/// stale route's NOT_FOUND that is the backend's fault (not a restricted protocol's refusal
+/// or a shared-memory region the request names).
+fn hands_over(headers: &http::HeaderMap, model: &str, version: &str) -> bool {
+    let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"14") => "UNAVAILABLE",
+        Some(b"5") => "NOT_FOUND",
+        _ => return false,
+    };
+    !faults::fault_scope(code, stats::message_of(headers), model, version).is_empty()
 }
 
 /// The request with its URI pointed at `authority` (the path as the client sent it).
@@ -288,21 +292,30 @@ mod tests {
 
     #[test]
     fn only_stale_routes_and_unavailable_are_handed_over() {
-        let mut headers = HeaderMap::new();
-        headers.insert("grpc-status", HeaderValue::from_static("14"));
-        assert!(hands_over(&headers));
-        headers.insert("grpc-status", HeaderValue::from_static("5"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("Unable to find shared memory region: 'x'"),
+        let answer = |status: &'static str, message: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", HeaderValue::from_static(status));
+            headers.insert("grpc-message", HeaderValue::from_static(message));
+            headers
+        };
+        assert!(hands_over(&answer("14", "Socket closed"), "simple", ""));
+        let restricted = answer(
+            "14",
+            "This protocol is restricted, expecting header 'triton-grpc-protocol-k'",
         );
-        assert!(!hands_over(&headers));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("Request for unknown model: 'simple' has no available versions"),
-        );
-        assert!(hands_over(&headers));
-        headers.insert("grpc-status", HeaderValue::from_static("3"));
-        assert!(!hands_over(&headers));
+        assert!(!hands_over(&restricted, "simple", ""));
+        assert!(!hands_over(
+            &answer("5", "Unable to find shared memory region: 'x'"),
+            "simple",
+            ""
+        ));
+        let gone = answer("5", "Request for unknown model: 'simple' has no available versions");
+        assert!(hands_over(&gone, "simple", ""));
+        assert!(!hands_over(&gone, "other", ""));
+        assert!(!hands_over(
+            &answer("3", "Request for unknown model: 'simple' is not found"),
+            "simple",
+            ""
+        ));
     }
 }

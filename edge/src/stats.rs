@@ -5,6 +5,7 @@
 //! client goes away first (counted as CANCELLED).
 
 use crate::body::Upstream;
+use crate::faults::fault_scope;
 use crate::server::ActiveCall;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -16,37 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Notify;
-
-/// Whose fault a backend fault is: "backend" (the whole server) or "model" (one model on
-/// it); "" for any other outcome. The rule of `gateway/balancing/faults.py`, whose docstring
-/// says why: Triton names the model it speaks of in quotes; the transport does not.
-pub fn fault_scope(code: &str, message: &str, model: &str) -> &'static str {
-    match code {
-        "RESOURCE_EXHAUSTED" | "INTERNAL" => "model",
-        "UNAVAILABLE" => {
-            // Allocates only on this failure path.
-            if message.contains(&format!("'{model}'")) || message.contains("maximum queue size") {
-                "model"
-            } else {
-                "backend"
-            }
-        }
-        // The client's own deadline (tgw-edge passes grpc-timeout on): it gave up, nothing is
-        // the backend's fault. tgw-edge's per-try timeout is reported as UNAVAILABLE instead.
-        // Routed calls only go to backends the route table lists for the model: a NOT_FOUND
-        // that says the model is unknown there means it left since the last snapshot (a stale
-        // route). Any other NOT_FOUND is about the request (a shared-memory region it names).
-        "NOT_FOUND" if is_stale_route(message) => "model",
-        _ => "",
-    }
-}
-
-/// Whether a NOT_FOUND message says the routed model or version is not on the backend, in
-/// Triton's words ("Request for unknown model: 'm' has no available versions", "... 'm'
-/// version 2 is not found"); the rule of `gateway/balancing/faults.py`.
-pub fn is_stale_route(message: &str) -> bool {
-    message.starts_with("Request for unknown model")
-}
 
 /// (method, model, version, backend, code, fault scope)
 type Key = (String, String, String, String, &'static str, &'static str);
@@ -184,7 +154,7 @@ impl Pending {
         let scope = if self.backend.is_empty() {
             ""
         } else {
-            fault_scope(code, message, &self.model)
+            fault_scope(code, message, &self.model, &self.version)
         };
         if let Some(target) = self.target.take() {
             target.finish(code, !scope.is_empty(), seconds);
@@ -329,7 +299,7 @@ impl Drop for ObservedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::{code_name, fault_scope, Stats};
+    use super::{code_name, Stats};
 
     #[test]
     fn status_codes_map_to_names() {
@@ -350,45 +320,5 @@ mod tests {
         pending.finish("UNAVAILABLE", "'m' version 1 is not at ready state");
         assert!(stats.take_report().unwrap().contains(r#""UNAVAILABLE","model",1"#));
         assert!(stats.take_report().is_none());
-    }
-
-    #[test]
-    fn fault_scopes_match_the_gateway() {
-        // The same cases as tests/unit/test_faults.py (but DEADLINE_EXCEEDED, below).
-        let cases = [
-            (
-                "UNAVAILABLE",
-                "failed to connect to all addresses; last error: ECONNREFUSED",
-                "backend",
-            ),
-            ("UNAVAILABLE", "Socket closed", "backend"),
-            ("UNAVAILABLE", "'simple' version 1 is not at ready state", "model"),
-            ("UNAVAILABLE", "'other' version 1 is not at ready state", "backend"),
-            ("UNAVAILABLE", "Exceeds maximum queue size", "model"),
-            ("RESOURCE_EXHAUSTED", "", "model"),
-            (
-                "INTERNAL",
-                "Failed to process the request(s) for model instance 'simple_0_0'",
-                "model",
-            ),
-            (
-                "NOT_FOUND",
-                "Request for unknown model: 'simple' has no available versions",
-                "model",
-            ),
-            (
-                "NOT_FOUND",
-                "Request for unknown model: 'simple' version 3 is not found",
-                "model",
-            ),
-            ("NOT_FOUND", "Unable to find shared memory region: 'nope'", ""),
-        ];
-        for (code, message, scope) in cases {
-            assert_eq!(fault_scope(code, message, "simple"), scope, "{code} {message}");
-        }
-        assert_eq!(fault_scope("OK", "", "simple"), "");
-        assert_eq!(fault_scope("INVALID_ARGUMENT", "'simple'", "simple"), "");
-        // The client's own deadline; Python sees DEADLINE_EXCEEDED only for its per-try timeout.
-        assert_eq!(fault_scope("DEADLINE_EXCEEDED", "Deadline Exceeded", "simple"), "");
     }
 }

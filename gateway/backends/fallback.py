@@ -3,8 +3,12 @@
 Used when no Triton can serve a request. It answers like Triton: same validation and
 INVALID_ARGUMENT cases, same output names, datatypes and shapes, the version that ran. The only
 importer of onnxruntime. Sessions run off the event loop on ``max_concurrency`` threads, with at
-most ``max_queue`` more calls waiting for one (a burst when the fleet vanishes); beyond that it
-answers RESOURCE_EXHAUSTED at once instead of queueing without end.
+most ``max_queue`` more calls waiting for one (a burst when the fleet vanishes), and tensors are
+decoded within a byte budget per call and for all calls together; beyond either it answers
+RESOURCE_EXHAUSTED at once instead of queueing without end.
+
+The models it serves are the repository's listing, read once at start: a name a client sends is
+only ever looked up in that listing, never used to build a path.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ import onnxruntime as ort
 import structlog
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.backends.tensor_codec import config_datatype, decode_input, encode_output
+from gateway.backends.tensor_codec import (
+    config_datatype,
+    decode_input,
+    decoded_bytes_bound,
+    encode_output,
+)
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.repository.config import ModelConfigError, model_versions, read_config
+from gateway.routing.versions import canonical_version
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +72,13 @@ class OnnxFallback:
         threads: int = 1,
         max_concurrency: int = 2,
         max_queue: int = 0,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        max_total_bytes: int = 256 * 1024 * 1024,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         self._repository = repository
-        self._allowed = frozenset(models) if models is not None else None
+        self._catalog = _catalog(repository, frozenset(models) if models is not None else None)
+        """Model name -> its versions ascending, from the repository at start."""
         self._threads = threads
         self._max_concurrency = max_concurrency
         self._capacity = max_concurrency + max_queue
@@ -76,28 +89,25 @@ class OnnxFallback:
         # Keyed by (name, requested version): "" maps to the latest version's session too, so
         # a request touches no file once its model is loaded.
         self._sessions: dict[tuple[str, str], _Model] = {}
-        self._serves: dict[str, bool] = {}
         self._load_lock = threading.Lock()
         self._in_flight = 0
+        self._max_request_bytes = max_request_bytes
+        self._max_total_bytes = max_total_bytes
+        self._reserved_bytes = 0
 
     def serves(self, name: str) -> bool:
-        """Whether the model is in the repository and allowed for the fallback (cached)."""
-        known = self._serves.get(name)
-        if known is None:
-            known = self._serves[name] = self._check_serves(name)
-        return known
+        """Whether the model is in the repository and allowed for the fallback."""
+        return name in self._catalog
 
-    def _check_serves(self, name: str) -> bool:
-        if not name or "/" in name or (self._allowed is not None and name not in self._allowed):
-            return False
-        model_dir = self._repository / name
-        return (model_dir / "config.pbtxt").is_file() and bool(model_versions(model_dir))
+    def knows(self, name: str, version: str) -> bool:
+        """Whether the fallback has this version ("" or canonical) of the model."""
+        versions = self._catalog.get(name)
+        return versions is not None and (not version or version in versions)
 
     def preload(self) -> None:
         """Load every allowed model's latest version now rather than on first use."""
-        for model_dir in sorted(p for p in self._repository.iterdir() if p.is_dir()):
-            if self.serves(model_dir.name):
-                self._model(model_dir.name, "")
+        for name in sorted(self._catalog):
+            self._model(name, "")
 
     async def infer(self, request: bytes) -> bytes:
         """Answer one serialized ModelInferRequest; raises GatewayError subclasses."""
@@ -106,13 +116,27 @@ class OnnxFallback:
                 f"the local fallback is at capacity ({self._max_concurrency} running, "
                 f"{self._capacity - self._max_concurrency} waiting)"
             )
+        needed = decoded_bytes_bound(request)
+        if needed > self._max_request_bytes:
+            raise FallbackBusyError(
+                f"the local fallback does not take this request: its tensors need up to "
+                f"{needed} bytes decoded, over fallback.max_request_bytes "
+                f"({self._max_request_bytes})"
+            )
+        if self._reserved_bytes + needed > self._max_total_bytes:
+            raise FallbackBusyError(
+                f"the local fallback is at its memory budget: fallback.max_total_bytes "
+                f"({self._max_total_bytes}) of tensors decoded or waiting"
+            )
         self._in_flight += 1
+        self._reserved_bytes += needed
         try:
             loop = asyncio.get_running_loop()
             answer: bytes = await loop.run_in_executor(self._executor, self._infer, request)
             return answer
         finally:
             self._in_flight -= 1
+            self._reserved_bytes -= needed
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -144,21 +168,24 @@ class OnnxFallback:
         return answer
 
     def _model(self, name: str, version: str) -> _Model:
+        """The session for the model version, as Triton resolves it: the version string is
+        parsed first (INVALID_ARGUMENT), then the name and version looked up (NOT_FOUND)."""
+        version = canonical_version(version)
         model = self._sessions.get((name, version))
         if model is not None:
             return model
-        if not self.serves(name):
-            raise ModelNotFoundError(name, version)
-        model_dir = self._repository / name
-        versions = [str(v) for v in model_versions(model_dir)]
+        versions = self._catalog.get(name)
+        if versions is None:
+            raise ModelNotFoundError(name)
         resolved = version or versions[-1]
         if resolved not in versions:
             raise ModelNotFoundError(name, version)
         with self._load_lock:
             model = self._sessions.get((name, resolved))
             if model is None:
-                model = self._load(model_dir, resolved)
+                model = self._load(self._repository / name, resolved)
                 self._sessions[(name, resolved)] = model
+            # Keys are listed versions or "": bounded by the repository, not by clients.
             self._sessions[(name, version)] = model
         return model
 
@@ -182,6 +209,18 @@ class OnnxFallback:
             outputs={t.name: _tensor(t) for t in config.output},
             session=session,
         )
+
+
+def _catalog(repository: Path, allowed: frozenset[str] | None) -> dict[str, tuple[str, ...]]:
+    """Servable models of the repository: a config.pbtxt and at least one versioned model."""
+    catalog: dict[str, tuple[str, ...]] = {}
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if allowed is not None and model_dir.name not in allowed:
+            continue
+        versions = model_versions(model_dir)
+        if (model_dir / "config.pbtxt").is_file() and versions:
+            catalog[model_dir.name] = tuple(str(v) for v in versions)
+    return catalog
 
 
 def _tensor(
@@ -212,11 +251,12 @@ def _validated_inputs(
             f"model '{model.name}'. Got input(s) {given}, but missing required input(s) "
             f"{missing}. Please provide all required input(s)."
         )
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
+    raw_count = len(request.raw_input_contents)
+    if raw_count and raw_count != len(request.inputs):
         raise InvalidRequestError(
-            f"{prefix}expected {len(request.inputs)} raw_input_contents, got {len(raw)}"
+            f"{prefix}expected {len(request.inputs)} raw_input_contents, got {raw_count}"
         )
+    raw = list(request.raw_input_contents)
     feeds: dict[str, np.ndarray[Any, Any]] = {}
     for index, tensor in enumerate(request.inputs):
         expected = model.inputs[tensor.name]

@@ -3,18 +3,24 @@
 The Triton path never decodes tensors; this module exists so the fallback can answer exactly
 like Triton: the same tensors in ``raw_input_contents`` or typed ``contents``, the same
 INVALID_ARGUMENT cases, outputs back as ``raw_output_contents``.
+
+Memory stays proportional to the request: ``decoded_bytes_bound`` reads, from the wire bytes and
+before anything is parsed, an upper bound of what parsing and decoding will hold, so a budget can
+refuse a request first; typed contents are decoded with ``numpy.fromiter`` from their count, never
+through a Python list (a list of floats costs 32 bytes per 4-byte element).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.errors import InvalidRequestError
+from gateway.routing.wire import iter_fields, read_varint
 
 # Triton datatype name -> numpy dtype (BYTES is object: length-prefixed byte strings).
 DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -48,6 +54,42 @@ TYPED_FIELDS = {
     "BYTES": "bytes_contents",
 }
 MAX_ELEMENTS = 1 << 31
+# numpy dtype each typed field holds its values in (the protobuf type of the field).
+_FIELD_DTYPES: dict[str, np.dtype[np.generic]] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+# Wire layout of ModelInferRequest and its parts (grpc_service.proto), for the bound below.
+_REQUEST_INPUTS = 5
+_REQUEST_RAW_CONTENTS = 7
+_INPUT_DATATYPE = 2
+_INPUT_SHAPE = 3
+_INPUT_CONTENTS = 5
+_BYTES_FIELD = 8
+_WIRE_VARINT = 0
+_WIRE_LENGTH_DELIMITED = 2
+# Decoded bytes per wire byte of a packed typed field, by field number: a varint takes at least
+# one byte on the wire and 4 or 8 once decoded; fixed-width floats take the same.
+_PACKED_EXPANSION = {1: 1, 2: 4, 3: 8, 4: 4, 5: 8, 6: 1, 7: 1}
+# Decoded bytes of one unpacked element, by field number.
+_ELEMENT_BYTES = {1: 1, 2: 4, 3: 8, 4: 4, 5: 8, 6: 4, 7: 8}
+# What one element of a repeated field costs beside its bytes once parsed and handed to Python
+# (a bytes object, its slot in a list or object array, the parser's string view; for a
+# message, the parser's copy and its Python wrapper), so that many empty elements count too.
+_ELEMENT_OVERHEAD = 64
+_MESSAGE_OVERHEAD = 256
+# Past this many fields in one message (legitimate requests have a handful per tensor, and
+# numbers packed into one field; only BYTES elements come one per field), the rest is counted
+# at the worst expansion (an empty message: two wire bytes) rather than walked field by field:
+# the bound must stay cheap for any input.
+_MAX_WALKED_FIELDS = 16_384
+_WORST_EXPANSION = _MESSAGE_OVERHEAD // 2
 
 
 def config_datatype(data_type: int) -> str:
@@ -99,8 +141,101 @@ def decode_input(
             f"got {len(values)}"
         )
     if tensor.datatype == "BYTES":
-        return np.array(list(values), dtype=np.object_).reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
+        return np.fromiter(values, dtype=np.object_, count=count).reshape(shape)
+    # One element at a time into a preallocated array: np.array() would first build a list.
+    array = np.fromiter(values, dtype=_FIELD_DTYPES[field], count=count)
+    return (array if array.dtype == dtype else array.astype(dtype)).reshape(shape)
+
+
+def decoded_bytes_bound(data: bytes) -> int:
+    """Upper bound of the tensor bytes that parsing and decoding ``data`` will hold.
+
+    Reads the serialized ModelInferRequest without parsing it: raw contents count their
+    length (BYTES ones also one Python object per element), typed contents count each packed
+    field at its decoded width, and every element of a repeated field its own cost.
+    Malformed bytes: InvalidRequestError.
+    """
+    view = memoryview(data)
+    total = 0
+    inputs: list[tuple[str, int]] = []
+    raw_lengths: list[int] = []
+    for field, wire, start, stop in _walk(view, 0, len(view)):
+        if field < 0:
+            return total + (stop - start) * _WORST_EXPANSION
+        total += _MESSAGE_OVERHEAD
+        if wire != _WIRE_LENGTH_DELIMITED:
+            continue
+        if field == _REQUEST_INPUTS:
+            datatype, count, contents = _input_bound(view, start, stop)
+            inputs.append((datatype, count))
+            total += contents
+        elif field == _REQUEST_RAW_CONTENTS:
+            raw_lengths.append(stop - start)
+        else:
+            total += stop - start
+    for index, length in enumerate(raw_lengths):
+        total += length
+        if index < len(inputs) and inputs[index][0] == "BYTES":
+            # Each element has a 4-byte length prefix; no more elements than the shape holds
+            # are ever made (``_decode_bytes`` stops there).
+            elements = min(inputs[index][1], length // 4)
+            total += elements * _ELEMENT_OVERHEAD
+    return total
+
+
+def _walk(view: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """The fields of ``view[start:end]``; past ``_MAX_WALKED_FIELDS`` one last (-1, -1, pos,
+    end) stands for the rest, which the caller counts at the worst expansion."""
+    for walked, (field, wire, s, e) in enumerate(iter_fields(view, start, end)):
+        if walked == _MAX_WALKED_FIELDS:
+            yield -1, -1, s, end
+            return
+        yield field, wire, s, e
+
+
+def _input_bound(view: memoryview, start: int, end: int) -> tuple[str, int, int]:
+    """(datatype, element count of the shape, bound of the rest) of one input tensor."""
+    datatype = ""
+    count = 1
+    bound = 0
+    for field, wire, s, e in _walk(view, start, end):
+        if field < 0:
+            return datatype, count, bound + (e - s) * _WORST_EXPANSION
+        if field == _INPUT_DATATYPE and wire == _WIRE_LENGTH_DELIMITED:
+            datatype = bytes(view[s:e]).decode(errors="replace")
+        elif field == _INPUT_SHAPE:
+            count = _shape_count(view, wire, s, e, count)
+        elif field == _INPUT_CONTENTS and wire == _WIRE_LENGTH_DELIMITED:
+            bound += _contents_bound(view, s, e)
+        else:
+            bound += (e - s) + _ELEMENT_OVERHEAD
+    return datatype, count, bound
+
+
+def _shape_count(view: memoryview, wire: int, start: int, end: int, count: int) -> int:
+    """``count`` times the dimensions in one shape field (packed, or one unpacked value)."""
+    pos = start
+    while pos < end:
+        value, pos = read_varint(view, pos)
+        # A negative int64 is a 10-byte varint over 2**63: the decoder refuses it later.
+        count = min(count * (value if value < 1 << 63 else 0), MAX_ELEMENTS)
+        if wire == _WIRE_VARINT:
+            break
+    return count
+
+
+def _contents_bound(view: memoryview, start: int, end: int) -> int:
+    bound = 0
+    for field, wire, s, e in _walk(view, start, end):
+        if field < 0:
+            return bound + (e - s) * _WORST_EXPANSION
+        if field == _BYTES_FIELD:
+            bound += (e - s) + _ELEMENT_OVERHEAD
+        elif wire == _WIRE_LENGTH_DELIMITED:
+            bound += (e - s) * _PACKED_EXPANSION.get(field, 1)
+        else:
+            bound += _ELEMENT_BYTES.get(field, e - s)
+    return bound
 
 
 def encode_output(array: npt.NDArray[np.generic], datatype: str) -> bytes:
@@ -126,6 +261,8 @@ def _decode_bytes(raw: bytes, count: int, name: str) -> npt.NDArray[np.object_]:
             raise InvalidRequestError(f"malformed BYTES contents for input '{name}'")
         items.append(raw[pos : pos + length])
         pos += length
+        if len(items) > count:
+            break  # more than the shape holds: refused below, with no more objects made
     if len(items) != count:
         raise InvalidRequestError(
             f"unexpected number of string elements for input '{name}': expected {count}, "

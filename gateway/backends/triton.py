@@ -1,7 +1,9 @@
 """One Triton server reached over one long-lived gRPC channel.
 
 Forwarding methods take and return serialized bytes (no serializer on either side), so the data
-path never decodes tensors; the typed stub is used only for health polls and fan-out calls.
+path never decodes tensors; the typed stub is used only for health polls and fan-out calls, which
+carry the configured ``security.backend_key`` header (``control_metadata``) for servers that run
+Triton's ``--grpc-restricted-protocol``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+import structlog
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.balancing.breaker import CircuitBreaker
+from gateway.balancing.faults import RESTRICTED_PROTOCOL
 from gateway.routing.table import ModelKey
+
+log = structlog.get_logger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -60,9 +66,13 @@ class TritonBackend:
         *,
         max_message_bytes: int,
         new_breaker: Callable[[], CircuitBreaker],
+        control_metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.name = name
         self.address = address
+        self.control_metadata = control_metadata
+        """Header of the gateway's own calls to this server (``security.backend_key``)."""
+        self._restriction_reported = False
         self._channel = grpc.aio.insecure_channel(
             address, options=channel_options(max_message_bytes)
         )
@@ -97,19 +107,52 @@ class TritonBackend:
         model is loading or unloading, though its other models keep serving. Routing follows
         the per-version READY states instead, so one model's rollout never idles a backend.
         """
+        metadata = self.control_metadata
         try:
-            live = await self.stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout_s)
+            live = await self.stub.ServerLive(
+                service_pb2.ServerLiveRequest(), timeout=timeout_s, metadata=metadata
+            )
             if not live.live:
                 return BackendHealth.down()
+        except grpc.aio.AioRpcError as exc:
+            # A server that refuses the call for want of a header answered: it is live.
+            if not self._refused_as_restricted(exc, "health"):
+                return BackendHealth.down()
+        try:
             index = await self.stub.RepositoryIndex(
-                service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout_s
+                service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout_s, metadata=metadata
             )
-        except grpc.aio.AioRpcError:
-            return BackendHealth.down()
+        except grpc.aio.AioRpcError as exc:
+            if not self._refused_as_restricted(exc, "model-repository"):
+                return BackendHealth.down()
+            # It serves, but will not say what: keep routing what it last said it had, rather
+            # than sending every request to the fallback.
+            return BackendHealth(ready=True, models=self.last_models)
         models = frozenset(
             (model.name, model.version) for model in index.models if model.state == "READY"
         )
         return BackendHealth(ready=True, models=models)
+
+    def _refused_as_restricted(self, exc: grpc.aio.AioRpcError, protocol: str) -> bool:
+        """Whether the server refused a call of a restricted protocol (warned once)."""
+        details = exc.details() or ""
+        if exc.code() is not grpc.StatusCode.UNAVAILABLE or not details.startswith(
+            RESTRICTED_PROTOCOL
+        ):
+            return False
+        if not self._restriction_reported:
+            self._restriction_reported = True
+            log.warning(
+                "backend_protocol_restricted",
+                backend=self.name,
+                protocol=protocol,
+                triton_message=details,
+                sent_key=self.control_metadata is not None,
+                hint="set security.backend_key (GATEWAY_SECURITY__BACKEND_KEY) to the KEY=VALUE "
+                "of the server's --grpc-restricted-protocol; meanwhile it stays up with the "
+                "models it last reported",
+            )
+        return True
 
     async def close(self) -> None:
         await self._channel.close()

@@ -41,6 +41,8 @@ class ServerSpec:
     grpc_port: int = 0
     models: tuple[str, ...] | None = None
     """Models loaded at start; None loads every model of the repository."""
+    extra_args: tuple[str, ...] = ()
+    """More tritonserver arguments, e.g. ``--grpc-restricted-protocol=model-repository:k=v``."""
 
 
 @dataclass(slots=True)
@@ -55,6 +57,8 @@ class TritonServer:
     pid: int = 0
     shm_prefix: str = ""
     """Name prefix of its Python backend's shared-memory regions in /dev/shm."""
+    extra_args: tuple[str, ...] = ()
+    """The spec's extra tritonserver arguments (kept for a restart)."""
 
     def remove_shared_memory(self) -> None:
         """Delete the regions a killed server could not (SIGKILL leaves them behind)."""
@@ -174,7 +178,9 @@ class LocalFleet:
             old.process.wait()
         old.remove_shared_memory()
         _wait_port_free(old.grpc_port, timeout_s=self._stop_grace_s)
-        spec = ServerSpec(name=name, grpc_port=old.grpc_port, models=old.models)
+        spec = ServerSpec(
+            name=name, grpc_port=old.grpc_port, models=old.models, extra_args=old.extra_args
+        )
         server = self._launch(spec)
         self.servers[name] = server
         self._wait_ready(server)
@@ -226,6 +232,7 @@ class LocalFleet:
             # Shared-memory names must not collide between servers on one machine, nor with
             # the regions a killed predecessor of the same name left in /dev/shm.
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            *spec.extra_args,
         ]
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = self._installation.library_path()
@@ -249,6 +256,7 @@ class LocalFleet:
             process=process,
             pid=process.pid,
             shm_prefix=shm_prefix,
+            extra_args=spec.extra_args,
         )
 
     def _wait_ready(self, server: TritonServer) -> None:

@@ -1,9 +1,16 @@
-"""structlog set-up: JSON lines in production, readable console output in a terminal."""
+"""structlog set-up: JSON lines in production, readable console output in a terminal.
+
+Every string a log line carries is truncated in one processor, so client-supplied strings
+(model names, versions, request ids, Triton messages echoing them) cannot blow up log lines and
+no call site has to remember to cut them.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -15,6 +22,48 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+MAX_VALUE_CHARS = 200
+"""Longest string value a log line keeps (but those of ``LONG_VALUE_KEYS``)."""
+MAX_LONG_VALUE_CHARS = 16_384
+LONG_VALUE_KEYS = frozenset({"exception", "detail"})
+"""Tracebacks and a backend's full error detail (which may hold its own traceback) are kept
+longer: they are what an operator reads to fix the fault. Still bounded."""
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[truncated, {len(text)} chars]"
+
+
+def truncate_strings(
+    max_chars: int = MAX_VALUE_CHARS, max_long_chars: int = MAX_LONG_VALUE_CHARS
+) -> structlog.typing.Processor:
+    """A processor that truncates long strings, also inside lists, tuples, sets and dicts."""
+
+    def shorten(value: Any, limit: int, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return truncate(value, limit)
+        if depth >= 2:
+            return value
+        if isinstance(value, list | tuple | set | frozenset):
+            return [shorten(item, limit, depth + 1) for item in value]
+        if isinstance(value, dict):
+            return {
+                shorten(k, limit, depth + 1): shorten(v, limit, depth + 1) for k, v in value.items()
+            }
+        return value
+
+    def processor(
+        logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            limit = max_long_chars if key in LONG_VALUE_KEYS else max_chars
+            event_dict[key] = shorten(value, limit)
+        return event_dict
+
+    return processor
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -30,6 +79,8 @@ def configure_logging(settings: LoggingSettings) -> None:
     ]
     if as_json:
         processors.append(structlog.processors.format_exc_info)
+    # After the traceback is formatted, so it is bounded too.
+    processors.append(truncate_strings())
     processors.append(renderer)
     structlog.configure(
         processors=processors,

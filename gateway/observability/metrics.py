@@ -32,7 +32,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 UNKNOWN_MODEL = "_unknown"
-"""Label value for model names no backend serves: client input must not mint new series."""
+"""Label value for model names (and versions) no backend or fallback has: client input must not
+mint new series."""
+ModelLabels = Callable[[str, str], tuple[str, str]]
+"""(model, version) as the request named them -> the label values they may take."""
 
 RequestKey = tuple[str, str, str, str, str, str]
 """(path, method, model, version, backend, code)."""
@@ -65,8 +68,10 @@ class RequestMetrics(Collector):
         self,
         registry: CollectorRegistry,
         backends: Callable[[], Iterable[BackendGauge]] = tuple,
+        model_labels: ModelLabels | None = None,
     ) -> None:
         self._totals: dict[RequestKey, _Totals] = {}
+        self._model_labels = model_labels
         self._in_flight: dict[str, int] = {"python": 0, "edge": 0}
         # Scrapes run on the exposition thread, observations on the event loop.
         self._lock = threading.Lock()
@@ -93,6 +98,7 @@ class RequestMetrics(Collector):
     def observe(self, key: RequestKey, seconds: float) -> None:
         """One finished call of the Python data path."""
         index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        key = self._bounded(key)
         with self._lock:
             totals = self._totals.get(key)
             if totals is None:
@@ -107,6 +113,7 @@ class RequestMetrics(Collector):
         """Pre-bucketed counts from tgw-edge (same bucket bounds, one extra for +Inf)."""
         if len(buckets) != len(LATENCY_BUCKETS) + 1:
             raise ValueError("bucket counts do not match LATENCY_BUCKETS")
+        key = self._bounded(key)
         with self._lock:
             totals = self._totals.get(key)
             if totals is None:
@@ -115,6 +122,14 @@ class RequestMetrics(Collector):
             totals.seconds += seconds
             for index, value in enumerate(buckets):
                 totals.buckets[index] += value
+
+    def _bounded(self, key: RequestKey) -> RequestKey:
+        """The key with model and version as label values (both data paths pass here)."""
+        if self._model_labels is None:
+            return key
+        path, method, model, version, backend, code = key
+        model, version = self._model_labels(model, version)
+        return (path, method, model, version, backend, code)
 
     def set_in_flight(self, path: str, value: int) -> None:
         self._in_flight[path] = value

@@ -7,6 +7,8 @@ routes without parsing tensors and forwards the original bytes untouched.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from gateway.errors import InvalidRequestError
 
 _WIRE_VARINT = 0
@@ -16,7 +18,8 @@ _WIRE_FIXED32 = 5
 _MALFORMED = "failed to parse the request: malformed protobuf message"
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it; InvalidRequestError if malformed."""
     result = 0
     shift = 0
     end = len(data)
@@ -40,10 +43,10 @@ def read_model_key(data: bytes) -> tuple[str, str]:
     pos = 0
     end = len(data)
     while pos < end:
-        tag, pos = _read_varint(data, pos)
+        tag, pos = read_varint(data, pos)
         field, wire = tag >> 3, tag & 7
         if wire == _WIRE_LENGTH_DELIMITED:
-            length, pos = _read_varint(data, pos)
+            length, pos = read_varint(data, pos)
             stop = pos + length
             if stop > end:
                 raise InvalidRequestError(_MALFORMED)
@@ -60,7 +63,7 @@ def read_model_key(data: bytes) -> tuple[str, str]:
                     version = text
             pos = stop
         elif wire == _WIRE_VARINT:
-            _, pos = _read_varint(data, pos)
+            _, pos = read_varint(data, pos)
         elif wire == _WIRE_FIXED64:
             pos += 8
         elif wire == _WIRE_FIXED32:
@@ -72,36 +75,40 @@ def read_model_key(data: bytes) -> tuple[str, str]:
     return name, version
 
 
-def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
-    """Top-level (field, wire type, start, stop) of length-delimited and varint fields."""
-    found: list[tuple[int, int, int, int]] = []
-    pos = 0
-    end = len(data)
+def iter_fields(
+    data: bytes | memoryview, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """(field, wire type, start, stop) of each field in ``data[start:end]``, without copying.
+
+    For a length-delimited field start..stop is its payload; for the others, its value bytes.
+    """
+    pos = start
+    end = len(data) if end is None else end
     while pos < end:
-        tag, pos = _read_varint(data, pos)
+        tag, pos = read_varint(data, pos)
         field, wire = tag >> 3, tag & 7
         if wire == _WIRE_LENGTH_DELIMITED:
-            length, pos = _read_varint(data, pos)
+            length, pos = read_varint(data, pos)
             stop = pos + length
-            if stop > end:
-                raise InvalidRequestError(_MALFORMED)
-            found.append((field, wire, pos, stop))
-            pos = stop
         elif wire == _WIRE_VARINT:
-            start = pos
-            _, pos = _read_varint(data, pos)
-            found.append((field, wire, start, pos))
+            begin = pos
+            _, stop = read_varint(data, pos)
+            pos = begin
         elif wire == _WIRE_FIXED64:
-            found.append((field, wire, pos, pos + 8))
-            pos += 8
+            stop = pos + 8
         elif wire == _WIRE_FIXED32:
-            found.append((field, wire, pos, pos + 4))
-            pos += 4
+            stop = pos + 4
         else:
             raise InvalidRequestError(_MALFORMED)
-    if pos > end:
-        raise InvalidRequestError(_MALFORMED)
-    return found
+        if stop > end:
+            raise InvalidRequestError(_MALFORMED)
+        yield field, wire, pos, stop
+        pos = stop
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """Top-level (field, wire type, start, stop) of every field."""
+    return list(iter_fields(data))
 
 
 def read_sequence_id(data: bytes) -> str | None:
@@ -125,7 +132,7 @@ def read_sequence_id(data: bytes) -> str | None:
         for param_field, wire, s, e in _fields(value):
             # InferParameter: int64_param = 2, string_param = 3, uint64_param = 5
             if param_field in (2, 5) and wire == _WIRE_VARINT:
-                number, _ = _read_varint(value, s)
+                number, _ = read_varint(value, s)
                 return str(number) if number else None
             if param_field == 3 and wire == _WIRE_LENGTH_DELIMITED:
                 return value[s:e].decode(errors="replace") or None

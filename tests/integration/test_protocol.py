@@ -12,10 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import requests_total
 from tests.support.models import classifier_features, classifier_input, simple_arrays, simple_inputs
+from tests.support.settings import gateway_settings
 
 
 @pytest.fixture(scope="module")
@@ -122,41 +124,70 @@ def test_statistics_of_unknown_model_is_tritons_error(
     assert "no_such_model" in info.value.message()
 
 
+KEY = {"triton-grpc-protocol-tgw-key": "s3cret"}
+
+
 def test_unload_and_load_across_the_fleet_moves_routes(
-    client: grpcclient.InferenceServerClient, fleet: LocalFleet, gateway: BackgroundGateway
+    fleet: LocalFleet, gateway: BackgroundGateway
 ) -> None:
     x = classifier_features()
     triton_b = _direct(fleet, "triton-b")
-    client.unload_model("classifier")
-    try:
-        # The gateway returns once the model is gone everywhere, so nothing can route to it.
-        assert not client.is_model_ready("classifier")
-        assert not _direct(fleet).is_model_ready("classifier")
-        # No backend has it now: the gateway's local fallback answers instead.
-        port = gateway.gateway.metrics_port
-        before = requests_total(port, path="fallback", model="classifier", code="OK")
-        answer = client.infer("classifier", classifier_input(x))
-        assert answer.get_response().model_version == "2"
-        assert requests_total(port, path="fallback", model="classifier", code="OK") == before + 1
-        # Unload then load at once: the load must not race the unload.
-        client.load_model("classifier")
-        for version in ("1", "2"):
-            assert client.is_model_ready("classifier", version)
-            # Fleet-wide: triton-b, which started without the model, has it now.
-            assert triton_b.is_model_ready("classifier", version)
-            response = client.infer("classifier", classifier_input(x), model_version=version)
-            assert response.get_response().model_version == version
-    finally:
-        # Put the fleet back as the session fixture made it: classifier on triton-a only.
-        client.load_model("classifier")
-        triton_b.unload_model("classifier")
-        _wait_for(
-            lambda: (
-                not triton_b.is_model_ready("classifier")
-                and {b.name for b in gateway.gateway.pool.table.candidates[("classifier", "")]}
-                == {"triton-a"}
+    settings = gateway_settings(
+        fleet,
+        edge={"mode": gateway.gateway.settings.edge.mode},
+        security={"model_repository_key": "tgw-key=s3cret"},
+    )
+    with BackgroundGateway(Gateway(settings)) as keyed:
+        client = grpcclient.InferenceServerClient(keyed.url)
+        # The backends here restrict nothing: the gateway alone refuses a wrong key.
+        with pytest.raises(InferenceServerException) as refused:
+            client.unload_model("classifier", headers={"triton-grpc-protocol-tgw-key": "wrong"})
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert _direct(fleet).is_model_ready("classifier")
+        client.unload_model("classifier", headers=KEY)
+        try:
+            # The gateway returns once the model is gone everywhere, so nothing can route to it.
+            assert not client.is_model_ready("classifier")
+            assert not _direct(fleet).is_model_ready("classifier")
+            # No backend has it now: the gateway's local fallback answers instead.
+            port = keyed.gateway.metrics_port
+            before = requests_total(port, path="fallback", model="classifier", code="OK")
+            answer = client.infer("classifier", classifier_input(x))
+            assert answer.get_response().model_version == "2"
+            after = requests_total(port, path="fallback", model="classifier", code="OK")
+            assert after == before + 1
+            # Unload then load at once: the load must not race the unload.
+            client.load_model("classifier", headers=KEY)
+            for version in ("1", "2"):
+                assert client.is_model_ready("classifier", version)
+                # Fleet-wide: triton-b, which started without the model, has it now.
+                assert triton_b.is_model_ready("classifier", version)
+                response = client.infer("classifier", classifier_input(x), model_version=version)
+                assert response.get_response().model_version == version
+        finally:
+            # Put the fleet back as the session fixture made it: classifier on triton-a only.
+            client.load_model("classifier", headers=KEY)
+            triton_b.unload_model("classifier")
+            _wait_for(
+                lambda: (
+                    not triton_b.is_model_ready("classifier")
+                    and {b.name for b in gateway.gateway.pool.table.candidates[("classifier", "")]}
+                    == {"triton-a"}
+                )
             )
-        )
+
+
+@pytest.mark.parametrize("call", ["load_model", "unload_model"])
+def test_fleet_changes_without_a_configured_key_are_refused_with_how_to_enable_them(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet, call: str
+) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        getattr(client, call)("simple", headers=KEY)
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    message = info.value.message() or ""
+    assert "security.model_repository_key" in message
+    assert "GATEWAY_SECURITY__MODEL_REPOSITORY_KEY" in message
+    assert _direct(fleet, "triton-b").is_model_ready("simple")
 
 
 def test_shared_memory_is_unimplemented_with_a_reason(

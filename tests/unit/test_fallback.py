@@ -155,3 +155,89 @@ def test_a_model_outside_the_allowed_list_is_not_served() -> None:
         assert not runtime.serves("nope")
     finally:
         runtime.close()
+
+
+def test_a_name_too_long_for_a_file_is_not_found_in_tritons_words(fallback: OnnxFallback) -> None:
+    # 300 characters: as a path component it would be ENAMETOOLONG; the fallback never builds
+    # a path from a client's name, it looks the name up in the listing read at start.
+    name = "m" * 300
+    assert not fallback.serves(name)
+    request = service_pb2.ModelInferRequest(model_name=name, model_version="1")
+    with pytest.raises(GatewayError) as info:
+        _answer(fallback, request)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert info.value.message == f"Request for unknown model: '{name}' is not found"
+
+
+@pytest.mark.parametrize(
+    ("version", "code", "message"),
+    [
+        ("9", grpc.StatusCode.NOT_FOUND,
+         "Request for unknown model: 'classifier' version 9 is not found"),
+        ("-0", grpc.StatusCode.NOT_FOUND,
+         "Request for unknown model: 'classifier' version 0 is not found"),
+        ("x" * 300, grpc.StatusCode.INVALID_ARGUMENT,
+         f"failed to get model version from specified version string '{'x' * 300}' "
+         "(details: stol), version should be an integral value > 0"),
+        ("-1", grpc.StatusCode.INVALID_ARGUMENT,
+         "invalid model version specified '-1' , version should be an integral value > 0"),
+    ],
+)  # fmt: skip
+def test_versions_are_read_as_triton_reads_them(
+    fallback: OnnxFallback, version: str, code: grpc.StatusCode, message: str
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="classifier", model_version=version)
+    with pytest.raises(GatewayError) as info:
+        _answer(fallback, request)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+def test_a_version_spelled_otherwise_runs_that_version(fallback: OnnxFallback) -> None:
+    x = classifier_features(batch=1, seed=2)
+    request = service_pb2.ModelInferRequest(model_name="classifier", model_version="01")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 8])
+    request.raw_input_contents.append(x.tobytes())
+    assert _answer(fallback, request).model_version == "1"
+
+
+def _typed_identity(elements: int) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="identity")
+    tensor = request.inputs.add(name="INPUT", datatype="FP32", shape=[elements])
+    tensor.contents.fp32_contents.extend(np.arange(elements, dtype=np.float32))
+    return request.SerializeToString()
+
+
+def test_typed_contents_over_the_per_call_budget_are_refused_at_once() -> None:
+    runtime = OnnxFallback(MODEL_REPOSITORY, max_request_bytes=1024 * 1024)
+    try:
+        answer = service_pb2.ModelInferResponse.FromString(
+            asyncio.run(runtime.infer(_typed_identity(1000)))
+        )
+        assert list(answer.outputs[0].shape) == [1000]
+        with pytest.raises(GatewayError) as info:
+            asyncio.run(runtime.infer(_typed_identity(300_000)))  # 1.2 MB of fp32
+    finally:
+        runtime.close()
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fallback.max_request_bytes" in info.value.message
+
+
+def test_calls_together_stay_within_the_total_budget() -> None:
+    one = _typed_identity(100_000)  # 400 kB decoded
+    runtime = OnnxFallback(
+        MODEL_REPOSITORY, max_concurrency=1, max_queue=8, max_total_bytes=1_000_000
+    )
+
+    async def three_at_once() -> list[bytes | BaseException]:
+        return await asyncio.gather(*(runtime.infer(one) for _ in range(3)), return_exceptions=True)
+
+    try:
+        first, second, third = asyncio.run(three_at_once())
+        # The budget is given back when a call ends: a later call fits again.
+        assert isinstance(asyncio.run(runtime.infer(one)), bytes)
+    finally:
+        runtime.close()
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    assert isinstance(third, GatewayError)
+    assert third.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fallback.max_total_bytes" in third.message

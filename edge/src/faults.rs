@@ -1,0 +1,100 @@
+//! Whose fault a failed call is: the client's (""), the whole server's ("backend") or one
+//! model's on it ("model"). The rule of `gateway/balancing/faults.py`, whose docstring says
+//! why; the cases below are the rows of `tests/unit/test_faults.py`, copied as they are.
+
+const QUEUE_FULL: &str = "maximum queue size";
+const UNKNOWN_MODEL: &str = "Request for unknown model: '";
+/// How Triton refuses a call of a protocol restricted by `--grpc-restricted-protocol` that
+/// lacks its header (UNAVAILABLE): the caller is refused, the server is fine.
+const RESTRICTED_PROTOCOL: &str = "This protocol is restricted, expecting header ";
+
+/// The scope of a routed call's status `code` (its name) with Triton's `message`, for the
+/// routed `model` and `version` ("" for the latest). Allocates nothing.
+pub fn fault_scope(code: &str, message: &str, model: &str, version: &str) -> &'static str {
+    match code {
+        "NOT_FOUND" if is_stale_route(message, model, version) => "model",
+        "UNAVAILABLE" | "RESOURCE_EXHAUSTED" | "INTERNAL" if message.starts_with(RESTRICTED_PROTOCOL) => "",
+        "RESOURCE_EXHAUSTED" | "INTERNAL" => "model",
+        "UNAVAILABLE" if names_model(message, model) || message.contains(QUEUE_FULL) => "model",
+        "UNAVAILABLE" => "backend",
+        // Any other NOT_FOUND names something the request brought (a shared-memory region);
+        // DEADLINE_EXCEEDED is the client's own deadline (a per-try timeout is reported as
+        // UNAVAILABLE); every other code is the client's.
+        _ => "",
+    }
+}
+
+/// Whether Triton's NOT_FOUND says the routed model (version) is gone from the backend, in
+/// its exact words and naming the routed key: a stale route, another backend will serve it.
+fn is_stale_route(message: &str, model: &str, version: &str) -> bool {
+    let Some(tail) = message
+        .strip_prefix(UNKNOWN_MODEL)
+        .and_then(|rest| rest.strip_prefix(model))
+    else {
+        return false;
+    };
+    match tail {
+        "' is not found" | "' has no available versions" => true,
+        _ => {
+            !version.is_empty()
+                && tail
+                    .strip_prefix("' version ")
+                    .and_then(|rest| rest.strip_prefix(version))
+                    == Some(" is not found")
+        }
+    }
+}
+
+/// Whether `message` names `model` in quotes, as Triton names the model it speaks of.
+fn names_model(message: &str, model: &str) -> bool {
+    message
+        .match_indices(model)
+        .any(|(at, _)| message[..at].ends_with('\'') && message[at + model.len()..].starts_with('\''))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fault_scope;
+
+    /// (code, details, routed model, routed version, scope): `tests/unit/test_faults.py` CASES.
+    #[rustfmt::skip]
+    const CASES: [(&str, &str, &str, &str, &str); 23] = [
+        ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "simple", "", "backend"),
+        ("UNAVAILABLE", "Socket closed", "simple", "", "backend"),
+        ("UNAVAILABLE", "'simple' version 1 is not at ready state", "simple", "1", "model"),
+        ("UNAVAILABLE", "Request for unknown model: 'simple' version 1 is not at ready state", "simple", "1", "model"),
+        ("UNAVAILABLE", "'other' version 1 is not at ready state", "simple", "1", "backend"),
+        ("UNAVAILABLE", "Exceeds maximum queue size", "simple", "", "model"),
+        ("UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-infer-key'", "simple", "", ""),
+        ("RESOURCE_EXHAUSTED", "", "simple", "", "model"),
+        ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "simple", "", "model"),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", "simple", "", ""),
+        ("CANCELLED", "Cancelled", "simple", "", ""),
+        ("INVALID_ARGUMENT", "[request id: <id_unknown>] unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,8]", "simple", "", ""),
+        ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "", "model"),
+        ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "1", "model"),
+        ("NOT_FOUND", "Request for unknown model: 'simple' is not found", "simple", "", "model"),
+        ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "2", "model"),
+        ("NOT_FOUND", "Unable to find shared memory region: 'nosuch_region'", "simple", "", ""),
+        ("NOT_FOUND", "Unable to find shared memory region: 'simple'", "simple", "", ""),
+        ("NOT_FOUND", "Request for unknown model: 'other' has no available versions", "simple", "", ""),
+        ("NOT_FOUND", "Request for unknown model: 'classifier' version 3 is not found", "classifier", "2", ""),
+        ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "", ""),
+        ("NOT_FOUND", "Request for unknown model: 'simple' is not found.", "simple", "", ""),
+        ("NOT_FOUND", "", "simple", "", ""),
+    ];
+
+    #[test]
+    fn scopes_match_the_gateway() {
+        for (code, message, model, version, scope) in CASES {
+            assert_eq!(
+                fault_scope(code, message, model, version),
+                scope,
+                "{code} {message} {model} {version}"
+            );
+        }
+        let long = "a".repeat(300);
+        let message = format!("Request for unknown model: '{long}' is not found");
+        assert_eq!(fault_scope("NOT_FOUND", &message, &long, ""), "model");
+    }
+}
