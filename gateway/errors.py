@@ -27,6 +27,16 @@ class InvalidRequestError(GatewayError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class UnparsableRequestError(InvalidRequestError):
+    """Bytes that are no message of the method's type: INTERNAL "Unable to parse request",
+    Triton's own answer for a request it cannot parse."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self) -> None:
+        super().__init__("Unable to parse request")
+
+
 class ModelNotFoundError(GatewayError):
     """No backend serves the model (or the version); worded exactly as Triton words it."""
 

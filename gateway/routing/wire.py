@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from gateway.errors import InvalidRequestError
+from gateway.errors import UnparsableRequestError
 
 _WIRE_VARINT = 0
 _WIRE_FIXED64 = 1
 _WIRE_LENGTH_DELIMITED = 2
 _WIRE_FIXED32 = 5
-_MALFORMED = "failed to parse the request: malformed protobuf message"
 
 
 def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
@@ -25,7 +24,7 @@ def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     end = len(data)
     while True:
         if pos >= end or shift > 63:
-            raise InvalidRequestError(_MALFORMED)
+            raise UnparsableRequestError
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -49,14 +48,13 @@ def read_model_key(data: bytes) -> tuple[str, str]:
             length, pos = read_varint(data, pos)
             stop = pos + length
             if stop > end:
-                raise InvalidRequestError(_MALFORMED)
+                raise UnparsableRequestError
             if field in (1, 2):
                 try:
                     text = data[pos:stop].decode()
                 except UnicodeDecodeError as exc:
-                    raise InvalidRequestError(
-                        "failed to parse the request: model name or version is not UTF-8"
-                    ) from exc
+                    # Triton's protobuf parse refuses invalid UTF-8 in a string field too.
+                    raise UnparsableRequestError from exc
                 if field == 1:
                     name = text
                 else:
@@ -69,9 +67,9 @@ def read_model_key(data: bytes) -> tuple[str, str]:
         elif wire == _WIRE_FIXED32:
             pos += 4
         else:
-            raise InvalidRequestError(_MALFORMED)
+            raise UnparsableRequestError
         if field == 0 or pos > end:
-            raise InvalidRequestError(_MALFORMED)
+            raise UnparsableRequestError
     return name, version
 
 
@@ -99,9 +97,9 @@ def iter_fields(
         elif wire == _WIRE_FIXED32:
             stop = pos + 4
         else:
-            raise InvalidRequestError(_MALFORMED)
+            raise UnparsableRequestError
         if stop > end:
-            raise InvalidRequestError(_MALFORMED)
+            raise UnparsableRequestError
         yield field, wire, pos, stop
         pos = stop
 

@@ -1,7 +1,8 @@
+import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.errors import InvalidRequestError
+from gateway.errors import UnparsableRequestError
 from gateway.routing.wire import read_model_key
 
 
@@ -52,12 +53,14 @@ def test_empty_message_has_no_model() -> None:
         b"\x00\x00",  # field number 0
     ],
 )
-def test_malformed_bytes_are_invalid_argument(data: bytes) -> None:
-    with pytest.raises(InvalidRequestError) as info:
+def test_malformed_bytes_are_answered_as_triton_answers_them(data: bytes) -> None:
+    with pytest.raises(UnparsableRequestError) as info:
         read_model_key(data)
-    assert "malformed" in info.value.message
+    # Triton's own answer to bytes it cannot parse.
+    assert info.value.code is grpc.StatusCode.INTERNAL
+    assert info.value.message == "Unable to parse request"
 
 
-def test_non_utf8_name_is_invalid_argument() -> None:
-    with pytest.raises(InvalidRequestError, match="UTF-8"):
+def test_a_non_utf8_name_cannot_be_parsed() -> None:
+    with pytest.raises(UnparsableRequestError):
         read_model_key(b"\x0a\x02\xff\xfe")
