@@ -1,6 +1,6 @@
 //! Whose fault a failed call is: the client's (""), the whole server's ("backend") or one
 //! model's on it ("model"). The rule of `gateway/balancing/faults.py`, whose docstring says
-//! why; the cases below are the rows of `tests/unit/test_faults.py`, copied as they are.
+//! why; both test the rule on the same cases, `tests/unit/fault_scopes.json`.
 
 const QUEUE_FULL: &str = "maximum queue size";
 const UNKNOWN_MODEL: &str = "Request for unknown model: '";
@@ -56,37 +56,14 @@ fn names_model(message: &str, model: &str) -> bool {
 mod tests {
     use super::fault_scope;
 
-    /// (code, details, routed model, routed version, scope): `tests/unit/test_faults.py` CASES.
-    #[rustfmt::skip]
-    const CASES: [(&str, &str, &str, &str, &str); 23] = [
-        ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "simple", "", "backend"),
-        ("UNAVAILABLE", "Socket closed", "simple", "", "backend"),
-        ("UNAVAILABLE", "'simple' version 1 is not at ready state", "simple", "1", "model"),
-        ("UNAVAILABLE", "Request for unknown model: 'simple' version 1 is not at ready state", "simple", "1", "model"),
-        ("UNAVAILABLE", "'other' version 1 is not at ready state", "simple", "1", "backend"),
-        ("UNAVAILABLE", "Exceeds maximum queue size", "simple", "", "model"),
-        ("UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-infer-key'", "simple", "", ""),
-        ("RESOURCE_EXHAUSTED", "", "simple", "", "model"),
-        ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "simple", "", "model"),
-        ("DEADLINE_EXCEEDED", "Deadline Exceeded", "simple", "", ""),
-        ("CANCELLED", "Cancelled", "simple", "", ""),
-        ("INVALID_ARGUMENT", "[request id: <id_unknown>] unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,8]", "simple", "", ""),
-        ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "", "model"),
-        ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "1", "model"),
-        ("NOT_FOUND", "Request for unknown model: 'simple' is not found", "simple", "", "model"),
-        ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "2", "model"),
-        ("NOT_FOUND", "Unable to find shared memory region: 'nosuch_region'", "simple", "", ""),
-        ("NOT_FOUND", "Unable to find shared memory region: 'simple'", "simple", "", ""),
-        ("NOT_FOUND", "Request for unknown model: 'other' has no available versions", "simple", "", ""),
-        ("NOT_FOUND", "Request for unknown model: 'classifier' version 3 is not found", "classifier", "2", ""),
-        ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "", ""),
-        ("NOT_FOUND", "Request for unknown model: 'simple' is not found.", "simple", "", ""),
-        ("NOT_FOUND", "", "simple", "", ""),
-    ];
+    /// (code, details, routed model, routed version, scope): the gateway's tests read the same file.
+    const CASES: &str = include_str!("../../tests/unit/fault_scopes.json");
 
     #[test]
     fn scopes_match_the_gateway() {
-        for (code, message, model, version, scope) in CASES {
+        let cases: Vec<[String; 5]> = serde_json::from_str(CASES).expect("fault_scopes.json");
+        assert!(cases.len() > 20);
+        for [code, message, model, version, scope] in &cases {
             assert_eq!(
                 fault_scope(code, message, model, version),
                 scope,

@@ -1,8 +1,11 @@
-# ruff: noqa: E501  (one row per line: the table is copied to the Rust tests as it is)
-"""Whose fault a status is. The table is shared with tgw-edge (edge/src/stats.rs): keep the rows
-plain strings so they can be copied across. Messages are Triton 2.51's own, taken from a real
-tritonserver; "" in the last column: a client error (or the client's deadline), never a fault.
+# ruff: noqa: E501  (one row per line)
+"""Whose fault a status is. The routed cases are shared with tgw-edge (fault_scopes.json).
+Messages are Triton 2.51's own, taken from a real tritonserver; "" in the last column: a
+client error (or the client's deadline), never a fault.
 """
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -10,35 +13,11 @@ from gateway.balancing.faults import FaultScope, fault_scope
 
 LONG = "a" * 300
 
-# (code, details, routed model, routed version, scope) for a call the route table routed.
-CASES = [
-    ("UNAVAILABLE", "failed to connect to all addresses; last error: ECONNREFUSED", "simple", "", "backend"),
-    ("UNAVAILABLE", "Socket closed", "simple", "", "backend"),
-    ("UNAVAILABLE", "'simple' version 1 is not at ready state", "simple", "1", "model"),
-    ("UNAVAILABLE", "Request for unknown model: 'simple' version 1 is not at ready state", "simple", "1", "model"),
-    ("UNAVAILABLE", "'other' version 1 is not at ready state", "simple", "1", "backend"),
-    ("UNAVAILABLE", "Exceeds maximum queue size", "simple", "", "model"),
-    ("UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-infer-key'", "simple", "", ""),
-    ("RESOURCE_EXHAUSTED", "", "simple", "", "model"),
-    ("INTERNAL", "Failed to process the request(s) for model instance 'simple_0_0'", "simple", "", "model"),
-    ("DEADLINE_EXCEEDED", "Deadline Exceeded", "simple", "", ""),
-    ("CANCELLED", "Cancelled", "simple", "", ""),
-    ("INVALID_ARGUMENT", "[request id: <id_unknown>] unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,8]", "simple", "", ""),
-    # Stale routes: the routed model or version is gone from the backend.
-    ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "", "model"),
-    ("NOT_FOUND", "Request for unknown model: 'simple' has no available versions", "simple", "1", "model"),
-    ("NOT_FOUND", "Request for unknown model: 'simple' is not found", "simple", "", "model"),
-    ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "2", "model"),
-    ("NOT_FOUND", f"Request for unknown model: '{LONG}' is not found", LONG, "", "model"),
-    # NOT_FOUND for anything else the request names is the client's.
-    ("NOT_FOUND", "Unable to find shared memory region: 'nosuch_region'", "simple", "", ""),
-    ("NOT_FOUND", "Unable to find shared memory region: 'simple'", "simple", "", ""),
-    ("NOT_FOUND", "Request for unknown model: 'other' has no available versions", "simple", "", ""),
-    ("NOT_FOUND", "Request for unknown model: 'classifier' version 3 is not found", "classifier", "2", ""),
-    ("NOT_FOUND", "Request for unknown model: 'classifier' version 2 is not found", "classifier", "", ""),
-    ("NOT_FOUND", "Request for unknown model: 'simple' is not found.", "simple", "", ""),
-    ("NOT_FOUND", "", "simple", "", ""),
-]  # fmt: skip
+# (code, details, routed model, routed version, scope) for a call the route table routed: one
+# file read by these tests and by tgw-edge's (edge/src/faults.rs), so the two cannot drift.
+CASES = [tuple(row) for row in json.loads((Path(__file__).parent / "fault_scopes.json").read_text())]
+# A model name longer than any file name: still Triton's exact words, still a stale route.
+CASES.append(("NOT_FOUND", f"Request for unknown model: '{LONG}' is not found", LONG, "", "model"))
 
 
 @pytest.mark.parametrize(("code", "details", "model", "version", "scope"), CASES)
