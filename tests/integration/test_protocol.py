@@ -199,12 +199,15 @@ def test_shared_memory_is_unimplemented_with_a_reason(
     assert "shared-memory region is local to one server" in info.value.message()
 
 
-def test_malformed_request_bytes_are_invalid_argument(channel: grpc.Channel) -> None:
+def test_malformed_request_bytes_are_answered_as_triton_answers_them(
+    channel: grpc.Channel,
+) -> None:
     raw_infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     with pytest.raises(grpc.RpcError) as info:
         raw_infer(b"\x0a\x40truncated", timeout=5)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "malformed" in (info.value.details() or "")
+    # Triton's own answer to bytes that are no ModelInferRequest.
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "Unable to parse request"
 
 
 def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
