@@ -108,8 +108,7 @@ async fn run(options: Options, limits: server::ConnectionLimits, routes: SharedR
         }
     }
     let _ = std::io::stdout().flush();
-    let handler = move |request, call| edge.clone().handle(request, call);
-    server::serve(listener, server::http2_builder(&options), limits, handler, stop).await;
+    server::serve(listener, server::http2_builder(&options), limits, edge, stop).await;
     report(&stats);
 }
 

@@ -7,12 +7,12 @@
 //! configurable is passed through from [`Options`].
 
 use crate::options::Options;
+use crate::proxy::Edge;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,20 +110,14 @@ impl Drop for ActiveCall {
 }
 
 /// Serves `listener` until `stop` turns true, then lets open connections finish their calls.
-/// A handler's error resets its stream (RST_STREAM INTERNAL_ERROR).
-pub async fn serve<H, F, B, E>(
+/// Each call is answered by `edge`; its error resets the stream (RST_STREAM INTERNAL_ERROR).
+pub async fn serve(
     listener: TcpListener,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
-    handler: H,
+    edge: Arc<Edge>,
     mut stop: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>, ActiveCall) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -146,9 +140,9 @@ pub async fn serve<H, F, B, E>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (builder, limits, handler, stop) = (builder.clone(), limits.clone(), handler.clone(), stop.clone());
+        let (builder, limits, edge, stop) = (builder.clone(), limits.clone(), edge.clone(), stop.clone());
         connections.spawn(async move {
-            serve_connection(TokioIo::new(stream), builder, limits, handler, stop).await;
+            serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await;
             drop(slot);
         });
         // Reap finished connections so the set does not grow.
@@ -157,19 +151,13 @@ pub async fn serve<H, F, B, E>(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<H, F, B, E>(
+async fn serve_connection(
     io: TokioIo<tokio::net::TcpStream>,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
-    handler: H,
+    edge: Arc<Edge>,
     mut stop: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>, ActiveCall) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let activity = Arc::new(Activity {
         started: Instant::now(),
         calls: AtomicUsize::new(0),
@@ -178,7 +166,7 @@ async fn serve_connection<H, F, B, E>(
     let calls = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let call = calls.enter();
-        handler(request, call)
+        edge.clone().handle(request, call)
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
