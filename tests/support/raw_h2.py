@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import grpc
 import h2.config
@@ -139,7 +140,25 @@ def _header_dict(headers: Sequence[tuple[bytes | str, bytes | str]]) -> dict[str
     return {text(name): text(value) for name, value in headers}
 
 
-class H2Client:
+class _SocketOwner:
+    """Owns one client socket; closing (or leaving the ``with`` block) closes it."""
+
+    sock: socket.socket
+    closed: bool
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.closed = True
+
+
+class H2Client(_SocketOwner):
     """One h2c connection speaking gRPC with whatever bytes and headers the caller chooses.
 
     ``initial_window=0`` makes a client that never lets the server send response data (it
@@ -179,17 +198,6 @@ class H2Client:
         self.goaway_code: int | None = None
         self._incoming = bytearray()
         self._flush()
-
-    def __enter__(self) -> H2Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        self.closed = True
 
     # Sending.
 
@@ -382,7 +390,7 @@ class Frame:
         return None
 
 
-class RawConnection:
+class RawConnection(_SocketOwner):
     """A socket that has sent the client preface and an empty SETTINGS frame, then writes
     whatever frames it is given and parses what comes back."""
 
@@ -404,16 +412,6 @@ class RawConnection:
         self.closed = False
         self.reset_by_peer = False
         self.send(PREFACE + frame(SETTINGS, 0, 0, settings_payload(settings or {})))
-
-    def __enter__(self) -> RawConnection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
     def send(self, data: bytes, timeout_s: float | None = None) -> bool:
         """Write all of ``data``; False when the peer stopped reading (timeout) or is gone."""
