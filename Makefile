@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint models fleet-up fleet-down clean
 
-install: $(VENV)/.installed $(TRITON_HOME)/.installed $(BIN)/tgw-edge
+PROTOS := $(wildcard protos/tgw/*/v1/*.proto)
+GENERATED := gateway/_protos/.generated
+
+install: $(VENV)/.installed $(GENERATED) $(TRITON_HOME)/.installed $(BIN)/tgw-edge
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The typed control protocol, compiled for Python with grpcio-tools (tgw-edge compiles it in
+# its build script). Generated, never edited: gateway/_protos is ignored by git.
+$(GENERATED): $(VENV)/.installed $(PROTOS)
+	rm -rf gateway/_protos
+	mkdir -p gateway/_protos
+	$(BIN)/python -m grpc_tools.protoc -Igateway/_protos=protos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch $@
+
 $(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
 	scripts/install_triton.sh $(BIN)/python $(TRITON_HOME)
 
-$(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml edge/Cargo.lock $(wildcard edge/src/*.rs)
+$(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml edge/Cargo.lock edge/build.rs $(PROTOS) $(wildcard edge/src/*.rs edge/src/*/*.rs)
 	scripts/build_edge.sh $(BIN)
 
 demo: install

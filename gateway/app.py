@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +25,14 @@ from watchfiles import awatch
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
-from gateway.balancing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from gateway.balancing.p2c import LoadPolicy, PowerOfTwoChoices
-from gateway.balancing.retry_budget import RetryBudget
-from gateway.balancing.shedding import LoadShedder
+from gateway.control import snapshot
+from gateway.control.arguments import edge_arguments, find_edge_binary
+from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
+from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
@@ -40,7 +40,6 @@ from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
-from gateway.server.edge import EdgeError, EdgeProcess, edge_arguments, find_edge_binary
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings, load_settings
@@ -97,64 +96,36 @@ class Gateway:
         self._discovery = discovery or StaticDiscovery(
             Endpoint(name=b.name, address=b.address) for b in settings.backends
         )
-        breaker = settings.breaker
         backend_metadata = settings.security.backend_metadata()
-        policy = BreakerPolicy(
-            consecutive_failures=breaker.consecutive_failures,
-            failure_rate=breaker.failure_rate,
-            min_requests=breaker.min_requests,
-            window_s=breaker.window_s,
-            base_ejection_s=breaker.base_ejection_s,
-            max_ejection_s=breaker.max_ejection_s,
-            half_open_trials=breaker.half_open_trials,
-        )
         self.pool = BackendPool(
             lambda endpoint: TritonBackend(
                 endpoint.name,
                 endpoint.address,
                 max_message_bytes=max_bytes,
-                new_breaker=lambda: CircuitBreaker(policy, clock),
                 control_metadata=backend_metadata,
             ),
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
-            max_ejected_fraction=breaker.max_ejected_fraction,
-            on_breaker_change=self._count_breaker_change,
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(
-            self.registry, backends=self._backend_gauges, model_labels=self._metric_labels
+            self.registry,
+            backends=self._backend_gauges,
+            model_labels=self._metric_labels,
+            edge_text=self._edge_metrics,
         )
         self.fallback = _fallback(settings)
-        retry_budget = RetryBudget(
-            clock,
-            ratio=settings.retry.budget_ratio,
-            min_per_second=settings.retry.min_per_second,
-            window_s=settings.retry.window_s,
-        )
-        self._edge = self._edge_process(settings, self.metrics, self.pool, retry_budget)
+        self._clock = clock
         self.dataplane = DataPlane(
             self.pool,
-            PowerOfTwoChoices(
-                clock,
-                rng or random.Random(),
-                LoadPolicy(
-                    decay_s=settings.balancing.latency_decay_s,
-                    fault_penalty_s=settings.balancing.fault_penalty_s,
-                ),
-            ),
             self.metrics,
             tracer=_tracer(settings, tracer_provider),
             fallback=self.fallback,
-            retry_budget=retry_budget,
-            # tgw-edge strips the header from clients; without it, clients could set it.
-            honour_tried_header=self._edge is not None,
-            per_try_timeout_s=settings.retry.per_try_timeout_s,
-            shedder=LoadShedder(
-                settings.shedding.max_in_flight, settings.shedding.max_in_flight_per_model
-            ),
             model_repository_key=settings.security.client_key(),
         )
+        self.edge: EdgeSupervisor | None = None
+        """Runs tgw-edge, the data plane (set at start)."""
+        self._fault_counts: dict[str, int] = {}
         self._health: health_aio.HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._follow_task: asyncio.Task[None] | None = None
@@ -165,32 +136,36 @@ class Gateway:
         self._metrics_server: WSGIServer | None = None
         self.metrics_port = 0
         self.port = 0
-        """The public port: tgw-edge's when it fronts the gateway, else the gRPC server's."""
+        """The public port, served by tgw-edge."""
         self.private_address = ""
-        """Where the Python gRPC server listens: a private Unix socket behind tgw-edge, else
-        the public address."""
-        self._private_dir: Path | None = None
+        """Where the Python gRPC server listens: a Unix socket only tgw-edge talks to."""
+        self._runtime_dir: Path | None = None
+        self._fresh_runtime = False
+        self._edge_breakers: dict[str, control_pb2.BackendView] = {}
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
         # grpc.aio objects bind to the running loop, so they are built here, not in __init__.
         self._health = health_aio.HealthServicer()
         self._server = self._build_server()
-        public = f"{self.settings.server.host}:{self.settings.server.port}"
-        # With tgw-edge in front, the gRPC server listens only on a Unix socket in a folder
-        # only this user can open: no other local process can skip the edge's checks (or
-        # forge the header with which the edge hands over a failed call).
-        if self._edge is not None:
-            self._private_dir = Path(tempfile.mkdtemp(prefix="triton-gateway-"))
-            self.private_address = f"unix:{self._private_dir / 'gateway.sock'}"
-        else:
-            self.private_address = public
-        bound = self._server.add_insecure_port(self.private_address)
-        if bound == 0:
+        binary = find_edge_binary(self.settings.edge.binary)
+        if binary is None:
+            raise EdgeError(
+                "tgw-edge was not found: run 'make install' or set edge.binary "
+                "(GATEWAY_EDGE__BINARY)"
+            )
+        configured = self.settings.edge.runtime_dir or default_runtime_dir(
+            self.settings.server.port
+        )
+        runtime, self._fresh_runtime = prepare_runtime_dir(configured)
+        self._runtime_dir = runtime
+        # The gRPC server listens only on a Unix socket in a folder only this user can open:
+        # no other local process can skip the edge's checks (or forge its hand-over header).
+        socket = runtime / "gateway.sock"
+        socket.unlink(missing_ok=True)  # left by a gateway that died
+        self.private_address = f"unix:{socket}"
+        if self._server.add_insecure_port(self.private_address) == 0:
             raise OSError(f"cannot listen on {self.private_address}")
-        if self._edge is None:
-            self.private_address = f"{self.settings.server.host}:{bound}"
-        self.port = bound
         self.pool.on_change(self._report_readiness)
         if self.settings.metrics.enabled:
             server, _ = start_http_server(
@@ -205,18 +180,27 @@ class Gateway:
             self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
         await self._set_serving(self.dataplane.is_ready())
         await self._server.start()
-        if self._private_dir is not None:
-            # The folder is already owner-only (0700); the socket is too, in case it is moved.
-            (self._private_dir / "gateway.sock").chmod(0o600)
-        if self._edge is not None:
-            self.pool.on_change(self._edge.publish)
-            assert self._private_dir is not None
-            self.port = await self._edge.start(self._private_dir / "gateway.sock", self.pool.table)
+        # The folder is already owner-only (0700); the socket is too, in case it is moved.
+        socket.chmod(0o600)
+        edge = self.settings.edge
+        self.edge = EdgeSupervisor(
+            binary,
+            edge_arguments(self.settings),
+            runtime,
+            self._snapshot,
+            on_report=self._edge_report,
+            on_up=self._edge_up,
+            clock=self._clock,
+            hang_timeout_s=edge.hang_timeout_s,
+            max_restarts=edge.max_restarts,
+            restart_window_s=edge.restart_window_s,
+        )
+        self.port = await self.edge.start()
+        self.pool.on_change(lambda table: self.edge.publish() if self.edge else None)
         log.info(
             "gateway_started",
-            address=public,
-            edge=self._edge is not None,
             port=self.port,
+            edge_pid=self.edge.pid,
             backends=[b.name for b in self.pool.backends],
             ready=[b.name for b in self.pool.ready_backends],
         )
@@ -229,8 +213,8 @@ class Gateway:
             self._config_watch.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        if self._edge is not None:
-            await self._edge.stop(grace)
+        if self.edge is not None:
+            await self.edge.stop(grace)
         log.info("draining_calls", in_flight=self._gate.in_flight, grace_s=grace)
         await self._gate.drain(grace)
         if self._server is not None:
@@ -247,8 +231,10 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        if self._private_dir is not None:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
+        if self._runtime_dir is not None:
+            (self._runtime_dir / "gateway.sock").unlink(missing_ok=True)
+            if self._fresh_runtime:
+                shutil.rmtree(self._runtime_dir, ignore_errors=True)
         log.info("gateway_stopped")
 
     async def run_until_signal(self) -> None:
@@ -258,7 +244,15 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        await stop.wait()
+        assert self.edge is not None
+        stopped: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+        failed: asyncio.Future[object] = self.edge.failed  # type: ignore[assignment]
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if self.edge.failed.done():
+            # No data plane can be kept running: exit non-zero rather than look served.
+            stopped.cancel()
+            await self.stop()
+            raise EdgeError(self.edge.failed.result())
         log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
         await self.stop()
 
@@ -272,34 +266,6 @@ class Gateway:
                 continue
             self.pool.set_drained(frozenset(b.name for b in settings.backends if b.drained))
             log.info("config_reloaded", path=str(path))
-
-    @staticmethod
-    def _edge_process(
-        settings: GatewaySettings,
-        metrics: RequestMetrics,
-        pool: BackendPool,
-        retry_budget: RetryBudget,
-    ) -> EdgeProcess | None:
-        edge = settings.edge
-        if edge.mode == "off":
-            return None
-        binary = find_edge_binary(edge.binary)
-        if binary is None:
-            if edge.mode == "on":
-                raise EdgeError(
-                    "edge.mode is 'on' but tgw-edge was not found: run 'make install' or set "
-                    "edge.binary"
-                )
-            log.info("edge_not_installed", fallback="python data plane only")
-            return None
-        return EdgeProcess(
-            binary,
-            edge_arguments(settings),
-            metrics,
-            pool.record_outcomes,
-            # Calls tgw-edge routes count toward the budget its hand-overs spend.
-            on_routed=retry_budget.on_request,
-        )
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
@@ -326,10 +292,38 @@ class Gateway:
         )
         return server
 
-    def _count_breaker_change(self, backend: str, model: str, state: BreakerState) -> None:
-        self.metrics.breaker_transitions.labels(
-            backend=backend, model=model, state=state.value
-        ).inc()
+    def _snapshot(self) -> control_pb2.Snapshot:
+        served = self.fallback.models() if self.fallback is not None else ()
+        return snapshot.build(self.settings, self.pool, served)
+
+    def _edge_report(self, report: control_pb2.EdgeReport) -> None:
+        """A backend whose faults grew since the last report is polled now: a dead server or
+        a model gone leaves the routes at once."""
+        faults: dict[str, int] = {}
+        for row in report.outcomes:
+            faults[row.backend] = faults.get(row.backend, 0) + row.backend_faults + row.model_faults
+        for backend, count in faults.items():
+            if count > self._fault_counts.get(backend, 0):
+                self.pool.poll_soon(backend)
+        self._fault_counts = faults
+        self._edge_breakers = {view.name: view for view in report.backends}
+
+    def _edge_up(self, up: bool) -> None:
+        self.metrics.edge_up.set(1 if up else 0)
+        if not up:
+            self.metrics.edge_restarts.inc()
+        task = asyncio.create_task(self._set_serving(up and self.dataplane.is_ready()))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    def _edge_metrics(self) -> str:
+        edge = self.edge
+        if edge is None or not edge.up:
+            return ""
+        try:
+            return edge.client.metrics_text(1.0)
+        except grpc.RpcError:
+            return ""
 
     def _metric_labels(self, model: str, version: str) -> tuple[str, str]:
         return self.dataplane.metric_labels(model, version)
@@ -340,12 +334,7 @@ class Gateway:
                 name=b.name,
                 up=b.health.ready,
                 ready_versions=len(b.health.models),
-                breaker_open=b.breaker.state is not BreakerState.CLOSED,
                 drained=self.pool.is_drained(b.name),
-                open_model_breakers={
-                    model: breaker.state is not BreakerState.CLOSED
-                    for model, breaker in b.model_breakers.items()
-                },
             )
             for b in self.pool.backends
         ]

@@ -1,9 +1,11 @@
-"""The data path, top to bottom: request → route → choose a backend → forward → response.
+"""What the control plane answers itself, for calls tgw-edge hands over.
 
-Model-scoped requests stay serialized bytes: the model name and version are read from fields 1
-and 2 without parsing tensors, and the original bytes go to the chosen Triton unchanged. Calls
-that span the fleet (repository index, statistics) fan out and merge; calls that change it
-(load/unload) need the configured key and go to one backend first, then the others one by one.
+tgw-edge makes every per-request decision for the model-scoped calls (routing, balancing,
+breakers, retries, timeouts, hedging, shedding). It hands over only what it cannot do: a call
+its backends failed for a model the local fallback serves (marked with ``x-gateway-tried``), a
+call no route covers (an unknown model, or none ready: the fallback or Triton's own answer),
+and the calls that span the fleet: repository index and statistics fan out and merge;
+load/unload need the configured key and go to one backend first, then the others one by one.
 """
 
 from __future__ import annotations
@@ -20,21 +22,16 @@ import structlog
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 
-from gateway import __version__
 from gateway.aggregation import merge_model_statistics, merge_repository_index
 from gateway.backends.pool import BackendPool
-from gateway.backends.triton import TritonBackend
-from gateway.balancing.affinity import backend_for_sequence
-from gateway.balancing.faults import RESTRICTED_PROTOCOL, FaultScope, fault_scope
-from gateway.balancing.retry_budget import RetryBudget
-from gateway.balancing.shedding import LoadShedder
+from gateway.backends.triton import RESTRICTED_PROTOCOL, TritonBackend
+from gateway.control.snapshot import server_identity
 from gateway.errors import (
     FleetChangeError,
     FleetChangeRefusedError,
     GatewayError,
     ModelNotFoundError,
     NoBackendAvailableError,
-    OverloadedError,
     UpstreamError,
 )
 from gateway.observability.metrics import UNKNOWN_MODEL, RequestMetrics
@@ -47,20 +44,6 @@ log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=Message)
 
-SERVER_NAME = "triton-gateway"
-# What the gateway itself honours. Shared-memory extensions are left out on purpose: a region
-# registered through the gateway would live on one backend, not where the next request lands.
-EXTENSIONS = (
-    "classification",
-    "sequence",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "schedule_policy",
-    "model_configuration",
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-)
 NO_BACKEND_READY = "no Triton backend is ready"
 # Model states in which a backend still holds (or is about to hold) a model.
 _HELD_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
@@ -80,20 +63,6 @@ _NO_KEY = (
 # Absolute paths in a backend's message (its model repository, temporary folders) stay in logs.
 _SERVER_PATH = re.compile(r"(?<![\w.])/[^\s'\"(),;:]+")
 _MAX_DETAIL_CHARS = 300
-
-
-class Balancer(Protocol):
-    """Chooses a backend per request and learns from each call's outcome."""
-
-    def choose(
-        self, key: tuple[str, str], candidates: Sequence[TritonBackend]
-    ) -> TritonBackend: ...
-
-    def started(self, backend: str) -> None: ...
-
-    def finished(
-        self, backend: str, key: tuple[str, str], latency_s: float | None, fault: bool
-    ) -> None: ...
 
 
 class CallContext(Protocol):
@@ -118,44 +87,30 @@ class Fallback(Protocol):
     async def infer(self, request: bytes) -> bytes: ...
 
 
-# Which statuses are backend faults (counted against a breaker, retried on another backend,
-# answered by the fallback) is ``fault_scope``'s to say. DEADLINE_EXCEEDED counts only where
-# the per-try timeout bound the call (see ``_forward``); otherwise it is the client's deadline.
-# The client's own deadline or cancellation: nothing is learned of the backend.
-_CLIENT_GAVE_UP = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 TRIED_METADATA = "x-gateway-tried"
-"""Set by tgw-edge on a call it hands over after its backend failed: do not pick it again."""
+"""Set by tgw-edge (and only by it: it strips the header from clients) on a call it hands over
+after its backends failed it: the fallback answers."""
 FALLBACK_METADATA = (("x-gateway-served-by", "fallback"),)
 """Trailing metadata on every answer the fallback produced."""
 
 
 class DataPlane:
-    """Routes and forwards every data-plane call; servicers only delegate here."""
+    """The calls tgw-edge hands over; servicers only delegate here."""
 
     def __init__(
         self,
         pool: BackendPool,
-        balancer: Balancer,
         metrics: RequestMetrics,
         *,
         tracer: Tracer | None = None,
         fallback: Fallback | None = None,
-        retry_budget: RetryBudget | None = None,
-        per_try_timeout_s: float | None = None,
-        shedder: LoadShedder | None = None,
-        honour_tried_header: bool = True,
         model_repository_key: ProtocolKey | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
-        self._balancer = balancer
         self._metrics = metrics
         self._tracer: Tracer = tracer or PassThroughTracer()
         self._fallback = fallback
-        self._retry_budget = retry_budget or RetryBudget(time.monotonic)
-        self._per_try_timeout_s = per_try_timeout_s
-        self._honour_tried_header = honour_tried_header
-        self._shedder = shedder or LoadShedder(None, None)
         self._model_repository_key = model_repository_key
         # One fleet change at a time: two interleaved ones could leave backends disagreeing.
         self._fleet_change = asyncio.Lock()
@@ -167,181 +122,69 @@ class DataPlane:
         """Ready while a backend is, or while the local fallback can answer."""
         return bool(self._pool.ready_backends) or self._fallback is not None
 
-    @staticmethod
-    def server_metadata() -> service_pb2.ServerMetadataResponse:
+    def server_metadata(self) -> service_pb2.ServerMetadataResponse:
+        """Triton's own answer for the fleet (name ``triton``, its version and extensions)."""
+        identity = server_identity(self._pool)
         return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+            name=identity.name, version=identity.version, extensions=list(identity.extensions)
         )
 
-    # -- model-scoped, forwarded as bytes ---------------------------------------------------
+    # -- model-scoped: what tgw-edge hands over ---------------------------------------------
 
     async def model_infer(self, request: bytes, context: CallContext) -> bytes:
+        """A call the edge's backends failed, or one no route covers: the local fallback
+        answers when it serves the model; otherwise the answer Triton gives for a model no
+        server can serve now, or does not have."""
         started = self._clock()
         name, version = _model_key(request)
-        if not self._shedder.try_enter(name):
-            self._record("ModelInfer", name, version, "", OverloadedError.code.name, started)
-            raise OverloadedError(
-                f"triton-gateway is at capacity for model '{name}': too many requests in flight"
-            )
-        try:
-            return await self._route_and_forward(request, context, name, version, started)
-        finally:
-            self._shedder.leave(name)
-
-    async def _route_and_forward(
-        self, request: bytes, context: CallContext, name: str, version: str, started: float
-    ) -> bytes:
-        try:
-            candidates = self._pool.table.lookup(name, version)
-        except ModelNotFoundError as exc:
-            # A model the fleet served but no backend can now (down, drained, ejected) is
-            # unavailable, not unknown; and a sequence's state was on one of those backends, so
-            # the stateless fallback does not answer it.
-            known = self._pool.knows_model(name, version)
-            in_sequence = read_sequence_id(request) is not None
-            fallback = self._fallback is not None and self._fallback.serves(name)
-            if fallback and not (known and in_sequence):
-                return await self._serve_fallback(request, context, name, version)
-            no_backend = known or not self._pool.ready_backends
-            code = NoBackendAvailableError.code if no_backend else exc.code
+        tried = _tried_backends(context)
+        known = self._pool.knows_model(name, version)
+        in_sequence = read_sequence_id(request) is not None
+        fallback = self._fallback is not None and self._fallback.serves(name)
+        # A sequence's state was on a backend: the stateless fallback does not answer it.
+        if fallback and not (known and in_sequence):
+            return await self._serve_fallback(request, context, name, version)
+        if tried:
+            code = NoBackendAvailableError.code
             self._record("ModelInfer", name, version, "", code.name, started)
-            if known:
-                raise NoBackendAvailableError(
-                    f"no backend can serve model '{name}' now (down, drained or ejected)"
-                ) from exc
-            self._any_ready()  # with no backend up, say so rather than "unknown model"
-            # Triton names the version only of a model it has.
-            has_model = name in self._pool.table.latest_version or self._pool.knows_model(name, "")
-            raise ModelNotFoundError(name, version if has_model else "") from exc
-        try:
-            return await self._try_backends(
-                "ModelInfer", request, context, name, version, candidates
+            raise NoBackendAvailableError(
+                f"backend {', '.join(sorted(tried))} failed and no other backend can serve "
+                f"model '{name}' now"
             )
-        except UpstreamError as exc:
-            # Client errors pass through unchanged: the fallback never answers them. Nor does
-            # it answer a request of a sequence that may have reached a backend: the sequence's
-            # state lives there, and a stateless answer would hide that it is lost.
-            if (
-                not exc.backend_fault
-                or self._fallback is None
-                or not self._fallback.serves(name)
-                or read_sequence_id(request) is not None
-            ):
-                raise
-            log.warning("backend_fault_fallback", code=exc.code.name)
-        except NoBackendAvailableError:
-            if self._fallback is None or not self._fallback.serves(name):
-                raise
-        return await self._serve_fallback(request, context, name, version)
-
-    async def _try_backends(
-        self,
-        method: str,
-        request: bytes,
-        context: CallContext,
-        name: str,
-        version: str,
-        candidates: Sequence[TritonBackend],
-        *,
-        routed: bool = True,
-    ) -> bytes:
-        """Forward to a chosen backend; on a backend fault, to another while policy allows.
-
-        ``routed``: the candidates come from the route table (they have the model READY), so a
-        NOT_FOUND from one is a stale route, tried elsewhere. Raises the last backend's error,
-        or NoBackendAvailableError when every candidate was already tried.
-        """
-        self._retry_budget.on_request()
-        tried = _tried_backends(context) if self._honour_tried_header else frozenset()
-        sequence = read_sequence_id(request) if method == "ModelInfer" else None
-        if tried and sequence is not None:
-            # tgw-edge handed over a sequence request its backend failed: it may have reached
-            # that backend, which holds the sequence's state; another backend must not start
-            # the sequence afresh.
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"backend {', '.join(sorted(tried))} failed during a sequence; requests of a "
-                "sequence are not sent to another backend",
-                "",
+        no_backend = known or not self._pool.ready_backends
+        code = NoBackendAvailableError.code if no_backend else ModelNotFoundError.code
+        self._record("ModelInfer", name, version, "", code.name, started)
+        if known or name in self._pool.table.latest_version:
+            raise NoBackendAvailableError(
+                f"no backend can serve model '{name}' now (down, drained or ejected)"
             )
-        if tried and not self._retry_budget.try_retry():
-            # tgw-edge handed over a call its backend failed: that is a retry, and the budget
-            # bounds the extra load however the retry arrives.
-            self._metrics.retry_budget_exhausted.inc()
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"backend {', '.join(sorted(tried))} failed and the retry budget is spent",
-                "",
-                backend_fault=True,
-            )
-        while True:
-            choices = candidates if not tried else [c for c in candidates if c.name not in tried]
-            if not choices:
-                raise NoBackendAvailableError(NO_BACKEND_READY)
-            if sequence is not None:
-                backend = backend_for_sequence(sequence, choices)
-            else:
-                backend = self._balancer.choose((name, version), choices)
-            try:
-                return await self._forward(
-                    backend, method, request, context, name, version, routed=routed
-                )
-            except UpstreamError as exc:
-                if not self._may_retry(exc, context, sequence is not None):
-                    raise
-                tried = tried | {backend.name}
-                self._metrics.retries.labels(backend=backend.name, code=exc.code.name).inc()
-
-    def _may_retry(self, exc: UpstreamError, context: CallContext, in_sequence: bool) -> bool:
-        """Retry on another backend only for backend faults, never for a sequence request
-        (its state lives on the backend it reached), within the deadline and the budget."""
-        if not exc.backend_fault:
-            return False
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return False
-        if in_sequence:
-            return False
-        if not self._retry_budget.try_retry():
-            self._metrics.retry_budget_exhausted.inc()
-            return False
-        return True
+        self._any_ready()  # with no backend up, say so rather than "unknown model"
+        # Triton names the version only of a model it has.
+        raise ModelNotFoundError(name, version if self._pool.knows_model(name, "") else "")
 
     async def model_query(self, method: str, request: bytes, context: CallContext) -> bytes:
-        """ModelMetadata / ModelConfig: answered by a backend that has the model.
-
-        For a model no backend has, any ready backend is asked, so the client gets Triton's own
-        answer for an unknown model.
-        """
+        """ModelMetadata / ModelConfig of a model no route covers: one ready backend gives
+        Triton's own answer (for a model it does not have: its NOT_FOUND)."""
         name, version = _model_key(request)
-        try:
-            candidates = self._pool.table.lookup(name, version)
-        except ModelNotFoundError:
-            # Unknown to the route table: one backend gives Triton's own answer.
-            return await self._try_backends(
-                method, request, context, name, version, self._any_ready()[:1], routed=False
-            )
-        return await self._try_backends(method, request, context, name, version, candidates)
+        backend = self._any_ready()[0]
+        return await self._ask(backend, method, request, context, name, version)
 
     async def model_ready(self, request: bytes, context: CallContext) -> bytes:
-        name, version = _model_key(request)
-        try:
-            candidates = self._pool.table.lookup(name, version)
-        except ModelNotFoundError:
-            # Triton answers ready=false (not an error) for a model it does not have; the
-            # empty message is exactly that response serialized.
-            return b""
-        return await self._try_backends("ModelReady", request, context, name, version, candidates)
+        """A model no route covers: Triton answers ready=false (not an error) for a model it
+        does not have; the empty message is exactly that response serialized."""
+        _model_key(request)
+        return b""
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: CallContext
     ) -> AsyncIterator[bytes]:
-        """Proxy one bidirectional stream to the backend chosen by its first request."""
+        """Proxy one bidirectional stream to a backend holding the model of its first request."""
         first = await anext(requests, None)
         if first is None:
             return
         name, version = read_model_key(first)
-        backend = self._choose_or_any(name, version)
+        candidates = self._pool.table.candidates.get((name, version)) or self._any_ready()
+        backend = candidates[0]
 
         async def upstream_requests() -> AsyncIterator[bytes]:
             yield first
@@ -511,7 +354,7 @@ class DataPlane:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _forward(
+    async def _ask(
         self,
         backend: TritonBackend,
         method: str,
@@ -519,70 +362,18 @@ class DataPlane:
         context: CallContext,
         name: str,
         version: str,
-        *,
-        routed: bool = True,
     ) -> bytes:
+        """One call to one backend, its answer (or error) passed back unchanged."""
         started = self._clock()
-        self._metrics.add_in_flight("python", 1)
-        self._balancer.started(backend.name)
-        backend.breaker.on_request()
-        model_breaker = backend.model_breakers.get(name)
-        if model_breaker is not None:
-            model_breaker.on_request()
-        remaining = _deadline(context)
-        per_try = self._per_try_timeout_s
-        # The per-try timeout binds when it is shorter than what the client left us; then a
-        # DEADLINE_EXCEEDED is this backend's slowness, not the client giving up.
-        per_try_binds = per_try is not None and (remaining is None or per_try < remaining)
-        timeout = per_try if per_try_binds else remaining
-        # What the call taught about the backend's latency; None while the client gave up (then
-        # the breakers got no outcome either, and a half-open trial is given back).
-        latency: float | None = None
-        fault = False
         try:
             with self._tracer.upstream_call(method, name, version, backend.name, context) as md:
-                response: bytes = await backend.unary[method](request, timeout=timeout, metadata=md)
-            latency = self._clock() - started
+                response: bytes = await backend.unary[method](
+                    request, timeout=_deadline(context), metadata=md
+                )
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            self._record(method, name, version, backend.name, code.name, started)
-            # A model breaker only for models the routes know (``routed``): client input (an
-            # unknown model name asked of one backend) must not create breakers or series.
-            scope = fault_scope(code.name, exc.details() or "", name, version, routed=routed)
-            if per_try_binds and code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                scope = FaultScope.BACKEND
-            fault = scope is not FaultScope.NONE
-            gave_up = not fault and code in _CLIENT_GAVE_UP
-            if fault:
-                self._pool.record_outcome(backend, False, name, scope)
-            elif not gave_up:
-                # A client error: the backend and the model are fine.
-                self._pool.record_outcome(backend, True, name)
-            if not gave_up:
-                latency = self._clock() - started
-            raise UpstreamError(
-                code, exc.details() or "", backend.name, backend_fault=fault
-            ) from exc
-        finally:
-            self._metrics.add_in_flight("python", -1)
-            if latency is None:
-                backend.breaker.abandon()
-                if model_breaker is not None:
-                    model_breaker.abandon()
-            # Only inference latency feeds the estimate: metadata calls are cheap everywhere.
-            learned = latency if method == "ModelInfer" else None
-            self._balancer.finished(backend.name, (name, version), learned, fault)
-        self._pool.record_outcome(backend, True, name)
+            self._record(method, name, version, backend.name, exc.code().name, started)
+            raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
         self._record(method, name, version, backend.name, "OK", started)
-        log.debug(
-            "request",
-            method=method,
-            model=name,
-            version=version,
-            backend=backend.name,
-            status="OK",
-            latency_ms=round((self._clock() - started) * 1000, 3),
-        )
         return response
 
     async def _serve_fallback(
@@ -631,13 +422,6 @@ class DataPlane:
             return name, UNKNOWN_MODEL
         return UNKNOWN_MODEL, ""
 
-    def _choose_or_any(self, name: str, version: str) -> TritonBackend:
-        try:
-            candidates = self._pool.table.lookup(name, version)
-        except ModelNotFoundError:
-            candidates = self._any_ready()
-        return self._balancer.choose((name, version), candidates)
-
     def _any_ready(self) -> tuple[TritonBackend, ...]:
         ready = self._pool.ready_backends
         if not ready:
@@ -682,7 +466,8 @@ async def _wait_unloaded(
 def _tried_backends(context: CallContext) -> frozenset[str]:
     for key, value in context.invocation_metadata() or ():
         if key == TRIED_METADATA:
-            return frozenset({value if isinstance(value, str) else value.decode()})
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            return frozenset(name for name in text.split(",") if name)
     return frozenset()
 
 

@@ -52,10 +52,20 @@ class HealthSettings(_Frozen):
 
 
 class EdgeSettings(_Frozen):
-    mode: Literal["auto", "on", "off"] = "auto"
-    """Front the data plane with tgw-edge, the compiled fast path: auto uses it when installed."""
+    """tgw-edge, the data plane: it serves the public port and makes every per-request
+    decision; the gateway runs it, configures it and restarts it."""
+
     binary: Path | None = None
     """Path of tgw-edge; by default the one beside the Python interpreter, then PATH."""
+    runtime_dir: Path | None = None
+    """Owner-only folder of the control and hand-over sockets. By default
+    <tmp>/triton-gateway-<uid>-<port>, found again after a restart so a restarted gateway
+    re-attaches to the edge that kept serving (port 0: a fresh folder each start)."""
+    hang_timeout_s: float = Field(default=10.0, gt=0)
+    """An edge that sends no report for this long is killed and restarted."""
+    max_restarts: int = Field(default=5, ge=1)
+    """Edge restarts allowed within restart_window_s; past it the gateway exits non-zero."""
+    restart_window_s: float = Field(default=60.0, gt=0)
     threads: int = Field(default=1, ge=1)
     """Worker threads of tgw-edge (one is enough for two cores)."""
     # Limits of the public port: what one client may hold or send (tgw-edge enforces them).
@@ -114,6 +124,9 @@ class BalancingSettings(_Frozen):
     """Time constant of the latency estimate: how long a slow spell takes to be forgiven."""
     fault_penalty_s: float = Field(default=0.25, ge=0)
     """Least latency a backend fault counts as, so a backend failing fast never looks fast."""
+    sequence_idle_s: float = Field(default=600.0, gt=0)
+    """A sequence (requests with a sequence_id) stays on its backend until its END, or until
+    idle this long (Triton drops idle sequences sooner, per model)."""
 
 
 class RetrySettings(_Frozen):
@@ -123,14 +136,52 @@ class RetrySettings(_Frozen):
     """...or this many per second, whichever is more."""
     window_s: int = Field(default=10, ge=1)
     """Length of the retry-budget window."""
-    per_try_timeout_s: float | None = Field(default=None, gt=0)
-    """Deadline of one try on one backend; past it the call moves to another backend (a hung
-    backend costs this much, not the client's whole deadline). None: the client's deadline."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries of one call in all (first, retries and hedge); a sequence's request is sent once."""
+
+
+class TimeoutSettings(_Frozen):
+    """The per-try timeout, adaptive by default: ``multiplier`` x the model's observed latency
+    ``quantile``, never below ``floor_s`` nor above ``cap_s`` (``cap_s`` until a model has
+    answered 20 times). Past it the call moves to another backend: a hung backend costs this
+    much, not the client's whole deadline."""
+
+    floor_s: float = Field(default=0.1, gt=0)
+    cap_s: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=3.0, ge=1)
+    quantile: float = Field(default=0.99, gt=0, le=1)
+    per_model_s: dict[str, float] = Field(default_factory=dict)
+    """Fixed per-try timeouts by model name, in place of the adaptive one."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeoutSettings:
+        if self.cap_s < self.floor_s:
+            raise ValueError("cap_s must not be below floor_s")
+        if any(value <= 0 for value in self.per_model_s.values()):
+            raise ValueError("per_model_s values must be positive")
+        return self
+
+
+class HedgingSettings(_Frozen):
+    """A second copy of a slow ModelInfer (never one of a sequence) to another backend, after
+    the model's observed latency ``quantile`` (within the delays), paid from the retry budget;
+    the first answer wins and the other copy is cancelled."""
+
+    enabled: bool = True
+    quantile: float = Field(default=0.95, gt=0, le=1)
+    min_delay_s: float = Field(default=0.01, gt=0)
+    max_delay_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HedgingSettings:
+        if self.max_delay_s < self.min_delay_s:
+            raise ValueError("max_delay_s must not be below min_delay_s")
+        return self
 
 
 class SheddingSettings(_Frozen):
     max_in_flight: int | None = Field(default=None, ge=1)
-    """Inference calls in flight per data path process; past it: RESOURCE_EXHAUSTED at once."""
+    """Routed calls in flight on the edge; past it: RESOURCE_EXHAUSTED at once."""
     max_in_flight_per_model: int | None = Field(default=None, ge=1)
     """The same cap for each model."""
 
@@ -273,6 +324,8 @@ class GatewaySettings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     balancing: BalancingSettings = BalancingSettings()
     retry: RetrySettings = RetrySettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    hedging: HedgingSettings = HedgingSettings()
     shedding: SheddingSettings = SheddingSettings()
     fallback: FallbackSettings = FallbackSettings()
     security: SecuritySettings = SecuritySettings()

@@ -39,13 +39,12 @@ def fleet(
         yield running
 
 
-@pytest.fixture(scope="session", params=["python", "edge"])
-def gateway(fleet: LocalFleet, request: pytest.FixtureRequest) -> Iterator[BackgroundGateway]:
-    """The gateway alone, and fronted by tgw-edge: every protocol test runs against both."""
+@pytest.fixture(scope="session")
+def gateway(fleet: LocalFleet) -> Iterator[BackgroundGateway]:
+    """The gateway (tgw-edge fronting the control plane), one for the whole run."""
     configure_logging(LoggingSettings(level="info", format="json"))
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-        edge={"mode": "off" if request.param == "python" else "on"},
         metrics={"host": "127.0.0.1", "port": 0},
         fallback={"repository": str(MODEL_REPOSITORY)},
         backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],

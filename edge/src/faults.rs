@@ -1,6 +1,7 @@
 //! Whose fault a failed call is: the client's (""), the whole server's ("backend") or one
-//! model's on it ("model"). The rule of `gateway/balancing/faults.py`, whose docstring says
-//! why; both test the rule on the same cases, `tests/unit/fault_scopes.json`.
+//! model's on it ("model"). Only backend faults trip breakers, are retried on another backend
+//! or answered by the fallback; a client error is returned unchanged and teaches nothing. The
+//! cases are in `fault_scopes.json`, beside this file.
 
 const QUEUE_FULL: &str = "maximum queue size";
 const UNKNOWN_MODEL: &str = "Request for unknown model: '";
@@ -57,7 +58,7 @@ mod tests {
     use super::fault_scope;
 
     /// (code, details, routed model, routed version, scope): the gateway's tests read the same file.
-    const CASES: &str = include_str!("../../tests/unit/fault_scopes.json");
+    const CASES: &str = include_str!("fault_scopes.json");
 
     #[test]
     fn scopes_match_the_gateway() {

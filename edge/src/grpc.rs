@@ -126,6 +126,21 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
+/// A `grpc-timeout` value for `timeout`, in the finest unit whose amount fits 8 digits.
+pub fn encode_timeout(timeout: Duration) -> HeaderValue {
+    const MAX_AMOUNT: u128 = 99_999_999;
+    let (amount, unit) = if timeout.as_micros() <= MAX_AMOUNT {
+        (timeout.as_micros(), 'u')
+    } else if timeout.as_millis() <= MAX_AMOUNT {
+        (timeout.as_millis(), 'm')
+    } else if u128::from(timeout.as_secs()) <= MAX_AMOUNT {
+        (u128::from(timeout.as_secs()), 'S')
+    } else {
+        ((u128::from(timeout.as_secs()) / 3600).min(MAX_AMOUNT), 'H')
+    };
+    HeaderValue::from_str(&format!("{amount}{unit}")).unwrap_or_else(|_| HeaderValue::from_static(MAX_TIMEOUT_HEADER))
+}
+
 /// What the edge can do with a unary request body, once the whole body is in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -165,6 +180,18 @@ mod tests {
         out.extend_from_slice(&(message.len() as u32).to_be_bytes());
         out.extend_from_slice(message);
         Bytes::from(out)
+    }
+
+    #[test]
+    fn timeouts_encode_in_the_finest_unit_that_fits() {
+        assert_eq!(encode_timeout(Duration::from_micros(1500)), "1500u");
+        assert_eq!(encode_timeout(Duration::from_secs(1000)), "1000000m");
+        assert_eq!(encode_timeout(Duration::from_secs(99_999_999)), "99999999S");
+        assert_eq!(encode_timeout(Duration::from_secs(u64::MAX / 2)), "99999999H");
+        for value in ["1500u", "1000000m", "99999999S"] {
+            let parsed = parse_timeout(value.as_bytes()).unwrap();
+            assert_eq!(encode_timeout(parsed), value);
+        }
     }
 
     #[test]

@@ -1,66 +1,51 @@
-//! tgw-edge: the HTTP/2 data plane of triton-gateway.
+//! tgw-edge: the data plane of triton-gateway.
 //!
-//! The Python gateway polls the fleet, decides routes and serves everything this process does
-//! not. It starts tgw-edge as a child and writes route snapshots (one JSON line each) to its
-//! stdin. For the model-scoped unary calls (ModelInfer, ModelReady, ModelMetadata,
-//! ModelConfig) tgw-edge reads the model name and version from the request bytes, picks a
-//! backend of the current snapshot and forwards the bytes; everything else goes to the
-//! gateway's private Unix socket (see `proxy`). Closing stdin drains in-flight calls and
-//! exits, so the edge never outlives its gateway.
+//! Every per-request decision for the model-scoped calls is made here, once: route lookup,
+//! sequence affinity, the choice of a backend, breakers, retries, per-try timeouts, hedging and
+//! load shedding (see `proxy`). The Python gateway is the control plane: it applies snapshots
+//! over the control socket (`control`, typed by `protos/tgw/control/v1/control.proto`) and
+//! answers what only it can (the local fallback, fan-out calls, calls no route covers) on its
+//! own Unix socket.
+//!
+//! Neither process takes the other down: the edge keeps serving its last good snapshot when
+//! the control plane dies or hangs (nothing here waits on it), and stops only when told to
+//! (the control protocol's Shutdown, SIGTERM or SIGINT), after draining calls in flight.
 
+mod attempt;
+mod balancer;
 mod body;
+mod control;
 mod faults;
+mod fleet;
 mod grpc;
+mod log;
+mod metrics;
+mod observed;
 mod options;
+mod policy;
 mod proxy;
-mod routes;
+mod report;
 mod server;
 mod shedding;
-mod stats;
+mod snapshot;
 mod upstream;
 mod wire;
 
 use clap::Parser;
 use options::Options;
-use routes::{LoadPolicy, Loads, RouteTable, SharedRoutes};
-use stats::Stats;
-use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// Exit codes, one per reason the edge could not start (the control plane reports them).
+const EXIT_RUNTIME: i32 = 1;
+const EXIT_PUBLIC_PORT: i32 = 3;
+const EXIT_CONTROL_SOCKET: i32 = 4;
 
 fn main() {
     let options = Options::parse();
+    log::init(options.log_level, options.log_format);
     let limits = server::ConnectionLimits::from_options(&options);
-    // The first snapshot arrives before serving, so the first call already has routes.
-    let mut stdin = std::io::BufReader::new(std::io::stdin());
-    let mut first = String::new();
-    if !matches!(stdin.read_line(&mut first), Ok(n) if n > 0) {
-        std::process::exit(0);
-    }
-    let policy = LoadPolicy {
-        decay_s: options.latency_decay_ms / 1000.0,
-        fault_penalty_s: options.fault_penalty_ms / 1000.0,
-    };
-    let loads = Loads::new(policy, options.seed.unwrap_or_else(time_seed));
-    let routes = match RouteTable::parse(&first, &loads) {
-        Ok(table) => SharedRoutes::new(table),
-        Err(message) => {
-            eprintln!("tgw-edge: bad route snapshot: {message}");
-            std::process::exit(2);
-        }
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let updates = routes.clone();
-    std::thread::spawn(move || {
-        for line in stdin.lines() {
-            let Ok(line) = line else { break };
-            match RouteTable::parse(&line, &loads) {
-                Ok(table) => updates.replace(table),
-                Err(message) => eprintln!("tgw-edge: ignoring bad route snapshot: {message}"),
-            }
-        }
-        let _ = stop_tx.send(true);
-    });
     let runtime = if options.threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -72,72 +57,112 @@ fn main() {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("tgw-edge: cannot start its runtime: {error}");
-            std::process::exit(1);
+            log::error(
+                "edge_not_started",
+                &[("reason", &format!("cannot start its runtime: {error}"))],
+            );
+            std::process::exit(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(run(options, limits, routes, stop_rx));
+    let code = runtime.block_on(run(options, limits));
+    std::process::exit(code);
 }
 
-async fn run(options: Options, limits: server::ConnectionLimits, routes: SharedRoutes, stop: watch::Receiver<bool>) {
+async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let listener = match tokio::net::TcpListener::bind(options.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("tgw-edge: cannot listen on {}: {error}", options.listen);
-            std::process::exit(3);
+            let reason = format!("cannot listen on {}: {error}", options.listen);
+            log::error("edge_not_started", &[("reason", &reason)]);
+            return EXIT_PUBLIC_PORT;
         }
     };
-    let stats = Stats::new(options.buckets.clone());
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| options.listen.to_string(), |a| a.to_string());
+    let control_listener = match control::bind(&options.control_socket).await {
+        Ok(listener) => listener,
+        Err(reason) => {
+            log::error("edge_not_started", &[("reason", &reason)]);
+            return EXIT_CONTROL_SOCKET;
+        }
+    };
     let window = options.upstream_stream_window_bytes;
+    let (ready, mut first_snapshot) = watch::channel(false);
     let edge = Arc::new(proxy::Edge {
         backends: upstream::backend_client(window),
         gateway: upstream::gateway_client(options.gateway_socket.clone(), window),
-        routes,
-        stats: stats.clone(),
-        per_try: options.per_try(),
-        shedder: shedding::Shedder::new(options.max_in_flight, options.max_in_flight_per_model),
-        max_message_bytes: options.max_message_bytes,
+        fleet: Arc::new(fleet::Fleet::new(options.seed.unwrap_or_else(time_seed))),
+        shared: Arc::new(attempt::Shared {
+            metrics: Arc::new(metrics::Metrics::new()),
+            outcomes: Arc::default(),
+        }),
+        shedder: shedding::Shedder::default(),
+        ready,
     });
-    tokio::spawn(report_periodically(stats.clone()));
-    // Tell the parent the port is bound (it may have asked for port 0).
-    match listener.local_addr() {
-        Ok(address) => println!("listening {address}"),
-        Err(error) => {
-            eprintln!("tgw-edge: no local address: {error}");
-            std::process::exit(3);
-        }
+    let (shutdown, mut shutdown_asked) = watch::channel(None::<Duration>);
+    let identity = control::Identity {
+        listen_address: address.clone(),
+        gateway_socket: options.gateway_socket.display().to_string(),
+        started: std::time::Instant::now(),
+    };
+    let service = control::ControlService::new(edge.clone(), identity, shutdown.clone());
+    tokio::spawn(control::serve(control_listener, service));
+    tokio::spawn(stop_on_signals(shutdown, Duration::from_millis(options.drain_grace_ms)));
+    log::info(
+        "edge_started",
+        &[
+            ("listen", &address),
+            ("pid", &std::process::id().to_string()),
+            ("control_socket", &options.control_socket.display().to_string()),
+        ],
+    );
+    // Accept clients only once the first snapshot is in: every call then has routes. Until
+    // then connections wait in the listen backlog.
+    tokio::select! {
+        _ = first_snapshot.wait_for(|ready| *ready) => {}
+        _ = shutdown_asked.changed() => return stopped(&options),
     }
-    let _ = std::io::stdout().flush();
-    server::serve(listener, server::http2_builder(&options), limits, edge, stop).await;
-    report(&stats);
+    let (stop, stopping) = watch::channel(false);
+    let mut serving = tokio::spawn(server::serve(
+        listener,
+        server::http2_builder(&options),
+        limits,
+        edge,
+        stopping,
+    ));
+    let grace = tokio::select! {
+        _ = &mut serving => return stopped(&options),
+        asked = shutdown_asked.wait_for(Option::is_some) => asked.ok().and_then(|grace| *grace).unwrap_or_default(),
+    };
+    log::info("edge_draining", &[("grace_ms", &grace.as_millis().to_string())]);
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(grace, serving).await;
+    stopped(&options)
 }
 
-/// Once a second, and soon after a backend fault (at most every 50 ms), so the gateway's
-/// breakers learn of faults within milliseconds.
-async fn report_periodically(stats: Arc<Stats>) {
-    let period = std::time::Duration::from_secs(1);
-    let mut next_tick = tokio::time::Instant::now() + period;
-    loop {
-        let woken = tokio::time::timeout_at(next_tick, stats.fault.notified()).await.is_ok();
-        report(&stats);
-        if woken {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        } else {
-            next_tick = tokio::time::Instant::now() + period;
-        }
-    }
+fn stopped(options: &Options) -> i32 {
+    let _ = std::fs::remove_file(&options.control_socket);
+    log::info("edge_stopped", &[]);
+    0
 }
 
-/// One report line on stdout, read by the gateway.
-fn report(stats: &Stats) {
-    if let Some(line) = stats.take_report() {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+/// SIGTERM or SIGINT drain as the control plane's Shutdown does.
+async fn stop_on_signals(shutdown: watch::Sender<Option<Duration>>, grace: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        log::warning("signals_not_handled", &[]);
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
+    shutdown.send_replace(Some(grace));
 }
 
-/// Different gateways should not draw the same sequence; tests pass --seed for repeatability.
+/// Different edges should not draw the same sequence; tests pass --seed for repeatability.
 fn time_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 /// tgw-edge: the HTTP/2 data plane of triton-gateway.
 ///
-/// Reads route snapshots (one JSON line each) on stdin, forwards routed KServe v2 calls to
-/// Triton as bytes and hands every other call to the gateway. Closing stdin drains and exits.
+/// Routes KServe v2 calls to Triton as bytes, as the snapshots the control plane applies over
+/// the control socket say, and hands every other call to the gateway. Keeps serving its last
+/// good snapshot while the control plane is away; stops on the control plane's Shutdown, or on
+/// SIGTERM/SIGINT, after draining calls in flight.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tgw-edge", version, about, long_about = None)]
 pub struct Options {
@@ -20,37 +22,25 @@ pub struct Options {
     #[arg(long)]
     pub gateway_socket: std::path::PathBuf,
 
+    /// The control socket this edge serves the control protocol on (owner-only).
+    #[arg(long)]
+    pub control_socket: std::path::PathBuf,
+
+    /// How long calls in flight may finish after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
+
+    /// Least severe log level written on stderr; per-request lines are debug.
+    #[arg(long, value_enum, default_value_t = crate::log::Level::Info)]
+    pub log_level: crate::log::Level,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = crate::log::Format::Json)]
+    pub log_format: crate::log::Format,
+
     /// Worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
-
-    /// Upper bounds of the latency histogram buckets, comma-separated seconds.
-    #[arg(long, value_delimiter = ',', default_value = "0.001,0.01,0.1,1")]
-    pub buckets: Vec<f64>,
-
-    /// Longest wait for a backend's answer before the call is handed to the gateway.
-    #[arg(long)]
-    pub per_try_timeout_ms: Option<u64>,
-
-    /// Routed calls in flight at once; past it RESOURCE_EXHAUSTED at once.
-    #[arg(long)]
-    pub max_in_flight: Option<usize>,
-
-    /// Routed calls in flight at once per model.
-    #[arg(long)]
-    pub max_in_flight_per_model: Option<usize>,
-
-    /// Time constant of the latency estimate, in milliseconds.
-    #[arg(long, default_value_t = 5000.0, value_parser = positive_f64)]
-    pub latency_decay_ms: f64,
-
-    /// Least latency a backend fault counts as, in milliseconds.
-    #[arg(long, default_value_t = 250.0)]
-    pub fault_penalty_ms: f64,
-
-    /// Largest request message accepted (bytes); larger: RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
-    pub max_message_bytes: usize,
 
     /// Seed of the balancer's random draws (default: time and pid).
     #[arg(long)]
@@ -106,20 +96,8 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn per_try(&self) -> Option<Duration> {
-        self.per_try_timeout_ms.map(Duration::from_millis)
-    }
-
     pub fn keepalive_interval(&self) -> Option<Duration> {
         (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
-    }
-}
-
-fn positive_f64(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value > 0.0 => Ok(value),
-        Ok(_) => Err("must be positive".to_string()),
-        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -128,41 +106,38 @@ mod tests {
     use super::Options;
     use clap::Parser;
 
+    const REQUIRED: [&str; 7] = [
+        "tgw-edge",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway-socket",
+        "/g",
+        "--control-socket",
+        "/c",
+    ];
+
     #[test]
     fn defaults_and_overrides_parse() {
-        let options =
-            Options::try_parse_from(["tgw-edge", "--listen", "127.0.0.1:0", "--gateway-socket", "/s"]).unwrap();
+        let options = Options::try_parse_from(REQUIRED).unwrap();
         assert_eq!(options.max_connections, 10_000);
-        assert_eq!(options.buckets, vec![0.001, 0.01, 0.1, 1.0]);
-        let options = Options::try_parse_from([
-            "tgw-edge",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway-socket",
-            "/s",
-            "--buckets",
-            "0.5,2",
-            "--max-connections",
-            "7",
-        ])
-        .unwrap();
-        assert_eq!(options.buckets, vec![0.5, 2.0]);
+        assert_eq!(options.log_level, crate::log::Level::Info);
+        let options =
+            Options::try_parse_from(
+                REQUIRED
+                    .iter()
+                    .copied()
+                    .chain(["--max-connections", "7", "--log-level", "debug"]),
+            )
+            .unwrap();
         assert_eq!(options.max_connections, 7);
+        assert_eq!(options.log_level, crate::log::Level::Debug);
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(Options::try_parse_from(["tgw-edge"]).is_err());
         assert!(Options::try_parse_from(["tgw-edge", "--listen", "x"]).is_err());
-        let zero = [
-            "tgw-edge",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway-socket",
-            "/s",
-            "--latency-decay-ms",
-            "0",
-        ];
-        assert!(Options::try_parse_from(zero).is_err());
+        assert!(Options::try_parse_from(REQUIRED.iter().copied().chain(["--threads", "0"])).is_err());
+        assert!(Options::try_parse_from(REQUIRED.iter().copied().chain(["--log-level", "loud"])).is_err());
     }
 }

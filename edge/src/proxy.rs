@@ -5,41 +5,75 @@
 //! route covers, goes to the gateway over its private socket, so answers that need the whole
 //! fleet or the fallback stay the gateway's.
 
+use crate::attempt::{self, Attempt, Scope};
 use crate::body::{Outgoing, Upstream};
-use crate::faults;
+use crate::control::{proto, Controlled};
+use crate::fleet::{Choice, Fleet, Plan, Route};
 use crate::grpc::{self, code, BadHeader, Framing, Refusal};
-use crate::routes::SharedRoutes;
+use crate::observed::{code_name, message_of, ObservedBody};
 use crate::server::ActiveCall;
 use crate::shedding::Shedder;
-use crate::stats::{self, ObservedBody, Stats};
+use crate::snapshot::Snapshot;
 use crate::upstream::{BackendClient, GatewayClient};
-use crate::wire;
+use crate::{report, wire};
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
 const ROUTED_METHODS: [&str; 4] = ["ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig"];
 const STREAMING_METHODS: [&str; 1] = ["ModelStreamInfer"];
-/// Set by the edge on a call it hands over after a backend failed it; never taken from clients.
+/// Set by the edge on a call it hands over after backends failed it (the backends, comma
+/// separated); never taken from clients.
 pub const TRIED_HEADER: &str = "x-gateway-tried";
 /// The authority of calls to the gateway (the Unix socket ignores it; the pool keys on it).
 const GATEWAY_AUTHORITY: &str = "gateway";
+const DEADLINE_EXCEEDED: u32 = 4;
 
 pub struct Edge {
     pub backends: BackendClient,
     pub gateway: GatewayClient,
-    pub routes: SharedRoutes,
-    pub stats: Arc<Stats>,
-    /// Longest wait for a backend's answer before the call goes to the gateway instead.
-    pub per_try: Option<Duration>,
+    pub fleet: Arc<Fleet>,
+    pub shared: Arc<attempt::Shared>,
     pub shedder: Shedder,
-    /// Largest request message accepted, as the gateway's `server.max_message_bytes`.
-    pub max_message_bytes: usize,
+    /// Turns true when the first snapshot is applied: the public port accepts from then on.
+    pub ready: watch::Sender<bool>,
+}
+
+/// A routed call as the edge tries it, once or several times.
+struct RoutedCall<'a> {
+    plan: Arc<Plan>,
+    method: &'static str,
+    model: &'a str,
+    version: &'a str,
+    parts: Parts,
+    bytes: Bytes,
+    deadline: Option<Instant>,
+    sequence: Option<wire::Sequence>,
+}
+
+/// How one try ended.
+enum Tried {
+    /// The backend answered (an OK, or a status still to come in the trailers).
+    Answer(Response<ObservedBody>),
+    Failed(Failure),
+}
+
+struct Failure {
+    backend: Arc<str>,
+    code: &'static str,
+    scope: Scope,
+    /// Triton's own answer (trailers-only), returned as is when no other try is made.
+    answer: Option<Response<Incoming>>,
+    /// What the client is told when there is no answer to return.
+    message: String,
 }
 
 impl Edge {
@@ -57,7 +91,7 @@ impl Edge {
 
     async fn route(&self, request: Request<Incoming>) -> Result<Response<ObservedBody>, BadHeader> {
         let (mut parts, body) = request.into_parts();
-        // Only the edge may tell the gateway which backend already failed a call.
+        // Only the edge may tell the gateway which backends already failed a call.
         parts.headers.remove(TRIED_HEADER);
         grpc::check_headers(&mut parts.headers)?;
         Ok(self.dispatch(parts, body).await)
@@ -70,7 +104,11 @@ impl Edge {
             Call::Routed(method) => Some(method),
             Call::OtherUnary => None,
         };
-        let bytes = match read_body(body, self.max_message_bytes).await {
+        let limit = self
+            .fleet
+            .plan()
+            .map_or(usize::MAX, |plan| plan.policy().max_message_bytes);
+        let bytes = match read_body(body, limit).await {
             Ok(bytes) => bytes,
             Err(refusal) => return refusal.response(),
         };
@@ -90,75 +128,281 @@ impl Edge {
         }
     }
 
-    /// A routed call: to a backend of the current routes, or handed to the gateway when none
-    /// has the model or the backend did not answer.
+    /// A routed call: to the backends of its route, or handed to the gateway when no route
+    /// covers it.
     async fn to_backend(&self, method: &'static str, parts: Parts, bytes: Bytes) -> Response<ObservedBody> {
-        let table = self.routes.current();
-        let sequence = wire::sequence_id(&bytes);
-        let routed = wire::model_key(&bytes).and_then(|(name, version)| {
-            table
-                .choose(name, version, sequence.as_deref())
-                .map(|target| (name, version, target))
-        });
-        let Some((name, version, target)) = routed else {
+        let Some(plan) = self.fleet.plan() else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
         };
+        let Some((model, version)) = wire::model_key(&bytes) else {
+            return grpc::trailers_only(code::INTERNAL, grpc::UNPARSABLE);
+        };
+        let Some(route) = plan.route(model, version) else {
+            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
+        };
+        let policy = plan.policy();
         // Load shedding: refused at once, counted, never queued.
-        let Some(admitted) = self.shedder.try_enter(name) else {
-            self.stats
-                .start(method, name, version, "", None)
-                .finish("RESOURCE_EXHAUSTED", "");
-            let message = format!("triton-gateway is at capacity for model '{name}': too many requests in flight");
+        let Some(admitted) = self
+            .shedder
+            .try_enter(model, policy.max_in_flight, policy.max_in_flight_per_model)
+        else {
+            let metrics = &self.shared.metrics;
+            metrics.shed.with_label_values(&[model]).inc();
+            metrics.observe(method, model, version, "", "RESOURCE_EXHAUSTED", 0.0);
+            let message = format!("triton-gateway is at capacity for model '{model}': too many requests in flight");
             return grpc::trailers_only(code::RESOURCE_EXHAUSTED, &message);
         };
-        let (backend, address) = (target.name.as_str(), target.address.as_str());
-        let pending = self.stats.start(
+        let now = Instant::now();
+        self.fleet.budget.on_request(now);
+        let deadline = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|value| grpc::parse_timeout(value.as_bytes()))
+            .and_then(|timeout| now.checked_add(timeout));
+        let sequence = if method == "ModelInfer" {
+            wire::sequence(&bytes)
+        } else {
+            None
+        };
+        let call = RoutedCall {
+            plan: plan.clone(),
             method,
-            name,
+            model,
             version,
-            backend,
-            Some(target.start(method == "ModelInfer")),
-        );
-        let attempt = Request::from_parts(copy_parts(&parts), Outgoing::Buffered(Some(bytes.clone())));
-        let outcome = match self.per_try {
-            Some(limit) => match tokio::time::timeout(limit, self.send_to_backend(attempt, address)).await {
-                Ok(result) => result,
-                Err(_) => Err(()),
-            },
-            None => self.send_to_backend(attempt, address).await,
+            parts,
+            bytes: bytes.clone(),
+            deadline,
+            sequence,
         };
-        let failure = match outcome {
-            // A backend that answered "not here" before sending anything: UNAVAILABLE (the
-            // version is not READY any more, or the server is shutting down), or NOT_FOUND
-            // for a model that left it since the last route snapshot. Another backend will
-            // likely serve it.
-            Ok(response) if hands_over(response.headers(), name, version) => {
-                let headers = response.headers();
-                let code = stats::code_name(headers.get("grpc-status").map(|v| v.as_bytes()));
-                (code, stats::message_of(headers).to_string())
-            }
-            Ok(response) => {
-                let (head, body) = response.into_parts();
-                let body = ObservedBody::observe(Upstream::Answer(body), &head.headers, pending).holding(admitted);
-                return Response::from_parts(head, body);
-            }
-            // No answer at all (it died, refused, or passed the per-try timeout).
-            Err(()) => ("UNAVAILABLE", String::new()),
-        };
-        pending.finish(failure.0, &failure.1);
-        drop(admitted);
-        // The gateway picks another backend (within its retry budget) or its local fallback,
-        // and must not pick this one again.
-        let mut parts = parts;
-        if let Ok(value) = HeaderValue::from_str(backend) {
-            parts.headers.insert(TRIED_HEADER, value);
-        }
-        self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await
+        let (head, body) = self.run(&call, route).await.into_parts();
+        Response::from_parts(head, body.holding(admitted))
     }
 
-    async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<Incoming>, ()> {
-        let request = with_authority(request, address).map_err(|_| ())?;
-        self.backends.request(request).await.map_err(|_| ())
+    /// Tries the call on the route's backends: a retry on another backend after a backend
+    /// fault and a hedge after the model's usual latency, each within the retry budget, the
+    /// attempt limit and the client's deadline; the first answer wins and the other try is
+    /// cancelled.
+    async fn run(&self, call: &RoutedCall<'_>, route: &Route) -> Response<ObservedBody> {
+        let policy = call.plan.policy();
+        let now = Instant::now();
+        let mut tried: Vec<Arc<str>> = Vec::with_capacity(2);
+        let Some(first) = self.choose(call, route, &tried, now) else {
+            return self.no_backend(call, &tried).await;
+        };
+        // A request of a sequence is sent once: its state lives on the backend it reached,
+        // so it is neither hedged nor retried, and it waits as long as the client does.
+        let per_try = match call.sequence {
+            Some(_) => None,
+            None => Some(
+                policy
+                    .per_try_overrides
+                    .get(call.model)
+                    .copied()
+                    .unwrap_or_else(|| policy.per_try.per_try(&route.digest, now)),
+            ),
+        };
+        let hedge_delay = match (&call.sequence, policy.hedging) {
+            (None, Some(hedging)) if call.method == "ModelInfer" => hedging.delay(&route.digest, now),
+            _ => None,
+        };
+        let mut hedge_at = hedge_delay.map(|delay| now + delay);
+        let mut tries = FuturesUnordered::new();
+        tried.push(first.target.backend.name.clone());
+        tries.push(self.attempt(call, first, per_try));
+        let mut made = 1u32;
+        let max_attempts = policy.retry.max_attempts;
+        loop {
+            tokio::select! {
+                Some(outcome) = tries.next() => {
+                    let failure = match outcome {
+                        Tried::Answer(response) => return response,
+                        Tried::Failed(failure) => failure,
+                    };
+                    let now = Instant::now();
+                    let may_retry = failure.scope.is_fault()
+                        && call.sequence.is_none()
+                        && made < max_attempts
+                        && call.deadline.is_none_or(|deadline| now < deadline);
+                    if may_retry {
+                        if let Some(choice) = self.spend_extra_try(call, route, &tried, now) {
+                            self.shared
+                                .metrics
+                                .retries
+                                .with_label_values(&[&*failure.backend, failure.code])
+                                .inc();
+                            tried.push(choice.target.backend.name.clone());
+                            tries.push(self.attempt(call, choice, per_try));
+                            made += 1;
+                            // The retry is the fresh try: no hedge on top of it.
+                            hedge_at = None;
+                        }
+                    }
+                    if tries.is_empty() {
+                        return self.give_up(call, failure, &tried).await;
+                    }
+                }
+                _ = sleep_until(hedge_at), if hedge_at.is_some() && tries.len() == 1 && made < max_attempts => {
+                    hedge_at = None;
+                    if let Some(choice) = self.spend_extra_try(call, route, &tried, Instant::now()) {
+                        self.shared.metrics.hedges.with_label_values(&[call.model]).inc();
+                        tried.push(choice.target.backend.name.clone());
+                        tries.push(self.attempt(call, choice, per_try));
+                        made += 1;
+                    }
+                }
+                _ = sleep_until(call.deadline), if call.deadline.is_some() => {
+                    return grpc::trailers_only(DEADLINE_EXCEEDED, "Deadline Exceeded");
+                }
+            }
+        }
+    }
+
+    /// Another backend for a retry or a hedge, when the budget allows one.
+    fn spend_extra_try(
+        &self,
+        call: &RoutedCall<'_>,
+        route: &Route,
+        tried: &[Arc<str>],
+        now: Instant,
+    ) -> Option<Choice> {
+        // Ask for a backend first: a try that has nowhere to go spends no budget.
+        let choice = self.choose(call, route, tried, now)?;
+        if !self.fleet.budget.try_retry(now) {
+            self.shared.metrics.retry_budget_exhausted.inc();
+            return None;
+        }
+        Some(choice)
+    }
+
+    fn choose(&self, call: &RoutedCall<'_>, route: &Route, tried: &[Arc<str>], now: Instant) -> Option<Choice> {
+        match &call.sequence {
+            Some(sequence) => {
+                // Its first try only: a sequence is never sent to a second backend.
+                if !tried.is_empty() {
+                    return None;
+                }
+                let choice = self
+                    .fleet
+                    .choose_for_sequence(call.model, route, &sequence.id, sequence.start, now);
+                if sequence.end {
+                    self.fleet.sequences().end(call.model, &sequence.id);
+                }
+                choice
+            }
+            None => self.fleet.choose(route, call.plan.policy(), tried, now),
+        }
+    }
+
+    /// One try on the chosen backend, bounded by the per-try timeout.
+    async fn attempt(&self, call: &RoutedCall<'_>, choice: Choice, per_try: Option<Duration>) -> Tried {
+        let backend = choice.target.backend.clone();
+        let attempt = Attempt::new(
+            self.shared.clone(),
+            call.plan.clone(),
+            choice,
+            call.method,
+            call.model,
+            call.version,
+        );
+        let mut parts = copy_parts(&call.parts);
+        if let Some(deadline) = call.deadline {
+            // The backend gets what is left of the client's deadline, not the whole of it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
+        }
+        let request = Request::from_parts(parts, Outgoing::Buffered(Some(call.bytes.clone())));
+        let sent = self.send_to_backend(request, &backend.address);
+        let answer = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!(
+                    "backend {} did not answer within the per-try timeout of {} ms",
+                    backend.name,
+                    limit.as_millis()
+                )),
+            },
+            None => sent.await,
+        };
+        let response = match answer {
+            Ok(response) => response,
+            Err(message) => {
+                // No answer at all: it died, refused the connection or passed the per-try
+                // timeout. A server fault.
+                let scope = attempt.finish("UNAVAILABLE", "");
+                return Tried::Failed(Failure {
+                    backend: backend.name.clone(),
+                    code: "UNAVAILABLE",
+                    scope,
+                    answer: None,
+                    message,
+                });
+            }
+        };
+        match response.headers().get("grpc-status").map(|status| status.as_bytes()) {
+            // Trailers-only: the status is in the headers.
+            Some(status) if status != b"0" => {
+                let code = code_name(Some(status));
+                let message = message_of(response.headers()).to_string();
+                let scope = attempt.finish(code, &message);
+                Tried::Failed(Failure {
+                    backend: backend.name.clone(),
+                    code,
+                    scope,
+                    answer: Some(response),
+                    message,
+                })
+            }
+            Some(_) => {
+                attempt.finish("OK", "");
+                Tried::Answer(response.map(|body| ObservedBody::from(Upstream::Answer(body))))
+            }
+            None => Tried::Answer(response.map(|body| ObservedBody::settling(Upstream::Answer(body), attempt))),
+        }
+    }
+
+    /// No try is left: the fallback answers a backend fault when it serves the model (never a
+    /// sequence's request: its state is on a backend); otherwise the client gets the last
+    /// backend's own answer.
+    async fn give_up(&self, call: &RoutedCall<'_>, failure: Failure, tried: &[Arc<str>]) -> Response<ObservedBody> {
+        if failure.scope.is_fault() && call.sequence.is_none() && call.plan.fallback_serves(call.model) {
+            return self.hand_over(call, tried).await;
+        }
+        match failure.answer {
+            Some(answer) => answer.map(|body| ObservedBody::from(Upstream::Answer(body))),
+            None => grpc::trailers_only(code::UNAVAILABLE, &failure.message),
+        }
+    }
+
+    /// The route has backends but none may take the call now (breakers open, trials taken).
+    async fn no_backend(&self, call: &RoutedCall<'_>, tried: &[Arc<str>]) -> Response<ObservedBody> {
+        if call.sequence.is_none() && call.plan.fallback_serves(call.model) {
+            return self.hand_over(call, tried).await;
+        }
+        let message = format!(
+            "no backend can serve model '{}' now (down, drained or ejected)",
+            call.model
+        );
+        grpc::trailers_only(code::UNAVAILABLE, &message)
+    }
+
+    /// To the gateway, marked with the backends that failed it: the gateway's local fallback
+    /// answers.
+    async fn hand_over(&self, call: &RoutedCall<'_>, tried: &[Arc<str>]) -> Response<ObservedBody> {
+        let mut parts = copy_parts(&call.parts);
+        let names = tried.iter().map(|name| &**name).collect::<Vec<_>>().join(",");
+        if let Ok(value) = HeaderValue::from_str(&names) {
+            parts.headers.insert(TRIED_HEADER, value);
+        }
+        self.to_gateway(parts, Outgoing::Buffered(Some(call.bytes.clone())))
+            .await
+    }
+
+    async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<Incoming>, String> {
+        let request = with_authority(request, address).map_err(|refusal| refusal.message)?;
+        self.backends
+            .request(request)
+            .await
+            .map_err(|error| format!("backend {address} did not answer: {error}"))
     }
 
     async fn to_gateway(&self, parts: Parts, body: Outgoing) -> Response<ObservedBody> {
@@ -173,6 +417,65 @@ impl Edge {
                 grpc::trailers_only(code::UNAVAILABLE, &message)
             }
         }
+    }
+}
+
+impl Controlled for Edge {
+    fn apply(&self, snapshot: proto::Snapshot) -> Result<(), String> {
+        let applied = Snapshot::from_proto(snapshot).and_then(|snapshot| {
+            let version = snapshot.version;
+            self.fleet.apply(snapshot).map(|()| version)
+        });
+        match applied {
+            Ok(version) => {
+                self.shared
+                    .metrics
+                    .snapshot_version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                self.ready.send_replace(true);
+                Ok(())
+            }
+            Err(reason) => {
+                self.shared.metrics.snapshots_refused.inc();
+                Err(reason)
+            }
+        }
+    }
+
+    fn serving_version(&self) -> u64 {
+        self.fleet.serving_version()
+    }
+
+    fn report(&self) -> proto::EdgeReport {
+        report::build(&self.fleet, &self.shared.outcomes, self.shared.metrics.in_flight.get())
+    }
+
+    fn metrics(&self) -> String {
+        let metrics = &self.shared.metrics;
+        let now = Instant::now();
+        for backend in self.fleet.backends() {
+            let open = backend.breaker.state(now) != crate::policy::breaker::BreakerState::Closed;
+            metrics
+                .backend_breaker_open
+                .with_label_values(&[&*backend.name])
+                .set(i64::from(open));
+        }
+        for (backend, model, breaker) in self.fleet.model_breakers() {
+            let open = breaker.state(now) != crate::policy::breaker::BreakerState::Closed;
+            metrics
+                .model_breaker_open
+                .with_label_values(&[&*backend, &model])
+                .set(i64::from(open));
+        }
+        metrics.render()
+    }
+}
+
+/// Sleeps until `at`; never wakes when there is none (the select! arm is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -198,18 +501,6 @@ fn classify(path: &str) -> Call {
         .iter()
         .find(|routed| **routed == method)
         .map_or(Call::OtherUnary, |routed| Call::Routed(routed))
-}
-
-/// Whether a backend's trailers-only answer means "try another backend": UNAVAILABLE or a
-/// stale route's NOT_FOUND that is the backend's fault (not a restricted protocol's refusal
-/// or a shared-memory region the request names).
-fn hands_over(headers: &http::HeaderMap, model: &str, version: &str) -> bool {
-    let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {
-        Some(b"14") => "UNAVAILABLE",
-        Some(b"5") => "NOT_FOUND",
-        _ => return false,
-    };
-    !faults::fault_scope(code, stats::message_of(headers), model, version).is_empty()
 }
 
 /// The request with its URI pointed at `authority` (the path as the client sent it).
@@ -270,8 +561,7 @@ fn copy_parts(parts: &Parts) -> Parts {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, hands_over, Call};
-    use http::{HeaderMap, HeaderValue};
+    use super::{classify, Call};
 
     #[test]
     fn unary_methods_of_the_inference_service_only() {
@@ -288,34 +578,5 @@ mod tests {
             Call::Streamed
         );
         assert_eq!(classify("/grpc.health.v1.Health/Check"), Call::Streamed);
-    }
-
-    #[test]
-    fn only_stale_routes_and_unavailable_are_handed_over() {
-        let answer = |status: &'static str, message: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("grpc-status", HeaderValue::from_static(status));
-            headers.insert("grpc-message", HeaderValue::from_static(message));
-            headers
-        };
-        assert!(hands_over(&answer("14", "Socket closed"), "simple", ""));
-        let restricted = answer(
-            "14",
-            "This protocol is restricted, expecting header 'triton-grpc-protocol-k'",
-        );
-        assert!(!hands_over(&restricted, "simple", ""));
-        assert!(!hands_over(
-            &answer("5", "Unable to find shared memory region: 'x'"),
-            "simple",
-            ""
-        ));
-        let gone = answer("5", "Request for unknown model: 'simple' has no available versions");
-        assert!(hands_over(&gone, "simple", ""));
-        assert!(!hands_over(&gone, "other", ""));
-        assert!(!hands_over(
-            &answer("3", "Request for unknown model: 'simple' is not found"),
-            "simple",
-            ""
-        ));
     }
 }

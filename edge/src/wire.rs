@@ -73,15 +73,25 @@ fn fields(message: &[u8]) -> Option<Vec<(u64, u64, usize, usize)>> {
     Some(found)
 }
 
-/// The `sequence_id` request parameter (int or string) as text, when the request has one.
-pub fn sequence_id(frame: &[u8]) -> Option<String> {
+/// A request's place in a Triton sequence, read from its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    /// `sequence_id` (int64 or string) as text; never empty (0 and "" mean "no sequence").
+    pub id: String,
+    pub start: bool,
+    pub end: bool,
+}
+
+/// The request's sequence, when it has a `sequence_id` parameter.
+pub fn sequence(frame: &[u8]) -> Option<Sequence> {
     let length = u32::from_be_bytes([*frame.get(1)?, *frame.get(2)?, *frame.get(3)?, *frame.get(4)?]);
     let message = frame.get(5..5 + length as usize)?;
-    for (field, _, start, end) in fields(message)? {
+    let (mut id, mut start, mut end) = (None, false, false);
+    for (field, _, from, to) in fields(message)? {
         if field != 4 {
             continue; // ModelInferRequest.parameters: map<string, InferParameter>
         }
-        let entry = &message[start..end];
+        let entry = &message[from..to];
         let (mut key, mut value) = (None, None);
         for (entry_field, _, s, e) in fields(entry)? {
             match entry_field {
@@ -90,25 +100,40 @@ pub fn sequence_id(frame: &[u8]) -> Option<String> {
                 _ => {}
             }
         }
-        if key != Some(b"sequence_id".as_slice()) {
-            continue;
+        match key {
+            Some(b"sequence_id") => id = sequence_id(value?),
+            Some(b"sequence_start") => start = flag(value?),
+            Some(b"sequence_end") => end = flag(value?),
+            _ => {}
         }
-        let value = value?;
-        for (param_field, wire, s, e) in fields(value)? {
-            match (param_field, wire) {
-                (2, 0) | (5, 0) => {
-                    let number = varint(value, s)?.0;
-                    return if number == 0 { None } else { Some(number.to_string()) };
-                }
-                (3, 2) => {
-                    let text = std::str::from_utf8(&value[s..e]).ok()?;
-                    return if text.is_empty() { None } else { Some(text.to_string()) };
-                }
-                _ => {}
+    }
+    id.map(|id| Sequence { id, start, end })
+}
+
+/// InferParameter's int64_param (2), uint64_param (5) or string_param (3) as text.
+fn sequence_id(value: &[u8]) -> Option<String> {
+    for (param_field, wire, s, e) in fields(value)? {
+        match (param_field, wire) {
+            (2, 0) | (5, 0) => {
+                let number = varint(value, s)?.0;
+                return if number == 0 { None } else { Some(number.to_string()) };
             }
+            (3, 2) => {
+                let text = std::str::from_utf8(&value[s..e]).ok()?;
+                return if text.is_empty() { None } else { Some(text.to_string()) };
+            }
+            _ => {}
         }
     }
     None
+}
+
+/// InferParameter's bool_param (1).
+fn flag(value: &[u8]) -> bool {
+    fields(value)
+        .into_iter()
+        .flatten()
+        .any(|(field, wire, s, _)| field == 1 && wire == 0 && varint(value, s).is_some_and(|(v, _)| v != 0))
 }
 
 fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
@@ -146,11 +171,23 @@ mod tests {
         // parameters { key: "sequence_id" value { int64_param: 1234 } }
         let int_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x10\xd2\x09"].concat();
         let message = [b"\x0a\x01m".as_slice(), &[0x22, int_entry.len() as u8], &int_entry].concat();
-        assert_eq!(super::sequence_id(&frame(&message)).as_deref(), Some("1234"));
+        let read = super::sequence(&frame(&message)).unwrap();
+        assert_eq!((read.id.as_str(), read.start, read.end), ("1234", false, false));
         let text_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x1a\x01s"].concat();
         let message = [&[0x22, text_entry.len() as u8], text_entry.as_slice()].concat();
-        assert_eq!(super::sequence_id(&frame(&message)).as_deref(), Some("s"));
-        assert_eq!(super::sequence_id(&frame(b"\x0a\x01m")), None);
+        assert_eq!(super::sequence(&frame(&message)).unwrap().id, "s");
+        assert_eq!(super::sequence(&frame(b"\x0a\x01m")), None);
+        // parameters { key: "sequence_start" value { bool_param: true } } beside a string id
+        let start_entry = [b"\x0a\x0esequence_start".as_slice(), b"\x12\x02\x08\x01"].concat();
+        let message = [
+            &[0x22, text_entry.len() as u8],
+            text_entry.as_slice(),
+            &[0x22, start_entry.len() as u8],
+            start_entry.as_slice(),
+        ]
+        .concat();
+        let read = super::sequence(&frame(&message)).unwrap();
+        assert!(read.start && !read.end);
     }
 
     #[test]

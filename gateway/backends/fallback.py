@@ -95,6 +95,10 @@ class OnnxFallback:
         self._max_total_bytes = max_total_bytes
         self._reserved_bytes = 0
 
+    def models(self) -> list[str]:
+        """The models the fallback may answer, sorted."""
+        return sorted(self._catalog)
+
     def serves(self, name: str) -> bool:
         """Whether the model is in the repository and allowed for the fallback."""
         return name in self._catalog

@@ -13,17 +13,13 @@ from collections.abc import Callable
 import structlog
 
 from gateway.backends.triton import BackendHealth, TritonBackend
-from gateway.balancing.breaker import BreakerState, CircuitBreaker
-from gateway.balancing.faults import FaultScope
 from gateway.discovery.base import Add, Discovery, DiscoveryEvent, Endpoint, Remove, Reset
-from gateway.routing.table import ModelKey, RouteTable
+from gateway.routing.table import RouteTable
 
 log = structlog.get_logger(__name__)
 
 BackendFactory = Callable[[Endpoint], TritonBackend]
 _MIN_POLL_GAP_S = 0.05
-BreakerListener = Callable[[str, str, BreakerState], None]
-"""Told of every breaker transition: backend name, model name ("" for the whole backend), state."""
 
 
 class BackendPool:
@@ -35,8 +31,6 @@ class BackendPool:
         *,
         poll_interval_s: float,
         poll_timeout_s: float,
-        max_ejected_fraction: float = 0.5,
-        on_breaker_change: BreakerListener | None = None,
     ) -> None:
         self._factory = factory
         self._poll_interval_s = poll_interval_s
@@ -46,12 +40,10 @@ class BackendPool:
         self._wakes: dict[str, asyncio.Event] = {}
         self._listeners: list[Callable[[RouteTable[TritonBackend]], None]] = []
         self._discovered = asyncio.Event()
-        self._max_ejected_fraction = max_ejected_fraction
-        self._on_breaker_change = on_breaker_change
         self.table: RouteTable[TritonBackend] = RouteTable()
+        """READY model versions of the backends that are up and not drained. Breakers and
+        outlier ejection are tgw-edge's: it learns from every call's outcome at once."""
         self.ready_backends: tuple[TritonBackend, ...] = ()
-        self._admitted: frozenset[tuple[str, str]] = frozenset()
-        """(backend, model) pairs in the current table; ("backend", "") for each backend."""
         self._drained: frozenset[str] = frozenset()
 
     @property
@@ -106,62 +98,12 @@ class BackendPool:
     def is_drained(self, name: str) -> bool:
         return name in self._drained
 
-    def record_outcome(
-        self,
-        backend: TritonBackend,
-        success: bool,
-        model: str = "",
-        scope: FaultScope = FaultScope.BACKEND,
-    ) -> None:
-        """A call's outcome for the breakers: a success counts for the backend and its model;
-        a fault for the backend's breaker or, when the fault is the model's, the pair's.
-
-        Every breaker the call went through gets an outcome, so a half-open trial is always
-        settled: a model's fault still shows the server answering (a success for the backend),
-        and a server fault says nothing of the model (its trial is given back).
-        """
-        model_breaker = backend.model_breakers.get(model)
-        if success:
-            self._feed(backend, backend.breaker, "", True)
-            if model_breaker is not None:
-                self._feed(backend, model_breaker, model, True)
-        elif scope is FaultScope.MODEL and model:
-            self._feed(backend, backend.breaker, "", True)
-            self._feed(backend, backend.model_breaker(model), model, False)
-            self._poll_soon(backend)
-        else:
-            self._feed(backend, backend.breaker, "", False)
-            if model_breaker is not None:
-                model_breaker.abandon()
-            self._poll_soon(backend)
-
-    def record_outcomes(
-        self, name: str, model: str, successes: int, faults: int, scope: FaultScope
-    ) -> None:
-        """Batched outcomes (tgw-edge's reports), applied in order failures-last."""
-        backend = self._backends.get(name)
-        if backend is None:
-            return
-        for _ in range(successes):
-            self.record_outcome(backend, True, model)
-        for _ in range(faults):
-            self.record_outcome(backend, False, model, scope)
-
-    def _feed(
-        self, backend: TritonBackend, breaker: CircuitBreaker, model: str, success: bool
-    ) -> None:
-        before = breaker.state
-        after = breaker.record(success)
-        if after is before:
-            return
-        log.warning("breaker_changed", backend=backend.name, model=model, state=after.value)
-        if self._on_breaker_change is not None:
-            self._on_breaker_change(backend.name, model, after)
-        self._publish_if_admission_changed()
-        if after is BreakerState.OPEN:
-            # Offer it again (half-open) the moment its ejection time is over.
-            delay = breaker.seconds_until_trial()
-            asyncio.get_running_loop().call_later(delay, self._publish_if_admission_changed)
+    def poll_soon(self, name: str) -> None:
+        """A fault seen by traffic: poll now, so a dead server or a model gone leaves the
+        routes at once rather than at the next interval."""
+        wake = self._wakes.get(name)
+        if wake is not None:
+            wake.set()
 
     async def close(self) -> None:
         for task in self._pollers.values():
@@ -218,18 +160,11 @@ class BackendPool:
                 self._publish()
             # A backend that did not answer is asked again soon: a restart is noticed fast.
             interval = self._poll_interval_s if health.ready else min(self._poll_interval_s, 1.0)
-            # A fault seen by traffic asks at once (see ``_poll_soon``), but never more often
+            # A fault seen by traffic asks at once (see ``poll_soon``), but never more often
             # than every _MIN_POLL_GAP_S: a storm of faults costs the backend few polls.
             await asyncio.sleep(_MIN_POLL_GAP_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval - _MIN_POLL_GAP_S)
-
-    def _poll_soon(self, backend: TritonBackend) -> None:
-        """After a fault: poll now, so a dead server or a model gone leaves the routes at once
-        rather than at the next interval."""
-        wake = self._wakes.get(backend.name)
-        if wake is not None:
-            wake.set()
 
     def _record(self, backend: TritonBackend, health: BackendHealth) -> bool:
         if health == backend.health:
@@ -246,63 +181,11 @@ class BackendPool:
             log.info("backend_models_changed", backend=backend.name, models=sorted(health.models))
         return True
 
-    def _admitted_backends(self) -> list[TritonBackend]:
-        live = [
-            b for b in self._backends.values() if b.health.ready and b.name not in self._drained
-        ]
-        admitted = [b for b in live if b.breaker.admits()]
-        # Outlier detection alone may not eject more than this share of the live fleet;
-        # past it, every live backend is offered again (better a sick backend than none).
-        if len(live) - len(admitted) > self._ejection_cap(len(live)):
-            log.warning("ejection_cap_reached", ejected=len(live) - len(admitted))
-            return live
-        return admitted
-
-    def _admitted_models(
-        self, backends: list[TritonBackend]
-    ) -> dict[TritonBackend, frozenset[ModelKey]]:
-        """READY versions per backend, less the models whose breaker on it is open; the same
-        ejection cap holds per model, counted over the backends that have it."""
-        holders: dict[str, int] = {}
-        ejected: dict[str, set[str]] = {}
-        for backend in backends:
-            for name in {name for name, _ in backend.health.models}:
-                holders[name] = holders.get(name, 0) + 1
-                breaker = backend.model_breakers.get(name)
-                if breaker is not None and not breaker.admits():
-                    ejected.setdefault(name, set()).add(backend.name)
-        for name, names in list(ejected.items()):
-            # No floor of one here: a model's last live holder is never ejected by its breaker,
-            # or the model would vanish from the routes and read as unknown.
-            if len(names) > int(holders[name] * self._max_ejected_fraction):
-                log.warning("ejection_cap_reached", model=name, ejected=len(names))
-                del ejected[name]
-        return {
-            b: frozenset(k for k in b.health.models if b.name not in ejected.get(k[0], ()))
-            for b in backends
-        }
-
-    def _ejection_cap(self, live: int) -> int:
-        return max(1, int(live * self._max_ejected_fraction))
-
-    def _admission(
-        self,
-    ) -> tuple[dict[TritonBackend, frozenset[ModelKey]], frozenset[tuple[str, str]]]:
-        admitted = self._admitted_models(self._admitted_backends())
-        pairs = frozenset(
-            (b.name, name) for b, keys in admitted.items() for name in ("", *(k[0] for k in keys))
-        )
-        return admitted, pairs
-
-    def _publish_if_admission_changed(self) -> None:
-        if self._admission()[1] != self._admitted:
-            self._publish()
-
     def _publish(self) -> None:
         live = [b for b in self._backends.values() if b.health.ready]
-        admitted, pairs = self._admission()
-        self.table = RouteTable.build(admitted)
+        self.table = RouteTable.build(
+            {b: b.health.models for b in live if b.name not in self._drained}
+        )
         self.ready_backends = tuple(live)
-        self._admitted = pairs
         for listener in self._listeners:
             listener(self.table)

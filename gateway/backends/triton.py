@@ -8,20 +8,20 @@ Triton's ``--grpc-restricted-protocol``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import structlog
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.balancing.breaker import CircuitBreaker
-from gateway.balancing.faults import RESTRICTED_PROTOCOL
 from gateway.routing.table import ModelKey
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+RESTRICTED_PROTOCOL = "This protocol is restricted, expecting header "
+"""How Triton refuses a call of a protocol restricted by ``--grpc-restricted-protocol`` that
+lacks its header (UNAVAILABLE): the caller is refused, the server is fine."""
 
 FORWARDED_UNARY_METHODS = (
     "ModelInfer",
@@ -33,11 +33,21 @@ FORWARDED_UNARY_METHODS = (
 
 
 @dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the server says of itself in ServerMetadata."""
+
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BackendHealth:
-    """What one poll learned: whether the server answers, and its READY model versions."""
+    """What one poll learned: whether the server answers, its READY model versions, and its
+    ServerMetadata (None while unknown)."""
 
     ready: bool
     models: frozenset[ModelKey]
+    server: ServerInfo | None = None
 
     @classmethod
     def down(cls) -> BackendHealth:
@@ -65,7 +75,6 @@ class TritonBackend:
         address: str,
         *,
         max_message_bytes: int,
-        new_breaker: Callable[[], CircuitBreaker],
         control_metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.name = name
@@ -85,17 +94,6 @@ class TritonBackend:
         self.health = BackendHealth.down()
         self.last_models: frozenset[ModelKey] = frozenset()
         """The READY versions of the last poll that found it up (kept while it is down)."""
-        self._new_breaker = new_breaker
-        self.breaker = new_breaker()
-        """Trips on faults of the whole server: it leaves every route."""
-        self.model_breakers: dict[str, CircuitBreaker] = {}
-        """Per model name, made at its first fault: trips on faults of one model here."""
-
-    def model_breaker(self, model: str) -> CircuitBreaker:
-        breaker = self.model_breakers.get(model)
-        if breaker is None:
-            breaker = self.model_breakers[model] = self._new_breaker()
-        return breaker
 
     def __repr__(self) -> str:
         return f"TritonBackend({self.name!r}, {self.address!r})"
@@ -127,11 +125,25 @@ class TritonBackend:
                 return BackendHealth.down()
             # It serves, but will not say what: keep routing what it last said it had, rather
             # than sending every request to the fallback.
-            return BackendHealth(ready=True, models=self.last_models)
+            return BackendHealth(ready=True, models=self.last_models, server=self.health.server)
         models = frozenset(
             (model.name, model.version) for model in index.models if model.state == "READY"
         )
-        return BackendHealth(ready=True, models=models)
+        return BackendHealth(ready=True, models=models, server=await self._server_info(timeout_s))
+
+    async def _server_info(self, timeout_s: float) -> ServerInfo | None:
+        """ServerMetadata, asked once per start of the server (kept while it stays up)."""
+        if self.health.ready and self.health.server is not None:
+            return self.health.server
+        try:
+            metadata = await self.stub.ServerMetadata(
+                service_pb2.ServerMetadataRequest(),
+                timeout=timeout_s,
+                metadata=self.control_metadata,
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return ServerInfo(version=metadata.version, extensions=tuple(metadata.extensions))
 
     def _refused_as_restricted(self, exc: grpc.aio.AioRpcError, protocol: str) -> bool:
         """Whether the server refused a call of a restricted protocol (warned once)."""

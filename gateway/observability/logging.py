@@ -66,9 +66,14 @@ def truncate_strings(
     return processor
 
 
+def json_logs(settings: LoggingSettings) -> bool:
+    """Whether lines are JSON: asked for, or "auto" with stderr not a terminal."""
+    return settings.format == "json" or (settings.format == "auto" and not sys.stderr.isatty())
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     """Configure structlog once, from the composition root."""
-    as_json = settings.format == "json" or (settings.format == "auto" and not sys.stderr.isatty())
+    as_json = json_logs(settings)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )

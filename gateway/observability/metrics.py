@@ -1,29 +1,26 @@
-"""Prometheus metrics on an injected registry, fed by both data paths.
+"""Prometheus metrics of both processes on the gateway's one metrics port.
 
-Request outcomes are aggregated here, not in prometheus_client metric objects, because two
-producers feed them: the Python data plane observes each call, and tgw-edge reports batches of
-pre-bucketed counts from its own process. One collector renders the sum, so a series never
-depends on which path served it, and the ``path`` label tells them apart. Backend gauges are
-read from the pool at scrape time, so no state is copied.
-
-Adding a metric for a later capability (breakers, retries, fallback, variants) is one line in
-``collect``, or one ``Counter`` on the registry.
+tgw-edge counts its own calls as they end and is asked for its exposition at scrape time (no
+reporting lag); its families are merged here with the gateway's own under the same names, the
+``path`` label telling who answered (``edge``; ``python`` or ``fallback`` for calls handed
+over). Backend gauges are read from the pool at scrape time, so no state is copied.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 PREFIX = "triton_gateway"
@@ -55,10 +52,7 @@ class BackendGauge:
     name: str
     up: bool
     ready_versions: int
-    breaker_open: bool = False
     drained: bool = False
-    open_model_breakers: Mapping[str, bool] = field(default_factory=dict)
-    """Model name → whether its breaker on this backend is open or half-open."""
 
 
 class RequestMetrics(Collector):
@@ -69,29 +63,24 @@ class RequestMetrics(Collector):
         registry: CollectorRegistry,
         backends: Callable[[], Iterable[BackendGauge]] = tuple,
         model_labels: ModelLabels | None = None,
+        edge_text: Callable[[], str] = str,
     ) -> None:
         self._totals: dict[RequestKey, _Totals] = {}
         self._model_labels = model_labels
-        self._in_flight: dict[str, int] = {"python": 0, "edge": 0}
+        self._edge_text = edge_text
+        self._in_flight: dict[str, int] = {"python": 0}
         # Scrapes run on the exposition thread, observations on the event loop.
         self._lock = threading.Lock()
         self._backends = backends
         registry.register(self)
-        self.retries = Counter(
-            f"{PREFIX}_retries",
-            "Calls sent again to another backend after a backend fault.",
-            ["backend", "code"],
+        self.edge_up = Gauge(
+            f"{PREFIX}_edge_up",
+            "1 while tgw-edge, the data plane, runs and answers the control plane.",
             registry=registry,
         )
-        self.breaker_transitions = Counter(
-            f"{PREFIX}_breaker_transitions",
-            "Circuit breaker state changes, per backend and model ('' for the whole backend).",
-            ["backend", "model", "state"],
-            registry=registry,
-        )
-        self.retry_budget_exhausted = Counter(
-            f"{PREFIX}_retry_budget_exhausted",
-            "Backend faults not retried because the retry budget was spent.",
+        self.edge_restarts = Counter(
+            f"{PREFIX}_edge_restarts",
+            "Times tgw-edge was found dead or unresponsive and restarted.",
             registry=registry,
         )
 
@@ -107,22 +96,6 @@ class RequestMetrics(Collector):
             totals.seconds += seconds
             totals.buckets[index] += 1
 
-    def add_batch(
-        self, key: RequestKey, count: int, seconds: float, buckets: Sequence[int]
-    ) -> None:
-        """Pre-bucketed counts from tgw-edge (same bucket bounds, one extra for +Inf)."""
-        if len(buckets) != len(LATENCY_BUCKETS) + 1:
-            raise ValueError("bucket counts do not match LATENCY_BUCKETS")
-        key = self._bounded(key)
-        with self._lock:
-            totals = self._totals.get(key)
-            if totals is None:
-                totals = self._totals[key] = _Totals()
-            totals.count += count
-            totals.seconds += seconds
-            for index, value in enumerate(buckets):
-                totals.buckets[index] += value
-
     def _bounded(self, key: RequestKey) -> RequestKey:
         """The key with model and version as label values (both data paths pass here)."""
         if self._model_labels is None:
@@ -130,9 +103,6 @@ class RequestMetrics(Collector):
         path, method, model, version, backend, code = key
         model, version = self._model_labels(model, version)
         return (path, method, model, version, backend, code)
-
-    def set_in_flight(self, path: str, value: int) -> None:
-        self._in_flight[path] = value
 
     def add_in_flight(self, path: str, delta: int) -> None:
         self._in_flight[path] = self._in_flight.get(path, 0) + delta
@@ -152,6 +122,7 @@ class RequestMetrics(Collector):
                 (key, t.count, t.seconds, list(t.buckets)) for key, t in self._totals.items()
             ]
             in_flight = dict(self._in_flight)
+        edge = self._edge_families()
         for key, count, seconds, buckets in snapshot:
             requests.add_metric(list(key), count)
             cumulative = 0
@@ -160,14 +131,17 @@ class RequestMetrics(Collector):
                 cumulative += value
                 points.append((_bound(bound), cumulative))
             latency.add_metric(list(key), points, seconds)
-        yield requests
-        yield latency
         flight = GaugeMetricFamily(
             f"{PREFIX}_in_flight_requests", "Calls being served now.", labels=["path"]
         )
         for path, value in sorted(in_flight.items()):
             flight.add_metric([path], value)
-        yield flight
+        for family in (requests, latency, flight):
+            merged = edge.pop(family.name, None)
+            if merged is not None:
+                family.samples.extend(merged.samples)
+            yield family
+        yield from edge.values()
         up = GaugeMetricFamily(
             f"{PREFIX}_backend_up", "1 when the backend answers health polls.", labels=["backend"]
         )
@@ -176,16 +150,6 @@ class RequestMetrics(Collector):
             "Model versions READY on the backend.",
             labels=["backend"],
         )
-        breaker = GaugeMetricFamily(
-            f"{PREFIX}_backend_breaker_open",
-            "1 while the backend's circuit breaker is open or half-open.",
-            labels=["backend"],
-        )
-        model_breaker = GaugeMetricFamily(
-            f"{PREFIX}_model_breaker_open",
-            "1 while the breaker of one model on the backend is open or half-open.",
-            labels=["backend", "model"],
-        )
         drained = GaugeMetricFamily(
             f"{PREFIX}_backend_drained", "1 while the backend is drained.", labels=["backend"]
         )
@@ -193,14 +157,16 @@ class RequestMetrics(Collector):
             drained.add_metric([backend.name], 1.0 if backend.drained else 0.0)
             up.add_metric([backend.name], 1.0 if backend.up else 0.0)
             versions.add_metric([backend.name], backend.ready_versions)
-            breaker.add_metric([backend.name], 1.0 if backend.breaker_open else 0.0)
-            for model, is_open in sorted(backend.open_model_breakers.items()):
-                model_breaker.add_metric([backend.name, model], 1.0 if is_open else 0.0)
         yield up
         yield versions
-        yield breaker
-        yield model_breaker
         yield drained
+
+    def _edge_families(self) -> dict[str, Metric]:
+        """tgw-edge's families by name ({} while it does not answer)."""
+        text = self._edge_text()
+        if not text:
+            return {}
+        return {family.name: family for family in text_string_to_metric_families(text)}
 
 
 def _bound(value: float) -> str:

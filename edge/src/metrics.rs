@@ -1,0 +1,210 @@
+//! The edge's own metrics, counted as each call ends (no reporting lag) and read by the control
+//! plane at scrape time (the `Metrics` call of the control protocol), which serves them on the
+//! gateway's one metrics port beside its own.
+//!
+//! Family names and labels are the gateway's: requests carry `path="edge"`, so dashboards sum
+//! both processes without knowing which answered. Label values for models and versions come
+//! only from the snapshot (routes and known models): client input never mints a series.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+const PREFIX: &str = "triton_gateway";
+/// Seconds; the same bounds as the gateway's `LATENCY_BUCKETS`.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+const REQUEST_LABELS: [&str; 6] = ["path", "method", "model", "version", "backend", "code"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pub in_flight: IntGauge,
+    pub retries: IntCounterVec,
+    pub hedges: IntCounterVec,
+    pub retry_budget_exhausted: IntCounter,
+    pub breaker_transitions: IntCounterVec,
+    pub shed: IntCounterVec,
+    pub backend_breaker_open: IntGaugeVec,
+    pub model_breaker_open: IntGaugeVec,
+    pub snapshot_version: IntGauge,
+    pub snapshots_refused: IntCounter,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("{PREFIX}_{name}"), help)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            opts("requests_total", "Calls answered, by data path and outcome."),
+            &REQUEST_LABELS,
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}_request_duration_seconds"),
+                "Time from receiving a call to its last byte, by data path and outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &REQUEST_LABELS,
+        )
+        .expect("valid metric");
+        let in_flight =
+            IntGauge::with_opts(opts("in_flight_requests", "Calls being served now.").const_label("path", "edge"))
+                .expect("valid metric");
+        let metrics = Metrics {
+            requests: register(&registry, requests),
+            latency: register(&registry, latency),
+            in_flight: register(&registry, in_flight),
+            retries: register(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "retries_total",
+                        "Calls sent again to another backend after a backend fault.",
+                    ),
+                    &["backend", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            hedges: register(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "hedges_total",
+                        "Second copies of slow idempotent calls sent to another backend.",
+                    ),
+                    &["model"],
+                )
+                .expect("valid metric"),
+            ),
+            retry_budget_exhausted: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "retry_budget_exhausted_total",
+                    "Retries and hedges not sent because the retry budget was spent.",
+                ))
+                .expect("valid metric"),
+            ),
+            breaker_transitions: register(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "breaker_transitions_total",
+                        "Circuit breaker state changes, per backend and model ('' for the whole backend).",
+                    ),
+                    &["backend", "model", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            shed: register(
+                &registry,
+                IntCounterVec::new(
+                    opts("shed_total", "Calls refused at once because too many were in flight."),
+                    &["model"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_breaker_open: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "backend_breaker_open",
+                        "1 while the backend's circuit breaker is open or half-open.",
+                    ),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            model_breaker_open: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "model_breaker_open",
+                        "1 while the breaker of one model on the backend is open or half-open.",
+                    ),
+                    &["backend", "model"],
+                )
+                .expect("valid metric"),
+            ),
+            snapshot_version: register(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "edge_snapshot_version",
+                    "Version of the control snapshot the edge serves.",
+                ))
+                .expect("valid metric"),
+            ),
+            snapshots_refused: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "edge_snapshots_refused_total",
+                    "Control snapshots the edge could not apply (NACKed; the last good one kept serving).",
+                ))
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        let build = IntGaugeVec::new(opts("edge_build_info", "tgw-edge's version; always 1."), &["version"])
+            .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(&metrics.registry, build);
+        let process =
+            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "triton_gateway_edge");
+        let _ = metrics.registry.register(Box::new(process));
+        metrics
+    }
+
+    /// One finished call (or try) on the edge.
+    pub fn observe(&self, method: &str, model: &str, version: &str, backend: &str, code: &str, seconds: f64) {
+        let labels = ["edge", method, model, version, backend, code];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(seconds);
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn calls_are_counted_under_the_gateway_names() {
+        let metrics = Metrics::new();
+        metrics.observe("ModelInfer", "simple", "1", "triton-a", "OK", 0.0007);
+        metrics.retries.with_label_values(&["triton-a", "UNAVAILABLE"]).inc();
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"triton_gateway_requests_total{backend="triton-a",code="OK",method="ModelInfer",model="simple",path="edge",version="1"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"triton_gateway_request_duration_seconds_bucket{backend="triton-a",code="OK",method="ModelInfer",model="simple",path="edge",version="1",le="0.001"} 1"#), "{text}");
+        assert!(text.contains("triton_gateway_retries_total"), "{text}");
+        assert!(text.contains("triton_gateway_edge_build_info"), "{text}");
+        assert!(
+            text.contains("triton_gateway_in_flight_requests{path=\"edge\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Answers on their way back to the client: the gRPC status is read where it arrives (the
+//! trailers, or the headers of a trailers-only answer) and the try that produced it is
+//! settled exactly once, also when the client goes away first (then as CANCELLED).
+
+use crate::attempt::Attempt;
+use crate::body::Upstream;
+use crate::server::ActiveCall;
+use crate::shedding::Admitted;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// grpc-status header value to the status name Python's grpc.StatusCode uses.
+pub fn code_name(value: Option<&[u8]>) -> &'static str {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| CODES.get(v).copied())
+        .unwrap_or("UNKNOWN")
+}
+
+/// The grpc-message header as text ("" when absent or not UTF-8).
+pub fn message_of(headers: &HeaderMap) -> &str {
+    headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// A response body that records its call when the gRPC status goes by, and holds what the
+/// call occupies (its shedding admission, its place on the client connection) until it ends.
+pub struct ObservedBody {
+    inner: Upstream,
+    attempt: Option<Attempt>,
+    admission: Option<Admitted>,
+    call: Option<ActiveCall>,
+}
+
+impl From<Upstream> for ObservedBody {
+    fn from(inner: Upstream) -> Self {
+        ObservedBody {
+            inner,
+            attempt: None,
+            admission: None,
+            call: None,
+        }
+    }
+}
+
+impl ObservedBody {
+    /// Keep the call counted as in flight until its body is done.
+    pub fn holding(mut self, admission: Admitted) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Keep the client connection's call open until the body is done.
+    pub fn on_connection(mut self, call: ActiveCall) -> Self {
+        self.call = Some(call);
+        self
+    }
+
+    /// Wrap a backend answer whose status is still to come (in its trailers).
+    pub fn settling(inner: Upstream, attempt: Attempt) -> Self {
+        ObservedBody {
+            inner,
+            attempt: Some(attempt),
+            admission: None,
+            call: None,
+        }
+    }
+
+    fn done(&mut self, code: &'static str, message: &str) {
+        self.admission = None;
+        if let Some(attempt) = self.attempt.take() {
+            attempt.finish(code, message);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
+                    this.done(code, message_of(trailers));
+                }
+            }
+            // The stream broke, or ended without a status: the backend failed the call.
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.done("UNAVAILABLE", ""),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.done("CANCELLED", "");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_name;
+
+    #[test]
+    fn status_codes_map_to_names() {
+        assert_eq!(code_name(Some(b"0")), "OK");
+        assert_eq!(code_name(Some(b"14")), "UNAVAILABLE");
+        assert_eq!(code_name(Some(b"99")), "UNKNOWN");
+        assert_eq!(code_name(None), "UNKNOWN");
+    }
+}

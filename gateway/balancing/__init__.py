@@ -1,1 +1,0 @@
-"""How one backend is chosen among the candidates a route allows."""
