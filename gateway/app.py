@@ -31,6 +31,7 @@ from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.control import snapshot
 from gateway.control.arguments import edge_arguments, find_edge_binary
+from gateway.control.listener import bind_public
 from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
 from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
@@ -188,6 +189,7 @@ class Gateway:
             edge_arguments(self.settings),
             runtime,
             self._snapshot,
+            lambda: bind_public(self.settings.server.host, self.settings.server.port),
             on_report=self._edge_report,
             on_up=self._edge_up,
             clock=self._clock,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.app import Gateway
+from gateway.control.errors import ControlError
 from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import stop_detached
 from gateway.observability.logging import configure_logging
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except FleetError as exc:
+    except (FleetError, ControlError) as exc:
         print(f"triton-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,19 +1,29 @@
 """Chaos scenarios: real Triton processes behind a gateway started here, faults under load.
 
     .venv/bin/python -m load_tests.chaos all               # every scenario, one after another
-    .venv/bin/python -m load_tests.chaos kill --edge off   # one scenario, Python data path only
+    .venv/bin/python -m load_tests.chaos kill-edge         # one scenario
 
-Each scenario starts three local Triton servers and a gateway process (default settings but
-for the ones named below), sends open-loop load, injects its fault a third of the way in and
-prints: requests sent, failed (by status), answered by the local fallback, the time from the
-fault to the victim's breaker opening and to its health poll showing the fault (scraped from
-/metrics every 20 ms), and latency p50/p99 before the fault and in the window after it.
+Each scenario starts three local Triton servers and a gateway process (the shipped settings,
+but for the fallback, off where named below), sends open-loop load, injects its fault a third
+of the way in and prints: requests sent, failed (by status), answered by the local fallback,
+the time from the fault to the victim's breaker opening and to its health poll showing the
+fault (scraped from /metrics every 20 ms), and latency p50/p99 before the fault and in the
+window after it.
 
-- kill:     SIGKILL one backend; restart it two thirds of the way in.
-- hang:     SIGSTOP one backend (per-try timeout 0.3 s); SIGCONT two thirds of the way in.
-- kill-all: SIGKILL every backend (the fallback answers); restart them two thirds in.
-- unload:   unload `simple` on one backend directly (the gateway learns it from traffic).
-- sigterm:  SIGTERM the gateway: calls in flight finish, later ones are refused.
+Faults of the fleet (no fallback: the fleet's own resilience must carry every call):
+- kill:       SIGKILL one backend; restart it two thirds of the way in.
+- hang:       SIGSTOP one backend; SIGCONT two thirds of the way in.
+- unload:     unload `simple` on one backend directly (the gateway learns it from traffic).
+Faults the fallback must cover:
+- kill-all:   SIGKILL every backend; restart them two thirds in.
+- kill-hang:  SIGKILL one backend and SIGSTOP the others; recovered two thirds in.
+Faults of the gateway's own processes:
+- sigterm:            SIGTERM the gateway: calls in flight finish, later ones are refused.
+- kill-control-plane: SIGKILL the Python gateway; tgw-edge keeps serving; a new gateway
+                      process on the same port re-attaches to it two thirds in.
+- stop-control-plane: SIGSTOP the Python gateway for 10 s (the load runs at least 15 s).
+- kill-edge:          SIGKILL tgw-edge: the gateway logs it and starts a new one; reports
+                      the time until the public port answers again.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,14 +47,30 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import free_port
 from load_tests import loadgen
 from load_tests.gateway_process import start_gateway
+from load_tests.hostile import edge_child
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("kill", "hang", "kill-all", "unload", "sigterm")
+SCENARIOS = (
+    "kill",
+    "hang",
+    "unload",
+    "kill-all",
+    "kill-hang",
+    "sigterm",
+    "kill-control-plane",
+    "stop-control-plane",
+    "kill-edge",
+)
+FLEET_FAULTS = ("kill", "hang", "unload", "kill-all", "kill-hang")
+"""Scenarios whose victim is a backend: its breaker and health poll are watched."""
+RECOVERED = ("kill", "hang", "kill-all", "kill-hang", "kill-control-plane", "stop-control-plane")
+STOP_CONTROL_PLANE_S = 10.0
 WATCH_PERIOD_S = 0.02
 
 
@@ -65,7 +92,6 @@ class Watch:
 @dataclass
 class Outcome:
     scenario: str
-    edge: str
     result: loadgen.LoadResult
     faulted: float = 0.0
     recovered: float | None = None
@@ -75,6 +101,10 @@ class Outcome:
     """The backend that served the most calls before the fault: the fault hits it."""
     victim_outcomes: dict[str, float] = field(default_factory=dict)
     """The gateway's count of calls sent to the victim, by status (scraped at the end)."""
+    serving_again: float | None = None
+    """perf_counter() time the public port answered again after the fault (kill-edge)."""
+    edge_restarts: float | None = None
+    """The gateway's count of tgw-edge restarts at the end."""
 
     def report(self) -> dict[str, Any]:
         result = self.result
@@ -92,7 +122,6 @@ class Outcome:
 
         return {
             "scenario": self.scenario,
-            "edge": self.edge,
             "victim": self.victim,
             "sent": result.sent,
             "ok": result.ok,
@@ -107,6 +136,8 @@ class Outcome:
             "window_s": round(end - fault_at, 3),
             "breaker_open_after_s": after(self.watch.breaker_open_at),
             "poll_down_after_s": after(self.watch.poll_down_at),
+            "serving_again_after_s": after(self.serving_again),
+            "edge_restarts": self.edge_restarts,
             "p50_before_ms": before[0],
             "p99_before_ms": before[1],
             "p50_fault_ms": during[0],
@@ -129,19 +160,29 @@ def _percentiles(
     )
 
 
-def _outcomes_by_backend(metrics_port: int) -> dict[str, dict[str, float]]:
-    """The gateway's request counts: backend → status → calls."""
+def _samples(metrics_port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=1) as response:
         text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _outcomes_by_backend(
+    metrics_port: int,
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The gateway's request counts: backend → status → calls."""
     outcomes: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            backend = sample.labels.get("backend")
-            if sample.name == "triton_gateway_requests_total" and backend:
-                codes = outcomes.setdefault(backend, {})
-                code = sample.labels["code"]
-                codes[code] = codes.get(code, 0.0) + sample.value
+    for (name, series), count in (samples or _samples(metrics_port)).items():
+        labels = dict(series)
+        backend = labels.get("backend")
+        if name == "triton_gateway_requests_total" and backend:
+            codes = outcomes.setdefault(backend, {})
+            codes[labels["code"]] = codes.get(labels["code"], 0.0) + count
     return outcomes
 
 
@@ -186,31 +227,46 @@ async def _watch(metrics_port: int, victim: str, watch: Watch, armed: asyncio.Ev
         await asyncio.sleep(WATCH_PERIOD_S)
 
 
+def _schedule(scenario: str, spec: loadgen.LoadSpec) -> tuple[loadgen.LoadSpec, float, float]:
+    """The load, the fault's and the recovery's delays from its start."""
+    if scenario == "stop-control-plane":
+        spec = loadgen.LoadSpec(**{**_fields(spec), "duration_s": max(spec.duration_s, 15.0)})
+        return spec, spec.duration_s / 3, spec.duration_s / 3 + STOP_CONTROL_PLANE_S
+    return spec, spec.duration_s / 3, spec.duration_s * 2 / 3
+
+
 def run_scenario(
-    scenario: str, edge: str, spec: loadgen.LoadSpec, installation: TritonInstallation
+    scenario: str, spec: loadgen.LoadSpec, installation: TritonInstallation
 ) -> Outcome:
-    fault_delay = spec.duration_s / 3
-    recover_delay = spec.duration_s * 2 / 3
-    sections: dict[str, dict[str, Any]] = {"edge": {"mode": edge}}
-    if scenario == "hang":
-        sections["retry"] = {"per_try_timeout_s": 0.3}
-    if scenario != "kill-all":
-        # The fleet's own resilience must carry every request; only kill-all needs the fallback.
+    spec, fault_delay, recover_delay = _schedule(scenario, spec)
+    sections: dict[str, dict[str, Any]] = {}
+    if scenario in ("kill", "hang", "unload"):
+        # The fleet's own resilience must carry every request.
         sections["fallback"] = {"enabled": False}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         specs = [ServerSpec(f"triton-{index}", models=("simple",)) for index in range(3)]
         with LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs) as fleet:
-            metrics_port = free_port()
+            backends = [(s.name, s.address) for s in fleet.servers.values()]
+            metrics_port, port = free_port(), free_port()
             gateway, address = start_gateway(
-                [(s.name, s.address) for s in fleet.servers.values()],
-                workdir,
-                edge_mode=edge,
-                metrics_port=metrics_port,
-                sections=sections,
+                backends, workdir, metrics_port=metrics_port, port=port, sections=sections
             )
-            outcome = Outcome(scenario, edge, loadgen.LoadResult(spec))
+            processes = Processes(gateway, edge_child(gateway.pid))
+            outcome = Outcome(scenario, loadgen.LoadResult(spec))
             armed = asyncio.Event()
+
+            async def restart_gateway() -> None:
+                # Same ports: the new control plane finds the edge that kept serving.
+                processes.gateway, _ = await asyncio.to_thread(
+                    start_gateway,
+                    backends,
+                    workdir,
+                    metrics_port=metrics_port,
+                    port=port,
+                    sections=sections,
+                    name="gateway-restarted",
+                )
 
             async def chaos() -> None:
                 await asyncio.sleep(fault_delay)
@@ -218,36 +274,85 @@ def run_scenario(
                 outcome.victim = max(
                     fleet.servers, key=lambda name: served.get(name, {}).get("OK", 0.0)
                 )
-                watcher = asyncio.create_task(
-                    _watch(metrics_port, outcome.victim, outcome.watch, armed)
-                )
+                watcher = None
+                if scenario in FLEET_FAULTS:
+                    watcher = asyncio.create_task(
+                        _watch(metrics_port, outcome.victim, outcome.watch, armed)
+                    )
                 outcome.faulted = time.perf_counter()
                 armed.set()
-                await _inject(scenario, fleet, outcome.victim, gateway.pid)
-                if scenario in ("kill", "hang", "kill-all"):
+                await _inject(scenario, fleet, outcome.victim, processes)
+                if scenario == "kill-edge":
+                    outcome.serving_again = await _until_serving(address)
+                if scenario in RECOVERED:
                     await asyncio.sleep(max(0.0, recover_delay - fault_delay))
-                    await _recover(scenario, fleet, outcome.victim)
+                    if scenario == "kill-control-plane":
+                        await restart_gateway()
+                    else:
+                        await _recover(scenario, fleet, outcome.victim, processes)
                     outcome.recovered = time.perf_counter()
                 else:
                     # No recovery: watch until the load ends.
                     await asyncio.sleep(max(0.0, spec.duration_s - fault_delay - 0.2))
                 outcome.watch.stop = True
-                await watcher
+                if watcher is not None:
+                    await watcher
 
             runner_spec = loadgen.LoadSpec(**{**_fields(spec), "target": address})
             try:
                 outcome.result = asyncio.run(loadgen.run(runner_spec, None, None, chaos))
             finally:
-                if gateway.poll() is None:
-                    with contextlib.suppress(OSError):
-                        served = _outcomes_by_backend(metrics_port)
-                        outcome.victim_outcomes = served.get(outcome.victim, {})
-                    gateway.terminate()
-                gateway.wait(30)
+                _finish(processes, metrics_port, outcome)
     return outcome
 
 
-async def _inject(scenario: str, fleet: LocalFleet, victim_name: str, gateway_pid: int) -> None:
+@dataclass
+class Processes:
+    """The gateway process of the run (replaced when it is restarted) and its first edge."""
+
+    gateway: subprocess.Popen[bytes]
+    edge: int | None
+
+
+def _finish(processes: Processes, metrics_port: int, outcome: Outcome) -> None:
+    """Read the final counts, stop the gateway, and end an edge a killed gateway left behind."""
+    gateway = processes.gateway
+    if gateway.poll() is None:
+        with contextlib.suppress(OSError):
+            samples = _samples(metrics_port)
+            served = _outcomes_by_backend(metrics_port, samples)
+            outcome.victim_outcomes = served.get(outcome.victim, {})
+            outcome.edge_restarts = sum(
+                value
+                for (name, _), value in samples.items()
+                if name == "triton_gateway_edge_restarts_total"
+            )
+        gateway.terminate()
+    gateway.wait(30)
+    edge = processes.edge
+    if edge is not None and Path(f"/proc/{edge}").exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(edge, signal.SIGKILL)
+
+
+async def _until_serving(address: str, timeout_s: float = 10.0) -> float | None:
+    """perf_counter() time the public port first answers ServerLive again."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        # A fresh channel each time: a used one waits out gRPC's reconnect backoff (1 s).
+        client = grpcclient.InferenceServerClient(address)
+        try:
+            if await asyncio.to_thread(client.is_server_live, client_timeout=0.2):
+                return time.perf_counter()
+        except InferenceServerException:
+            pass
+        finally:
+            client.close()
+        await asyncio.sleep(0.005)
+    return None
+
+
+async def _inject(scenario: str, fleet: LocalFleet, victim_name: str, processes: Processes) -> None:
     victim = fleet.servers[victim_name]
     if scenario == "kill":
         os.kill(victim.pid, signal.SIGKILL)
@@ -256,20 +361,38 @@ async def _inject(scenario: str, fleet: LocalFleet, victim_name: str, gateway_pi
     elif scenario == "kill-all":
         for server in fleet.servers.values():
             os.kill(server.pid, signal.SIGKILL)
+    elif scenario == "kill-hang":
+        os.kill(victim.pid, signal.SIGKILL)
+        for name, server in fleet.servers.items():
+            if name != victim_name:
+                os.kill(server.pid, signal.SIGSTOP)
     elif scenario == "unload":
         client = grpcclient.InferenceServerClient(victim.address)
         await asyncio.to_thread(client.unload_model, "simple")
     elif scenario == "sigterm":
-        os.kill(gateway_pid, signal.SIGTERM)
+        os.kill(processes.gateway.pid, signal.SIGTERM)
+    elif scenario == "kill-control-plane":
+        os.kill(processes.gateway.pid, signal.SIGKILL)
+        await asyncio.to_thread(processes.gateway.wait)
+    elif scenario == "stop-control-plane":
+        os.kill(processes.gateway.pid, signal.SIGSTOP)
+    elif scenario == "kill-edge":
+        assert processes.edge is not None, "the gateway runs no tgw-edge"
+        os.kill(processes.edge, signal.SIGKILL)
 
 
-async def _recover(scenario: str, fleet: LocalFleet, victim: str) -> None:
-    victims = list(fleet.servers) if scenario == "kill-all" else [victim]
-    for name in victims:
+async def _recover(scenario: str, fleet: LocalFleet, victim: str, processes: Processes) -> None:
+    if scenario == "stop-control-plane":
+        os.kill(processes.gateway.pid, signal.SIGCONT)
+        return
+    stopped = [n for n in fleet.servers if n != victim] if scenario == "kill-hang" else []
+    if scenario == "hang":
+        stopped = [victim]
+    for name in stopped:
+        os.kill(fleet.servers[name].pid, signal.SIGCONT)
+    killed = {"kill": [victim], "kill-hang": [victim], "kill-all": list(fleet.servers)}
+    for name in killed.get(scenario, []):
         server = fleet.servers[name]
-        if scenario == "hang":
-            os.kill(server.pid, signal.SIGCONT)
-            continue
         if server.process is not None:
             await asyncio.to_thread(server.process.wait)
         # Off the loop so the load keeps its schedule while Triton starts.
@@ -285,7 +408,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="chaos", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    parser.add_argument("--edge", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--rate", type=float, default=300.0, help="requests/s, open loop")
     parser.add_argument("--duration", type=float, default=9.0)
     parser.add_argument("--max-requests", type=int, default=100_000)
@@ -305,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reports = []
     for scenario in SCENARIOS if args.scenario == "all" else (args.scenario,):
-        outcome = run_scenario(scenario, args.edge, spec, installation)
+        outcome = run_scenario(scenario, spec, installation)
         report = outcome.report()
         reports.append(report)
         print(json.dumps(report), flush=True)

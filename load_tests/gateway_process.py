@@ -22,22 +22,23 @@ def start_gateway(
     backends: Iterable[tuple[str, str]],
     workdir: Path,
     *,
-    edge_mode: str = "off",
     poll_interval_s: float = 1.0,
     name: str = "gateway",
     log_level: str = "warning",
     metrics_port: int = 0,
+    port: int = 0,
     sections: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A gateway on a free loopback port in front of ``(name, address)`` backends;
-    ``sections`` override settings sections (``{"retry": {"per_try_timeout_s": 0.3}}``)."""
-    port = free_port()
+    """A gateway (tgw-edge on a free loopback port, the Python control plane behind it) in
+    front of ``(name, address)`` backends; ``sections`` override settings sections
+    (``{"timeouts": {"per_model_s": {"simple": 0.3}}}``). The same ``port`` again re-attaches
+    to the edge a killed gateway left serving there."""
+    port = port or free_port()
     config = workdir / f"{name}.yaml"
     settings: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},
         "backends": [{"name": n, "address": a} for n, a in backends],
         "health": {"poll_interval_s": poll_interval_s},
-        "edge": {"mode": edge_mode},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": log_level, "format": "json"},
     }

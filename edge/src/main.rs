@@ -69,10 +69,9 @@ fn main() {
 }
 
 async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
-    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+    let listener = match public_listener(&options).await {
         Ok(listener) => listener,
-        Err(error) => {
-            let reason = format!("cannot listen on {}: {error}", options.listen);
+        Err(reason) => {
             log::error("edge_not_started", &[("reason", &reason)]);
             return EXIT_PUBLIC_PORT;
         }
@@ -139,6 +138,27 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(grace, serving).await;
     stopped(&options)
+}
+
+/// The public listener: the inherited socket when one is given, else a fresh bind.
+async fn public_listener(options: &Options) -> Result<tokio::net::TcpListener, String> {
+    let Some(fd) = options.listen_fd else {
+        return tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|error| format!("cannot listen on {}: {error}", options.listen));
+    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: the fd was handed to this process for this purpose alone (--listen-fd) and is
+    // owned from here on; anything but a listening socket is refused below.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let usable = match socket.is_listener() {
+        Ok(true) => socket.set_nonblocking(true),
+        Ok(false) => Err(std::io::Error::other("not a listening socket")),
+        Err(error) => Err(error),
+    };
+    usable
+        .and_then(|()| tokio::net::TcpListener::from_std(socket.into()))
+        .map_err(|error| format!("cannot serve on inherited socket {fd}: {error}"))
 }
 
 fn stopped(options: &Options) -> i32 {

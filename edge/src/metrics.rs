@@ -179,10 +179,49 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = prometheus::TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+        let gathered = self.registry.gather();
+        if encoder.encode(&gathered, &mut buffer).is_err() {
             return String::new();
         }
-        String::from_utf8(buffer).unwrap_or_default()
+        let mut text = String::from_utf8(buffer).unwrap_or_default();
+        // The registry leaves out a labelled family until its first sample; declare it
+        // anyway, so dashboards and alerts can tell "none yet" from "not exported".
+        for (name, help, kind) in self.labelled_families() {
+            if !gathered.iter().any(|family| family.name() == name) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        text
+    }
+
+    /// (name, help, type) of every labelled family.
+    fn labelled_families(&self) -> Vec<(String, String, &'static str)> {
+        let counters: [&dyn Collector; 6] = [
+            &self.requests,
+            &self.retries,
+            &self.hedges,
+            &self.breaker_transitions,
+            &self.shed,
+            &self.backend_breaker_open,
+        ];
+        let kinds = ["counter", "counter", "counter", "counter", "counter", "gauge"];
+        let mut families: Vec<(String, String, &'static str)> = counters
+            .iter()
+            .zip(kinds)
+            .flat_map(|(collector, kind)| {
+                collector
+                    .desc()
+                    .into_iter()
+                    .map(move |desc| (desc.fq_name.clone(), desc.help.clone(), kind))
+            })
+            .collect();
+        for desc in self.model_breaker_open.desc() {
+            families.push((desc.fq_name.clone(), desc.help.clone(), "gauge"));
+        }
+        for desc in self.latency.desc() {
+            families.push((desc.fq_name.clone(), desc.help.clone(), "histogram"));
+        }
+        families
     }
 }
 
@@ -202,6 +241,9 @@ mod tests {
         assert!(text.contains(r#"triton_gateway_request_duration_seconds_bucket{backend="triton-a",code="OK",method="ModelInfer",model="simple",path="edge",version="1",le="0.001"} 1"#), "{text}");
         assert!(text.contains("triton_gateway_retries_total"), "{text}");
         assert!(text.contains("triton_gateway_edge_build_info"), "{text}");
+        // Declared before their first sample.
+        assert!(text.contains("# TYPE triton_gateway_hedges_total counter"), "{text}");
+        assert!(text.contains("# TYPE triton_gateway_model_breaker_open gauge"), "{text}");
         assert!(
             text.contains("triton_gateway_in_flight_requests{path=\"edge\"} 0"),
             "{text}"

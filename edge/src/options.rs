@@ -18,6 +18,12 @@ pub struct Options {
     #[arg(long)]
     pub listen: SocketAddr,
 
+    /// An inherited, already listening socket to serve on instead of binding `--listen` (the
+    /// control plane keeps it open across edge restarts, so clients that connect while no edge
+    /// runs wait in its backlog instead of being refused).
+    #[arg(long)]
+    pub listen_fd: Option<i32>,
+
     /// The gateway's Unix socket: where calls without a route are handed over.
     #[arg(long)]
     pub gateway_socket: std::path::PathBuf,
@@ -138,6 +144,7 @@ mod tests {
         assert!(Options::try_parse_from(["tgw-edge"]).is_err());
         assert!(Options::try_parse_from(["tgw-edge", "--listen", "x"]).is_err());
         assert!(Options::try_parse_from(REQUIRED.iter().copied().chain(["--threads", "0"])).is_err());
+        assert!(Options::try_parse_from(REQUIRED.iter().copied().chain(["--listen-fd", "x"])).is_err());
         assert!(Options::try_parse_from(REQUIRED.iter().copied().chain(["--log-level", "loud"])).is_err());
     }
 }

@@ -12,8 +12,10 @@ import stat
 import tempfile
 from pathlib import Path
 
+from gateway.control.errors import ControlError
 
-class RuntimeDirError(RuntimeError):
+
+class RuntimeDirError(ControlError):
     """The runtime folder cannot be used safely."""
 
 

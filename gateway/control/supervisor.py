@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,15 +27,17 @@ import structlog
 
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.control.client import EdgeControlClient
+from gateway.control.errors import ControlError
 
 log = structlog.get_logger(__name__)
 
 _START_WAIT_S = 10.0
 _POLL_S = 0.02
 _CALL_TIMEOUT_S = 2.0
+_REAP_WAIT_S = 0.2
 
 
-class EdgeError(RuntimeError):
+class EdgeError(ControlError):
     """tgw-edge could not be started or kept running."""
 
 
@@ -49,6 +52,7 @@ class EdgeSupervisor:
         arguments: Sequence[str],
         runtime_dir: Path,
         snapshot: SnapshotSource,
+        bind_public: Callable[[], socket.socket],
         *,
         on_report: Callable[[control_pb2.EdgeReport], None] = lambda report: None,
         on_up: Callable[[bool], None] = lambda up: None,
@@ -63,6 +67,10 @@ class EdgeSupervisor:
         self.control_socket = runtime_dir / "control.sock"
         self.gateway_socket = runtime_dir / "gateway.sock"
         self._snapshot = snapshot
+        self._bind_public = bind_public
+        self._listener: socket.socket | None = None
+        """The public port, kept open across edge restarts (None while attached to an edge
+        another control plane started: that edge holds it)."""
         self._on_report = on_report
         self._on_up = on_up
         self._clock = clock
@@ -103,6 +111,8 @@ class EdgeSupervisor:
     async def stop(self, grace_s: float) -> None:
         """Ask the edge to drain within ``grace_s`` and exit; kill it if it does not."""
         self._stopping = True
+        # New connections are refused from now on rather than left in a backlog no edge reads.
+        self._close_listener()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -144,15 +154,21 @@ class EdgeSupervisor:
     async def _spawn(self) -> None:
         # A stale socket of an edge that died; a live edge would have answered _attach.
         self.control_socket.unlink(missing_ok=True)
+        if self._listener is None:
+            self._listener = self._bind_public()
+        listen_fd = self._listener.fileno()
         process = await asyncio.create_subprocess_exec(
             str(self._binary),
             *self._arguments,
+            "--listen-fd",
+            str(listen_fd),
             "--control-socket",
             str(self.control_socket),
             "--gateway-socket",
             str(self.gateway_socket),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
+            pass_fds=(listen_fd,),
             # Its own session: Ctrl-C or a signal to the gateway's group does not reach it; the
             # gateway stops it with the control protocol's Shutdown.
             start_new_session=True,
@@ -245,7 +261,8 @@ class EdgeSupervisor:
                 reading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reading
-            if not self._alive():
+            # A dead edge ends the stream a moment before its exit is reaped.
+            if await self._wait_gone(_REAP_WAIT_S):
                 return "its control stream ended and the process is gone"
             # The stream broke but the process lives (a restart of the stream): read again.
             await asyncio.sleep(self._report_interval_s)
@@ -316,6 +333,11 @@ class EdgeSupervisor:
                 return False
             await asyncio.sleep(_POLL_S)
         return True
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:

@@ -20,7 +20,6 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.app import Gateway
 from gateway.backends.triton import TritonBackend
-from gateway.balancing.breaker import BreakerPolicy, CircuitBreaker
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import value
@@ -47,12 +46,11 @@ def restricted_fleet(
         yield fleet
 
 
-@pytest.fixture(scope="module", params=["off", "on"], ids=["python", "edge"])
-def keyed(restricted_fleet: LocalFleet, request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def keyed(restricted_fleet: LocalFleet) -> Iterator[str]:
     """A gateway with the key, in front of the restricted fleet; yields its address."""
     settings = gateway_settings(
         restricted_fleet,
-        edge={"mode": request.param},
         security={"model_repository_key": "tgw-key=s3cret"},
         health={"poll_interval_s": 0.1},
     )
@@ -154,7 +152,6 @@ def test_a_backend_refusing_the_index_poll_stays_up_with_its_last_models(
             "canary",
             address,
             max_message_bytes=1 << 20,
-            new_breaker=lambda: CircuitBreaker(BreakerPolicy(), lambda: 0.0),
             control_metadata=metadata,
         )
 
@@ -163,7 +160,7 @@ def test_a_backend_refusing_the_index_poll_stays_up_with_its_last_models(
         first = await keyed.poll_health(5.0)
         assert first.ready and ("simple", "1") in first.models
         # The key is gone (or the server now restricts the poll): up, last models kept.
-        keyed.last_models = first.models
+        keyed.health, keyed.last_models = first, first.models  # as the pool records a poll
         keyed.control_metadata = None
         assert await keyed.poll_health(5.0) == first
         # Never told its models: still up, with none routed to it, rather than down.
@@ -179,7 +176,7 @@ def test_a_backend_refusing_the_index_poll_stays_up_with_its_last_models(
 def test_a_gateway_without_the_key_keeps_restricted_backends_up(
     restricted_fleet: LocalFleet,
 ) -> None:
-    settings = gateway_settings(restricted_fleet, edge={"mode": "off"})
+    settings = gateway_settings(restricted_fleet)
     with BackgroundGateway(Gateway(settings)) as gateway:
         port = gateway.gateway.metrics_port
         assert {b.name for b in gateway.gateway.pool.ready_backends} == {"canary", "second"}

@@ -14,17 +14,11 @@ from tests.support.metrics import exported_names, requests_total, scrape, value,
 from tests.support.models import simple_arrays, simple_inputs
 
 
-def _path(gateway: BackgroundGateway) -> str:
-    """Which data path serves routed calls in this gateway."""
-    return "edge" if gateway.gateway.settings.edge.mode == "on" else "python"
-
-
 def test_successful_requests_are_counted_with_latency(gateway: BackgroundGateway) -> None:
     port = gateway.gateway.metrics_port
-    # Version "1" spelled out: a series no other test touches, so late edge reports of
-    # earlier tests cannot move it.
+    # Version "1" spelled out: a series no other test touches.
     series = {
-        "path": _path(gateway),
+        "path": "edge",
         "method": "ModelInfer",
         "model": "simple",
         "version": "1",
@@ -52,7 +46,7 @@ def test_successful_requests_are_counted_with_latency(gateway: BackgroundGateway
 
 def test_client_errors_are_counted_by_status(gateway: BackgroundGateway) -> None:
     port = gateway.gateway.metrics_port
-    series = {"path": _path(gateway), "model": "simple", "version": "1", "code": "INVALID_ARGUMENT"}
+    series = {"path": "edge", "model": "simple", "version": "1", "code": "INVALID_ARGUMENT"}
     before = requests_total(port, **series)
     client = grpcclient.InferenceServerClient(gateway.url)
     a, b = simple_arrays()

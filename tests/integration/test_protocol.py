@@ -41,11 +41,17 @@ def _direct(fleet: LocalFleet, name: str = "triton-a") -> grpcclient.InferenceSe
     return grpcclient.InferenceServerClient(fleet.servers[name].address)
 
 
-def test_server_live_ready_and_metadata(client: grpcclient.InferenceServerClient) -> None:
+def test_server_live_ready_and_metadata(
+    client: grpcclient.InferenceServerClient, fleet: LocalFleet
+) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
-    assert metadata.name == "triton-gateway"
+    # Triton's own answer for the fleet: clients check for "triton" and its version.
+    triton = _direct(fleet).get_server_metadata()
+    assert (metadata.name, metadata.version) == ("triton", triton.version)
+    # The extensions every backend and the gateway honour, in Triton's order.
+    assert list(metadata.extensions) == [e for e in triton.extensions if e in metadata.extensions]
     assert "model_repository" in metadata.extensions
     assert "system_shared_memory" not in metadata.extensions
 
@@ -134,7 +140,6 @@ def test_unload_and_load_across_the_fleet_moves_routes(
     triton_b = _direct(fleet, "triton-b")
     settings = gateway_settings(
         fleet,
-        edge={"mode": gateway.gateway.settings.edge.mode},
         security={"model_repository_key": "tgw-key=s3cret"},
     )
     with BackgroundGateway(Gateway(settings)) as keyed:
