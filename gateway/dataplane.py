@@ -147,9 +147,15 @@ class DataPlane:
         if tried:
             code = NoBackendAvailableError.code
             self._record("ModelInfer", name, version, "", code.name, started)
+            failed = ", ".join(sorted(tried))
+            if in_sequence:
+                # Say why, so the client knows to start the sequence again.
+                raise NoBackendAvailableError(
+                    f"backend {failed} failed during a sequence; requests of a sequence are "
+                    "not sent to another backend"
+                )
             raise NoBackendAvailableError(
-                f"backend {', '.join(sorted(tried))} failed and no other backend can serve "
-                f"model '{name}' now"
+                f"backend {failed} failed and no other backend can serve model '{name}' now"
             )
         no_backend = known or not self._pool.ready_backends
         code = NoBackendAvailableError.code if no_backend else ModelNotFoundError.code

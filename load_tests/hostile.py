@@ -1,6 +1,6 @@
 """Hostile clients against a gateway process (tgw-edge in front): one attack at a time, measured.
 
-    .venv/bin/python -m load_tests.hostile                          # every attack, edge on
+    .venv/bin/python -m load_tests.hostile                          # every attack
     .venv/bin/python -m load_tests.hostile framing slow_reader --json /tmp/hostile.json
     .venv/bin/python -m load_tests.hostile --edge-binary /tmp/bin/tgw-edge --triton-home .triton
 
@@ -380,7 +380,7 @@ class Report:
     finding: Finding
     others: LoadSummary
     processes: dict[str, Figures]
-    """"gateway" and, with the edge on, "edge"."""
+    """"gateway" and "edge"."""
     survived: dict[str, bool]
     """Whether each process was still running after the attack."""
     left_broken: list[str] = field(default_factory=list)
@@ -1091,15 +1091,12 @@ class Bench:
         workdir: Path,
         *,
         servers: int = 3,
-        edge: str = "on",
         sections: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         specs = [ServerSpec(f"triton-{index}") for index in range(servers)]
         self._fleet = LocalFleet(installation, ROOT / "model_repository", workdir / "fleet", specs)
         self._workdir = workdir
-        self._edge = edge
-        edge_section = {**(sections or {}).get("edge", {}), "mode": edge}
-        self._sections = {**(sections or {}), "edge": edge_section}
+        self._sections = sections or {}
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
         self.target: Target | None = None
@@ -1128,7 +1125,6 @@ class Bench:
         self._process, address = start_gateway(
             [(s.name, s.address) for s in self._fleet.servers.values()],
             self._workdir,
-            edge_mode=self._edge,
             metrics_port=metrics_port,
             sections=self._sections,
             name=f"gateway-{self._starts}",
@@ -1136,7 +1132,7 @@ class Bench:
         self.target = Target(
             gateway=address,
             gateway_pid=self._process.pid,
-            edge_pid=_wait_edge(self._process.pid) if self._edge != "off" else None,
+            edge_pid=_wait_edge(self._process.pid),
             metrics_port=metrics_port,
             triton={s.name: s.address for s in self._fleet.servers.values()},
             workdir=self._workdir,
@@ -1175,7 +1171,6 @@ def run(
     installation: TritonInstallation,
     params: Params,
     *,
-    edge: str = "on",
     sections: dict[str, dict[str, Any]] | None = None,
     on_report: Callable[[Report], None] = lambda report: None,
 ) -> list[Report]:
@@ -1186,7 +1181,7 @@ def run(
     groups = ([shared] if shared else []) + [[attack] for attack in alone]
     for group in groups:
         with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
-            bench = Bench(installation, Path(tmp), edge=edge, sections=sections)
+            bench = Bench(installation, Path(tmp), sections=sections)
             with bench as first:
                 target = first
                 for index, attack in enumerate(group):
@@ -1286,7 +1281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="hostile", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("attacks", nargs="*", metavar="ATTACK", help=", ".join(ATTACKS))
-    parser.add_argument("--edge", choices=["on", "off"], default="on")
     parser.add_argument("--edge-binary", type=Path, help="tgw-edge to run (default: installed)")
     parser.add_argument("--triton-home", type=Path, default=ROOT / ".triton")
     parser.add_argument("--json", type=Path)
@@ -1316,7 +1310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.attacks or list(ATTACKS),
         installation,
         params,
-        edge=args.edge,
         sections=sections,
         on_report=progress,
     )

@@ -1,24 +1,34 @@
-"""Draining one backend by saving the config file: no new requests reach it; undrain restores."""
+"""Draining one backend by saving the config file: no new requests reach it; undrain restores.
+
+The control plane reads the file and takes the backend out of its routes; tgw-edge, which
+serves every routed call, follows the snapshot it is pushed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import yaml
+from tritonclient.grpc import service_pb2
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
 from gateway.settings import load_settings
 from tests.conftest import MODEL_REPOSITORY
 from tests.support.background import BackgroundGateway
+from tests.support.fleet import inference_count
 from tests.support.metrics import value, wait_until
+from tests.support.models import classifier_features
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+SERVED_BY_FALLBACK = ("x-gateway-served-by", "fallback")
 
 
 def _write(path: Path, fleet: LocalFleet, drained: set[str]) -> None:
     config = {
         "server": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "edge": {"mode": "off"},
         "fallback": {"repository": str(MODEL_REPOSITORY)},
         "health": {"poll_interval_s": 0.2},
         "backends": [
@@ -29,18 +39,38 @@ def _write(path: Path, fleet: LocalFleet, drained: set[str]) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
+def _classifier_request() -> bytes:
+    x = classifier_features(batch=1, seed=5)
+    request = service_pb2.ModelInferRequest(model_name="classifier")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
 def test_drain_and_restore_a_backend_by_config_reload(fleet: LocalFleet, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     _write(config, fleet, drained=set())
     gateway = Gateway(load_settings(config), config_path=config)
-    with BackgroundGateway(gateway) as running:
+    with (
+        BackgroundGateway(gateway) as running,
+        grpc.insecure_channel(running.url) as channel,
+    ):
         pool = running.gateway.pool
         port = running.gateway.metrics_port
+        infer = channel.unary_unary(INFER)
+        request = _classifier_request()
 
         def routes() -> set[str]:
             return {b.name for b in pool.table.candidates.get(("simple", ""), ())}
 
+        def classifier_by_fallback() -> bool:
+            """One classifier call through the public port (only triton-a serves classifier):
+            whether the local fallback answered it rather than the fleet."""
+            _, call = infer.with_call(request, timeout=10)
+            return SERVED_BY_FALLBACK in (call.trailing_metadata() or ())
+
         assert wait_until(lambda: routes() == {"triton-a", "triton-b"})
+        assert not classifier_by_fallback()
         _write(config, fleet, drained={"triton-b"})
         assert wait_until(lambda: routes() == {"triton-a"})
         assert value(port, "triton_gateway_backend_drained", {"backend": "triton-b"}) == 1
@@ -51,3 +81,14 @@ def test_drain_and_restore_a_backend_by_config_reload(fleet: LocalFleet, tmp_pat
         config.write_text("backends: [ {name: oops\n")
         _write(config, fleet, drained={"triton-a"})
         assert wait_until(lambda: routes() == {"triton-b"})
+        # The data plane follows: classifier, which only triton-a has, no longer reaches it
+        # (the local fallback answers) while its calls to triton-a stay where they were.
+        assert wait_until(classifier_by_fallback)
+        ran_on_a = inference_count(fleet, "triton-a", "classifier")
+        for _ in range(5):
+            assert classifier_by_fallback()
+        assert inference_count(fleet, "triton-a", "classifier") == ran_on_a
+        # Undrained, triton-a serves classifier again.
+        _write(config, fleet, drained=set())
+        assert wait_until(lambda: not classifier_by_fallback())
+        assert inference_count(fleet, "triton-a", "classifier") > ran_on_a

@@ -20,10 +20,7 @@ from tests.conftest import ROOT
 from tests.support.models import simple_arrays, simple_inputs
 
 
-@pytest.mark.parametrize("edge_mode", ["off", "on"])
-def test_serve_from_a_config_file_then_stop_on_sigterm(
-    fleet: LocalFleet, tmp_path: Path, edge_mode: str
-) -> None:
+def test_serve_from_a_config_file_then_stop_on_sigterm(fleet: LocalFleet, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"
     backends = "".join(
@@ -31,7 +28,6 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(
     )
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}}}\nbackends:\n{backends}"
-        f"edge: {{mode: '{edge_mode}'}}\n"
         "metrics: {host: 127.0.0.1, port: 0}\n"
         "logging: {level: debug, format: json}\n"
     )
@@ -59,18 +55,24 @@ def test_serve_from_a_config_file_then_stop_on_sigterm(
     assert process.returncode == 0
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "gateway_stopped"
-    # The caller's request id labels the failure's log line (through tgw-edge too).
+    # The caller's request id labels the failure's log line: tgw-edge handed the call for a
+    # model no route covers to the Python gateway, which answered it.
     (failure,) = [e for e in events if e["event"] == "request_failed"]
     assert failure["request_id"] == "req-42"
     assert failure["code"] == "NOT_FOUND"
-    if edge_mode == "off":
-        # One debug line per request from the Python data plane.
-        assert any(e["event"] == "request" and e["model"] == "simple" for e in events)
-    else:
-        # tgw-edge served the request and ended with its gateway.
-        (started,) = [e for e in events if e["event"] == "edge_started"]
-        assert started["port"] == port
-        assert not Path(f"/proc/{started['pid']}").exists()
+    # tgw-edge served the request (one debug line per request, in the same log) and ended
+    # with its gateway.
+    assert any(
+        e["event"] == "request" and e.get("process") == "tgw-edge" and e["model"] == "simple"
+        for e in events
+    )
+    started = [e for e in events if e["event"] == "edge_started"]
+    (supervised,) = [e for e in started if e.get("process") != "tgw-edge"]
+    (own,) = [e for e in started if e.get("process") == "tgw-edge"]
+    assert supervised["port"] == port
+    assert own["listen"] == f"127.0.0.1:{port}"
+    assert int(own["pid"]) == supervised["pid"]
+    assert not Path(f"/proc/{supervised['pid']}").exists()
 
 
 def _ready(client: grpcclient.InferenceServerClient) -> bool:

@@ -22,7 +22,7 @@ HANDSHAKE_TIMEOUT_S = 2.0
 """What the edge gives a connection to send the HTTP/2 preface (and a first request)."""
 GATEWAY_SECTIONS: dict[str, dict[str, Any]] = {
     # The one place to adjust when the edge's settings change names.
-    "edge": {"mode": "on", "handshake_timeout_s": HANDSHAKE_TIMEOUT_S},
+    "edge": {"handshake_timeout_s": HANDSHAKE_TIMEOUT_S},
     "health": {"poll_interval_s": 0.5},
 }
 PARAMS = replace(

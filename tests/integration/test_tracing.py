@@ -1,25 +1,35 @@
-"""With tracing on, each call through the Python data path is a span in the caller's trace."""
+"""With tracing on, each call the Python gateway makes to a backend for a client is a span in
+the caller's trace.
+
+tgw-edge serves the routed calls itself and passes the caller's headers on unchanged; the
+Python gateway answers what the edge hands over. Its spans are of those calls: a
+ModelStreamInfer stream it proxies, and a model-scoped call no route covers that it asks a
+backend about. The caller's trace context reaches it through the edge.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
-import tritonclient.grpc as grpcclient
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
 from gateway.settings import load_settings
 from tests.support.background import BackgroundGateway
-from tests.support.models import simple_arrays, simple_inputs
+from tests.support.metrics import wait_until
+from tests.support.models import simple_arrays
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+PARENT_SPAN_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+SERVICE = "/inference.GRPCInferenceService"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +39,6 @@ def traced(fleet: LocalFleet) -> Iterator[tuple[BackgroundGateway, InMemorySpanE
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0},
-        edge={"mode": "off"},
         metrics={"enabled": False},
         backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
     )
@@ -37,19 +46,41 @@ def traced(fleet: LocalFleet) -> Iterator[tuple[BackgroundGateway, InMemorySpanE
         yield gateway, exporter
 
 
-def test_a_call_is_a_child_span_of_the_callers_trace(
+def _only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    """The one span finished for the call (a stream's ends just after its last answer)."""
+    assert wait_until(lambda: len(exporter.get_finished_spans()) > 0)
+    (span,) = exporter.get_finished_spans()
+    return span
+
+
+def _assert_in_callers_trace(span: ReadableSpan) -> None:
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == PARENT_SPAN_ID
+
+
+def test_a_proxied_stream_is_a_child_span_of_the_callers_trace(
     traced: tuple[BackgroundGateway, InMemorySpanExporter],
 ) -> None:
     gateway, exporter = traced
     exporter.clear()
     a, b = simple_arrays()
-    client = grpcclient.InferenceServerClient(gateway.url)
-    client.infer("simple", simple_inputs(a, b), headers={"traceparent": TRACEPARENT})
-    (span,) = exporter.get_finished_spans()
-    assert format(span.context.trace_id, "032x") == TRACE_ID
-    assert span.parent is not None
-    assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
-    assert span.name == "inference.GRPCInferenceService/ModelInfer"
+    request = service_pb2.ModelInferRequest(model_name="simple", id="traced")
+    for name, values in (("INPUT0", a), ("INPUT1", b)):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(values.tobytes())
+    with grpc.insecure_channel(gateway.url) as channel:
+        stream = channel.stream_stream(
+            f"{SERVICE}/ModelStreamInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        (answer,) = stream(iter([request]), metadata=(("traceparent", TRACEPARENT),), timeout=10)
+    assert answer.error_message == ""
+    assert answer.infer_response.id == "traced"
+    span = _only_span(exporter)
+    _assert_in_callers_trace(span)
+    assert span.name == "inference.GRPCInferenceService/ModelStreamInfer"
     assert span.attributes is not None
     assert span.attributes["triton.model.name"] == "simple"
     assert span.attributes["triton_gateway.backend"] in {"triton-a", "triton-b"}
@@ -61,11 +92,26 @@ def test_an_upstream_error_marks_the_span(
 ) -> None:
     gateway, exporter = traced
     exporter.clear()
-    a, b = simple_arrays()
-    client = grpcclient.InferenceServerClient(gateway.url)
-    with pytest.raises(InferenceServerException):
-        client.infer("simple", simple_inputs(a[:, :8], b[:, :8]))
-    (span,) = exporter.get_finished_spans()
+    # No route covers the model: tgw-edge hands the call over and the Python gateway asks a
+    # backend, whose NOT_FOUND the client gets.
+    with grpc.insecure_channel(gateway.url) as channel:
+        metadata = channel.unary_unary(
+            f"{SERVICE}/ModelMetadata",
+            request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelMetadataResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            metadata(
+                service_pb2.ModelMetadataRequest(name="no_such_model"),
+                metadata=(("traceparent", TRACEPARENT),),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    span = _only_span(exporter)
+    _assert_in_callers_trace(span)
+    assert span.name == "inference.GRPCInferenceService/ModelMetadata"
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes is not None
-    assert span.attributes["rpc.grpc.status_code"] == "INVALID_ARGUMENT"
+    assert span.attributes["triton.model.name"] == "no_such_model"
+    assert span.attributes["triton_gateway.backend"] in {"triton-a", "triton-b"}
+    assert span.attributes["rpc.grpc.status_code"] == "NOT_FOUND"
