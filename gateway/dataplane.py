@@ -14,7 +14,7 @@ import asyncio
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
@@ -180,36 +180,6 @@ class DataPlane:
         does not have; the empty message is exactly that response serialized."""
         _model_key(request)
         return b""
-
-    async def model_stream_infer(
-        self, requests: AsyncIterator[bytes], context: CallContext
-    ) -> AsyncIterator[bytes]:
-        """Proxy one bidirectional stream to a backend holding the model of its first request."""
-        first = await anext(requests, None)
-        if first is None:
-            return
-        name, version = read_model_key(first)
-        candidates = self._pool.table.candidates.get((name, version)) or self._any_ready()
-        backend = candidates[0]
-
-        async def upstream_requests() -> AsyncIterator[bytes]:
-            yield first
-            async for request in requests:
-                yield request
-
-        with self._tracer.upstream_call(
-            "ModelStreamInfer", name, version, backend.name, context
-        ) as metadata:
-            call = backend.stream_infer(
-                upstream_requests(), timeout=_deadline(context), metadata=metadata
-            )
-            try:
-                async for response in call:
-                    yield response
-            except grpc.aio.AioRpcError as exc:
-                raise UpstreamError(exc.code(), exc.details() or "", backend.name) from exc
-            finally:
-                call.cancel()
 
     # -- fleet-wide: fan out and merge ------------------------------------------------------
 

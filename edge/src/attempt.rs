@@ -74,7 +74,7 @@ impl Attempt {
             method,
             model: model.to_string(),
             version: version.to_string(),
-            learn: method == "ModelInfer",
+            learn: matches!(method, "ModelInfer" | "ModelStreamInfer"),
             started: Instant::now(),
         }
     }

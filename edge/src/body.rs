@@ -7,12 +7,15 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 
-/// A request body sent upstream: a unary message the edge buffered (and checked), or a
-/// client's stream passed through as it arrives.
+/// A request body sent upstream: a unary message the edge buffered (and checked), a client's
+/// stream passed through as it arrives, or the messages of a client's stream the edge routed
+/// to one backend (the body ends when the sender is dropped: a half-close).
 pub enum Outgoing {
     Buffered(Option<Bytes>),
     Streamed(Incoming),
+    Routed(mpsc::Receiver<Bytes>),
 }
 
 impl Body for Outgoing {
@@ -23,6 +26,9 @@ impl Body for Outgoing {
         match self.get_mut() {
             Outgoing::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Outgoing::Streamed(incoming) => Pin::new(incoming).poll_frame(cx),
+            Outgoing::Routed(messages) => messages
+                .poll_recv(cx)
+                .map(|message| message.map(|m| Ok(Frame::data(m)))),
         }
     }
 
@@ -30,6 +36,7 @@ impl Body for Outgoing {
         match self {
             Outgoing::Buffered(bytes) => bytes.is_none(),
             Outgoing::Streamed(incoming) => incoming.is_end_stream(),
+            Outgoing::Routed(messages) => messages.is_closed() && messages.is_empty(),
         }
     }
 
@@ -38,14 +45,17 @@ impl Body for Outgoing {
             Outgoing::Buffered(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Outgoing::Buffered(None) => SizeHint::with_exact(0),
             Outgoing::Streamed(incoming) => incoming.size_hint(),
+            Outgoing::Routed(_) => SizeHint::default(),
         }
     }
 }
 
-/// An upstream answer's body, or none (a trailers-only gRPC answer made by the edge).
+/// An upstream answer's body, none (a trailers-only gRPC answer made by the edge), or the
+/// frames of a stream the edge answers from several backends.
 pub enum Upstream {
     Answer(Incoming),
     Empty,
+    Merged(mpsc::Receiver<Frame<Bytes>>),
 }
 
 impl Body for Upstream {
@@ -56,6 +66,7 @@ impl Body for Upstream {
         match self.get_mut() {
             Upstream::Answer(incoming) => Pin::new(incoming).poll_frame(cx),
             Upstream::Empty => Poll::Ready(None),
+            Upstream::Merged(frames) => frames.poll_recv(cx).map(|frame| frame.map(Ok)),
         }
     }
 
@@ -63,6 +74,7 @@ impl Body for Upstream {
         match self {
             Upstream::Answer(incoming) => incoming.is_end_stream(),
             Upstream::Empty => true,
+            Upstream::Merged(frames) => frames.is_closed() && frames.is_empty(),
         }
     }
 
@@ -70,6 +82,7 @@ impl Body for Upstream {
         match self {
             Upstream::Answer(incoming) => incoming.size_hint(),
             Upstream::Empty => SizeHint::with_exact(0),
+            Upstream::Merged(_) => SizeHint::default(),
         }
     }
 }

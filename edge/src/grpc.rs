@@ -144,10 +144,11 @@ pub fn encode_timeout(timeout: Duration) -> HeaderValue {
 /// What the edge can do with a unary request body, once the whole body is in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// The first message is plain bytes the edge can read (as Triton does, bytes after it are
-    /// ignored, and a compressed flag without a `grpc-encoding` is taken as plain).
+    /// The first message is plain, or compressed with the request's `grpc-encoding` (the
+    /// edge reads an inflated copy: see `compression`). As Triton does, bytes after it are
+    /// ignored, and a compressed flag without a `grpc-encoding` is taken as plain.
     Readable,
-    /// A compressed message, or flags no gRPC version defines: only a gRPC server reads it.
+    /// Flags no gRPC version defines: only a gRPC server can say what it makes of them.
     Opaque,
 }
 
@@ -155,8 +156,7 @@ pub enum Framing {
 pub const UNPARSABLE: &str = "Unable to parse request";
 
 /// Checks that `body` starts with one whole length-prefixed message, as a unary call must.
-/// `encoded`: the request names a compression algorithm other than identity.
-pub fn check_unary_framing(body: &Bytes, encoded: bool) -> Result<Framing, Refusal> {
+pub fn check_unary_framing(body: &Bytes) -> Result<Framing, Refusal> {
     if body.len() < 5 {
         return Err(Refusal::new(code::INTERNAL, UNPARSABLE));
     }
@@ -165,8 +165,7 @@ pub fn check_unary_framing(body: &Bytes, encoded: bool) -> Result<Framing, Refus
         return Err(Refusal::new(code::INTERNAL, UNPARSABLE));
     }
     match body[0] {
-        0 => Ok(Framing::Readable),
-        1 if !encoded => Ok(Framing::Readable),
+        0 | 1 => Ok(Framing::Readable),
         _ => Ok(Framing::Opaque),
     }
 }
@@ -233,19 +232,18 @@ mod tests {
 
     #[test]
     fn framing_is_read_as_triton_reads_it() {
-        assert_eq!(check_unary_framing(&frame(0, b"abc"), false), Ok(Framing::Readable));
-        assert_eq!(check_unary_framing(&frame(1, b"abc"), false), Ok(Framing::Readable));
-        assert_eq!(check_unary_framing(&frame(1, b"abc"), true), Ok(Framing::Opaque));
-        assert_eq!(check_unary_framing(&frame(2, b"abc"), false), Ok(Framing::Opaque));
+        assert_eq!(check_unary_framing(&frame(0, b"abc")), Ok(Framing::Readable));
+        assert_eq!(check_unary_framing(&frame(1, b"abc")), Ok(Framing::Readable));
+        assert_eq!(check_unary_framing(&frame(2, b"abc")), Ok(Framing::Opaque));
         let unparsable = Err(Refusal::new(code::INTERNAL, UNPARSABLE));
-        assert_eq!(check_unary_framing(&Bytes::new(), false), unparsable);
-        assert_eq!(check_unary_framing(&Bytes::from_static(b"\0\0\0"), false), unparsable);
+        assert_eq!(check_unary_framing(&Bytes::new()), unparsable);
+        assert_eq!(check_unary_framing(&Bytes::from_static(b"\0\0\0")), unparsable);
         let mut long = frame(0, b"abc").to_vec();
         long[4] = 9; // says 9 bytes, carries 3
-        assert_eq!(check_unary_framing(&Bytes::from(long), false), unparsable);
+        assert_eq!(check_unary_framing(&Bytes::from(long)), unparsable);
         let mut two = frame(0, b"abc").to_vec();
         two.extend_from_slice(&frame(0, b"d"));
-        assert_eq!(check_unary_framing(&Bytes::from(two), false), Ok(Framing::Readable));
+        assert_eq!(check_unary_framing(&Bytes::from(two)), Ok(Framing::Readable));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 mod attempt;
 mod balancer;
 mod body;
+mod compression;
 mod control;
 mod faults;
 mod fleet;
@@ -28,6 +29,7 @@ mod report;
 mod server;
 mod shedding;
 mod snapshot;
+mod stream;
 mod upstream;
 mod wire;
 

@@ -243,7 +243,10 @@ mod tests {
         assert!(text.contains("triton_gateway_edge_build_info"), "{text}");
         // Declared before their first sample.
         assert!(text.contains("# TYPE triton_gateway_hedges_total counter"), "{text}");
-        assert!(text.contains("# TYPE triton_gateway_model_breaker_open gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE triton_gateway_model_breaker_open gauge"),
+            "{text}"
+        );
         assert!(
             text.contains("triton_gateway_in_flight_requests{path=\"edge\"} 0"),
             "{text}"

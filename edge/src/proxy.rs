@@ -15,7 +15,7 @@ use crate::server::ActiveCall;
 use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
 use crate::upstream::{BackendClient, GatewayClient};
-use crate::{report, wire};
+use crate::{compression, report, stream, wire};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::request::Parts;
@@ -34,7 +34,7 @@ const STREAMING_METHODS: [&str; 1] = ["ModelStreamInfer"];
 /// separated); never taken from clients.
 pub const TRIED_HEADER: &str = "x-gateway-tried";
 /// The authority of calls to the gateway (the Unix socket ignores it; the pool keys on it).
-const GATEWAY_AUTHORITY: &str = "gateway";
+pub const GATEWAY_AUTHORITY: &str = "gateway";
 const DEADLINE_EXCEEDED: u32 = 4;
 
 pub struct Edge {
@@ -89,7 +89,7 @@ impl Edge {
         Ok(Response::from_parts(head, body.on_connection(call)))
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Response<ObservedBody>, BadHeader> {
+    async fn route(self: &Arc<Self>, request: Request<Incoming>) -> Result<Response<ObservedBody>, BadHeader> {
         let (mut parts, body) = request.into_parts();
         // Only the edge may tell the gateway which backends already failed a call.
         parts.headers.remove(TRIED_HEADER);
@@ -97,9 +97,10 @@ impl Edge {
         Ok(self.dispatch(parts, body).await)
     }
 
-    async fn dispatch(&self, parts: Parts, body: Incoming) -> Response<ObservedBody> {
+    async fn dispatch(self: &Arc<Self>, parts: Parts, body: Incoming) -> Response<ObservedBody> {
         let routed = match classify(parts.uri.path()) {
-            // Streams and other services (health, reflection) go through as they arrive.
+            Call::Stream => return stream_response(stream::answer(self.clone(), parts, body)),
+            // Other services (health, reflection) go through as they arrive.
             Call::Streamed => return self.to_gateway(parts, Outgoing::Streamed(body)).await,
             Call::Routed(method) => Some(method),
             Call::OtherUnary => None,
@@ -112,29 +113,36 @@ impl Edge {
             Ok(bytes) => bytes,
             Err(refusal) => return refusal.response(),
         };
-        let encoded = parts
-            .headers
-            .get("grpc-encoding")
-            .is_some_and(|value| value != "identity");
-        match grpc::check_unary_framing(&bytes, encoded) {
+        match grpc::check_unary_framing(&bytes) {
             Err(refusal) => return refusal.response(),
             // Only a gRPC server can read it: the gateway's.
             Ok(Framing::Opaque) => return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
             Ok(Framing::Readable) => {}
         }
-        match routed {
-            Some(method) => self.to_backend(method, parts, bytes).await,
-            None => self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
+        let Some(method) = routed else {
+            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
+        };
+        let encoding = parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
+        match compression::readable(&bytes, encoding, limit) {
+            Ok(reading) => self.to_backend(method, parts, bytes, &reading).await,
+            Err(refusal) => refusal.response(),
         }
     }
 
     /// A routed call: to the backends of its route, or handed to the gateway when no route
     /// covers it.
-    async fn to_backend(&self, method: &'static str, parts: Parts, bytes: Bytes) -> Response<ObservedBody> {
+    /// `reading`: the request as the edge reads it (`bytes` inflated, when compressed).
+    async fn to_backend(
+        &self,
+        method: &'static str,
+        parts: Parts,
+        bytes: Bytes,
+        reading: &Bytes,
+    ) -> Response<ObservedBody> {
         let Some(plan) = self.fleet.plan() else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
         };
-        let Some((model, version)) = wire::model_key(&bytes) else {
+        let Some((model, version)) = wire::model_key(reading) else {
             return grpc::trailers_only(code::INTERNAL, grpc::UNPARSABLE);
         };
         let Some(route) = plan.route(model, version) else {
@@ -160,7 +168,7 @@ impl Edge {
             .and_then(|value| grpc::parse_timeout(value.as_bytes()))
             .and_then(|timeout| now.checked_add(timeout));
         let sequence = if method == "ModelInfer" {
-            wire::sequence(&bytes)
+            wire::sequence(reading)
         } else {
             None
         };
@@ -471,6 +479,15 @@ impl Controlled for Edge {
     }
 }
 
+/// The head of a stream's answer; its messages and status follow in the body.
+fn stream_response(body: Upstream) -> Response<ObservedBody> {
+    let mut response = Response::new(ObservedBody::from(body));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
 /// Sleeps until `at`; never wakes when there is none (the select! arm is disabled then).
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -486,7 +503,9 @@ enum Call {
     Routed(&'static str),
     /// Another unary call of the inference service: checked, then handed to the gateway.
     OtherUnary,
-    /// A stream, or a call of another service: passed through to the gateway as it arrives.
+    /// ModelStreamInfer: every message routed on its own (see `stream`).
+    Stream,
+    /// A call of another service: passed through to the gateway as it arrives.
     Streamed,
 }
 
@@ -495,7 +514,7 @@ fn classify(path: &str) -> Call {
         return Call::Streamed;
     };
     if STREAMING_METHODS.contains(&method) {
-        return Call::Streamed;
+        return Call::Stream;
     }
     ROUTED_METHODS
         .iter()
@@ -504,7 +523,7 @@ fn classify(path: &str) -> Call {
 }
 
 /// The request with its URI pointed at `authority` (the path as the client sent it).
-fn with_authority<B>(request: Request<B>, authority: &str) -> Result<Request<B>, Refusal> {
+pub fn with_authority<B>(request: Request<B>, authority: &str) -> Result<Request<B>, Refusal> {
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()
@@ -550,7 +569,7 @@ async fn read_body(mut body: Incoming, max_message_bytes: usize) -> Result<Bytes
 }
 
 /// The head of a request, to send it a second time.
-fn copy_parts(parts: &Parts) -> Parts {
+pub fn copy_parts(parts: &Parts) -> Parts {
     let mut copy = Request::new(()).into_parts().0;
     copy.method = parts.method.clone();
     copy.uri = parts.uri.clone();
@@ -575,7 +594,7 @@ mod tests {
         );
         assert_eq!(
             classify("/inference.GRPCInferenceService/ModelStreamInfer"),
-            Call::Streamed
+            Call::Stream
         );
         assert_eq!(classify("/grpc.health.v1.Health/Check"), Call::Streamed);
     }

@@ -1,4 +1,7 @@
-//! Reads fields 1 (model name) and 2 (model version) of a gRPC-framed protobuf request.
+//! Reads what routing needs from gRPC-framed protobuf messages (model name and version, the
+//! sequence, request and response ids) and writes the few stream answers the edge makes.
+
+use bytes::Bytes;
 
 /// Returns None when the message is malformed or its strings are not UTF-8 (a message Triton
 /// cannot parse either). The flag byte is not looked at: `grpc::check_unary_framing` decided
@@ -71,6 +74,82 @@ fn fields(message: &[u8]) -> Option<Vec<(u64, u64, usize, usize)>> {
         return None;
     }
     Some(found)
+}
+
+/// The `id` (field 3) of a ModelInferRequest frame ("" when it has none or is malformed).
+pub fn request_id(frame: &[u8]) -> &str {
+    message_of(frame)
+        .and_then(|message| string_field(message, 3))
+        .unwrap_or("")
+}
+
+/// The `infer_response.id` of a ModelStreamInferResponse frame ("" when none).
+pub fn stream_response_id(frame: &[u8]) -> &str {
+    message_of(frame)
+        .and_then(|message| {
+            let (_, _, from, to) = fields(message)?
+                .into_iter()
+                .find(|(field, wire, _, _)| *field == 2 && *wire == 2)?;
+            string_field(&message[from..to], 3)
+        })
+        .unwrap_or("")
+}
+
+/// A ModelStreamInferResponse frame wrapping a ModelInferResponse message (a unary answer's
+/// payload, without its 5-byte prefix).
+pub fn stream_response(infer_response: &[u8]) -> Bytes {
+    let mut message = Vec::with_capacity(infer_response.len() + 16);
+    put_bytes(&mut message, 2, infer_response);
+    framed(&message)
+}
+
+/// A ModelStreamInferResponse frame carrying an error, as Triton reports a failed request on a
+/// stream: the message, and the request's id in `infer_response` so the client can match it.
+pub fn stream_error(error: &str, request_id: &str) -> Bytes {
+    let mut response = Vec::new();
+    if !request_id.is_empty() {
+        put_bytes(&mut response, 3, request_id.as_bytes());
+    }
+    let mut message = Vec::with_capacity(error.len() + response.len() + 8);
+    put_bytes(&mut message, 1, error.as_bytes());
+    put_bytes(&mut message, 2, &response);
+    framed(&message)
+}
+
+/// The message of a gRPC frame (after its 5-byte prefix), when the frame holds it whole.
+fn message_of(frame: &[u8]) -> Option<&[u8]> {
+    let length = u32::from_be_bytes([*frame.get(1)?, *frame.get(2)?, *frame.get(3)?, *frame.get(4)?]);
+    frame.get(5..5 + length as usize)
+}
+
+fn string_field(message: &[u8], number: u64) -> Option<&str> {
+    let (_, _, from, to) = fields(message)?
+        .into_iter()
+        .find(|(field, wire, _, _)| *field == number && *wire == 2)?;
+    std::str::from_utf8(&message[from..to]).ok()
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, value: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A message with its gRPC prefix (not compressed).
+pub fn framed(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
 }
 
 /// A request's place in a Triton sequence, read from its parameters.
@@ -188,6 +267,20 @@ mod tests {
         .concat();
         let read = super::sequence(&frame(&message)).unwrap();
         assert!(read.start && !read.end);
+    }
+
+    #[test]
+    fn stream_answers_carry_the_request_id() {
+        let request = frame(b"\x0a\x01m\x1a\x03r-7");
+        assert_eq!(super::request_id(&request), "r-7");
+        assert_eq!(super::request_id(&frame(b"\x0a\x01m")), "");
+        let error = super::stream_error("boom", "r-7");
+        assert_eq!(super::stream_response_id(&error), "r-7");
+        // error_message "boom", infer_response { id: "r-7" }
+        assert_eq!(&error[5..], b"\x0a\x04boom\x12\x05\x1a\x03r-7");
+        let wrapped = super::stream_response(b"\x0a\x01m\x1a\x02id");
+        assert_eq!(super::stream_response_id(&wrapped), "id");
+        assert_eq!(&wrapped[5..], b"\x12\x07\x0a\x01m\x1a\x02id");
     }
 
     #[test]

@@ -90,7 +90,6 @@ class TritonBackend:
             method: self._channel.unary_unary(f"/{SERVICE}/{method}")
             for method in FORWARDED_UNARY_METHODS
         }
-        self.stream_infer = self._channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")
         self.health = BackendHealth.down()
         self.last_models: frozenset[ModelKey] = frozenset()
         """The READY versions of the last poll that found it up (kept while it is down)."""

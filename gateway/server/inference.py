@@ -50,7 +50,7 @@ class InferenceServicer:
     def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        return self._dataplane.model_stream_infer(requests, context)
+        return _refused_stream()
 
     async def ModelReady(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._dataplane.model_ready(request, context)
@@ -108,6 +108,13 @@ class InferenceServicer:
         raise UnsupportedMethodError(
             "LogSettings is not supported by triton-gateway: set logging on each Triton server"
         )
+
+
+async def _refused_stream() -> AsyncIterator[bytes]:
+    """tgw-edge routes every message of a stream itself and hands single messages over as
+    ModelInfer: a whole stream never comes here (this socket is the edge's alone)."""
+    raise UnsupportedMethodError("ModelStreamInfer is served by tgw-edge, not on this socket")
+    yield b""  # pragma: no cover (makes this an async generator)
 
 
 def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:

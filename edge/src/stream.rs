@@ -1,0 +1,616 @@
+//! ModelStreamInfer in the edge: every message of a client's stream is routed on its own.
+//!
+//! One session task per client stream reads its messages, routes each by its own model name
+//! and version (a stream may carry several models), keeps a request of a sequence on the
+//! backend that holds the sequence (the same pins as unary calls), and sends it on that
+//! backend's upstream stream, opened on first use. The answers of every upstream are merged
+//! into the client's stream as they come, so a decoupled model's zero or many responses pass
+//! through unchanged. A message no route covers is handed to the gateway as a unary
+//! ModelInfer and its answer wrapped into the stream.
+//!
+//! A backend fault ends only that backend's upstream: each request still waiting there gets
+//! an error message in the stream (as Triton reports a failed request), its breakers learn of
+//! it, and the client's stream goes on. The client's half-close half-closes every upstream;
+//! its cancellation or deadline ends them all.
+
+use crate::attempt::Attempt;
+use crate::body::{Outgoing, Upstream};
+use crate::compression;
+use crate::fleet::{Choice, Plan};
+use crate::grpc::{self, code};
+use crate::observed::{code_name, message_of};
+use crate::proxy::{copy_parts, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
+use crate::shedding::Admitted;
+use crate::wire;
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Messages queued towards one backend before the client's stream is read no further.
+const UPSTREAM_QUEUE: usize = 32;
+/// Answers queued towards the client before the backends' streams are read no further.
+const CLIENT_QUEUE: usize = 64;
+/// Frames waiting for the client inside the session (beyond the channel above).
+const MAX_OUTBOUND: usize = 64;
+const PATH_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// What the session hears from the tasks reading the backends and the gateway.
+enum Event {
+    /// One answer message of an upstream stream (its gRPC frame).
+    Answer { upstream: u64, frame: Bytes },
+    /// An upstream stream ended: "OK" when the backend closed it after its last answer.
+    Ended {
+        upstream: u64,
+        code: &'static str,
+        message: String,
+    },
+    /// The gateway's answer to a message handed over, as a stream frame.
+    HandedOver(Bytes),
+}
+
+/// A request sent to a backend and not answered yet.
+struct Pending {
+    id: String,
+    attempt: Attempt,
+    _admitted: Admitted,
+}
+
+/// One backend's stream for this client stream.
+struct UpstreamStream {
+    id: u64,
+    backend: Arc<str>,
+    /// None once the client half-closed (the upstream is half-closed with it).
+    sender: Option<mpsc::Sender<Bytes>>,
+    pending: VecDeque<Pending>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        // Dropping the response body resets the backend's stream: it stops working for a
+        // client that is gone.
+        self.reader.abort();
+    }
+}
+
+/// Answers one ModelStreamInfer call; returns at once, the session runs on its own task.
+pub fn answer(edge: Arc<Edge>, parts: Parts, body: Incoming) -> Upstream {
+    let (out, frames) = mpsc::channel(CLIENT_QUEUE);
+    let deadline = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|value| grpc::parse_timeout(value.as_bytes()))
+        .and_then(|timeout| Instant::now().checked_add(timeout));
+    let (events_in, events) = mpsc::channel(CLIENT_QUEUE);
+    let session = Session {
+        edge,
+        parts,
+        deadline,
+        out,
+        outbound: VecDeque::new(),
+        events_in,
+        upstreams: HashMap::new(),
+        next_upstream: 0,
+        handed_over: 0,
+        reading: true,
+        decoder: Deframer::default(),
+    };
+    tokio::spawn(session.run(body, events));
+    Upstream::Merged(frames)
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    parts: Parts,
+    deadline: Option<Instant>,
+    out: mpsc::Sender<Frame<Bytes>>,
+    /// Frames for the client not yet in `out` (the session never waits on a slow client with
+    /// events unread: it stops reading instead).
+    outbound: VecDeque<Frame<Bytes>>,
+    /// Where reader tasks send their events (the session reads them in `serve`).
+    events_in: mpsc::Sender<Event>,
+    upstreams: HashMap<Arc<str>, UpstreamStream>,
+    next_upstream: u64,
+    /// Messages handed to the gateway whose answer has not come back.
+    handed_over: usize,
+    /// The client has not half-closed.
+    reading: bool,
+    decoder: Deframer,
+}
+
+/// How the session ended.
+enum End {
+    /// Every request was answered after the client half-closed.
+    Done,
+    /// The edge ends the stream with a status.
+    Status(u32, String),
+    /// The client went away: nothing left to tell it.
+    Gone,
+}
+
+impl Session {
+    async fn run(mut self, mut body: Incoming, mut events: mpsc::Receiver<Event>) {
+        let end = self.serve(&mut body, &mut events).await;
+        let trailers = match end {
+            End::Gone => return,
+            End::Done => status_trailers(0, ""),
+            End::Status(code, message) => status_trailers(code, &message),
+        };
+        self.outbound.push_back(Frame::trailers(trailers));
+        // Whatever the client has not taken yet, then the status; a client gone meanwhile
+        // ends it.
+        while let Some(frame) = self.outbound.pop_front() {
+            if self.out.send(frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn serve(&mut self, body: &mut Incoming, events: &mut mpsc::Receiver<Event>) -> End {
+        // A sender of its own, so the select! below can borrow it beside `self`.
+        let out = self.out.clone();
+        loop {
+            if !self.reading && self.upstreams.is_empty() && self.handed_over == 0 {
+                return End::Done;
+            }
+            let room = self.outbound.len() < MAX_OUTBOUND;
+            let can_read = self.reading && room && self.upstreams_have_room();
+            tokio::select! {
+                permit = out.reserve(), if !self.outbound.is_empty() => {
+                    let Ok(permit) = permit else { return End::Gone };
+                    if let Some(frame) = self.outbound.pop_front() {
+                        permit.send(frame);
+                    }
+                }
+                event = events.recv(), if room => {
+                    // The session holds a sender itself: recv never ends.
+                    if let Some(event) = event {
+                        self.on_event(event);
+                    }
+                }
+                frame = body.frame(), if can_read => {
+                    match frame {
+                        None => self.half_close(),
+                        Some(Err(_)) => return End::Gone,
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                if let Err(refusal) = self.on_data(data) {
+                                    return End::Status(refusal.code, refusal.message);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until(self.deadline), if self.deadline.is_some() => {
+                    return End::Status(DEADLINE_EXCEEDED, "Deadline Exceeded".to_string());
+                }
+                _ = out.closed() => return End::Gone,
+            }
+        }
+    }
+
+    fn upstreams_have_room(&self) -> bool {
+        self.upstreams
+            .values()
+            .all(|upstream| upstream.sender.as_ref().is_none_or(|s| s.capacity() > 0))
+    }
+
+    fn half_close(&mut self) {
+        self.reading = false;
+        for upstream in self.upstreams.values_mut() {
+            upstream.sender = None;
+        }
+        // Upstreams with nothing pending end when their backend closes them; one that was
+        // never written to has nothing to wait for.
+    }
+
+    /// Client bytes: route every whole message in them.
+    fn on_data(&mut self, data: Bytes) -> Result<(), grpc::Refusal> {
+        let limit = self
+            .edge
+            .fleet
+            .plan()
+            .map_or(usize::MAX, |plan| plan.policy().max_message_bytes);
+        self.decoder.push(data);
+        while let Some(frame) = self.decoder.next(limit)? {
+            let encoding = self.parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
+            let reading = compression::readable(&frame, encoding, limit)?;
+            self.route(frame, &reading);
+        }
+        Ok(())
+    }
+
+    /// One request message: to a backend, to the gateway, or answered with an error here.
+    /// `reading`: the message as the edge reads it (`frame` inflated, when compressed).
+    fn route(&mut self, frame: Bytes, reading: &Bytes) {
+        let Some(plan) = self.edge.fleet.plan() else {
+            return self.hand_over(frame, "");
+        };
+        let Some((model, version)) = wire::model_key(reading) else {
+            // Not a request the edge can read: the gateway answers as Triton would.
+            return self.hand_over(frame, "");
+        };
+        let (model, version) = (model.to_string(), version.to_string());
+        let Some(route) = plan.route(&model, &version) else {
+            return self.hand_over(frame, "");
+        };
+        let policy = plan.policy();
+        let request_id = wire::request_id(reading).to_string();
+        let Some(admitted) = self
+            .edge
+            .shedder
+            .try_enter(&model, policy.max_in_flight, policy.max_in_flight_per_model)
+        else {
+            let metrics = &self.edge.shared.metrics;
+            metrics.shed.with_label_values(&[&model]).inc();
+            metrics.observe("ModelStreamInfer", &model, &version, "", "RESOURCE_EXHAUSTED", 0.0);
+            let message = format!("triton-gateway is at capacity for model '{model}': too many requests in flight");
+            return self
+                .outbound
+                .push_back(Frame::data(wire::stream_error(&message, &request_id)));
+        };
+        let now = Instant::now();
+        let sequence = wire::sequence(reading);
+        let choice = match &sequence {
+            Some(sequence) => {
+                let choice = self
+                    .edge
+                    .fleet
+                    .choose_for_sequence(&model, route, &sequence.id, sequence.start, now);
+                if sequence.end {
+                    self.edge.fleet.sequences().end(&model, &sequence.id);
+                }
+                choice
+            }
+            None => self.edge.fleet.choose(route, policy, &[], now),
+        };
+        let Some(choice) = choice else {
+            // Breakers have every holder out: the fallback answers when it serves the model
+            // (never a sequence's request: its state is on a backend).
+            if sequence.is_none() && plan.fallback_serves(&model) {
+                return self.hand_over(frame, "");
+            }
+            let message = format!("no backend can serve model '{model}' now (down, drained or ejected)");
+            return self
+                .outbound
+                .push_back(Frame::data(wire::stream_error(&message, &request_id)));
+        };
+        self.send(&plan, choice, frame, &model, &version, request_id, admitted);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        plan: &Arc<Plan>,
+        choice: Choice,
+        frame: Bytes,
+        model: &str,
+        version: &str,
+        request_id: String,
+        admitted: Admitted,
+    ) {
+        let backend = choice.target.backend.clone();
+        let attempt = Attempt::new(
+            self.edge.shared.clone(),
+            plan.clone(),
+            choice,
+            "ModelStreamInfer",
+            model,
+            version,
+        );
+        if !self.upstreams.contains_key(&backend.name) {
+            let upstream = self.open(&backend.name, &backend.address);
+            self.upstreams.insert(backend.name.clone(), upstream);
+        }
+        let Some(upstream) = self.upstreams.get_mut(&backend.name) else {
+            return;
+        };
+        let sent = upstream.sender.as_ref().map(|sender| sender.try_send(frame));
+        match sent {
+            Some(Ok(())) => upstream.pending.push_back(Pending {
+                id: request_id,
+                attempt,
+                _admitted: admitted,
+            }),
+            // Its stream ended a moment ago and the event is still queued: that backend failed.
+            _ => {
+                attempt.finish("UNAVAILABLE", "");
+                let message = format!("backend {} is not answering on this stream", backend.name);
+                self.outbound
+                    .push_back(Frame::data(wire::stream_error(&message, &request_id)));
+            }
+        }
+    }
+
+    /// A stream to `backend`, with what is left of the client's deadline; a task reads its
+    /// answers into the session's events.
+    fn open(&mut self, backend: &Arc<str>, address: &str) -> UpstreamStream {
+        self.next_upstream += 1;
+        let id = self.next_upstream;
+        let (sender, messages) = mpsc::channel(UPSTREAM_QUEUE);
+        let mut parts = copy_parts(&self.parts);
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
+        }
+        let request = with_authority(Request::from_parts(parts, Outgoing::Routed(messages)), address);
+        let client = self.edge.backends.clone();
+        let events = self.events_in.clone();
+        let name = backend.clone();
+        let reader = tokio::spawn(async move {
+            let ended = match request {
+                Err(refusal) => (code_name(None), refusal.message),
+                Ok(request) => match client.request(request).await {
+                    Err(error) => ("UNAVAILABLE", format!("backend {name} did not answer: {error}")),
+                    Ok(response) => read_answers(id, response, &events).await,
+                },
+            };
+            let (code, message) = ended;
+            let _ = events
+                .send(Event::Ended {
+                    upstream: id,
+                    code,
+                    message,
+                })
+                .await;
+        });
+        UpstreamStream {
+            id,
+            backend: backend.clone(),
+            sender: Some(sender),
+            pending: VecDeque::new(),
+            reader,
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Answer { upstream, frame } => {
+                if let Some(stream) = self.upstream_mut(upstream) {
+                    let id = wire::stream_response_id(&frame);
+                    // Triton echoes the request's id; without one, answers come in order
+                    // (a decoupled model's later answers find nothing left to settle).
+                    let position = if id.is_empty() {
+                        (!stream.pending.is_empty()).then_some(0)
+                    } else {
+                        stream.pending.iter().position(|p| p.id == id)
+                    };
+                    if let Some(pending) = position.and_then(|i| stream.pending.remove(i)) {
+                        pending.attempt.finish("OK", "");
+                    }
+                }
+                self.outbound.push_back(Frame::data(frame));
+            }
+            Event::Ended {
+                upstream,
+                code,
+                message,
+            } => self.on_upstream_end(upstream, code, &message),
+            Event::HandedOver(frame) => {
+                self.handed_over -= 1;
+                self.outbound.push_back(Frame::data(frame));
+            }
+        }
+    }
+
+    fn upstream_mut(&mut self, id: u64) -> Option<&mut UpstreamStream> {
+        self.upstreams.values_mut().find(|upstream| upstream.id == id)
+    }
+
+    /// A backend's stream is over: requests still waiting there failed with it.
+    fn on_upstream_end(&mut self, id: u64, code: &'static str, message: &str) {
+        let Some(name) = self
+            .upstreams
+            .iter()
+            .find(|(_, upstream)| upstream.id == id)
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        let Some(mut upstream) = self.upstreams.remove(&name) else {
+            return;
+        };
+        // A stream that ends OK with requests unanswered was closed under them: a fault too.
+        let code = if code == "OK" && !upstream.pending.is_empty() {
+            "UNAVAILABLE"
+        } else {
+            code
+        };
+        let error = if message.is_empty() {
+            format!("backend {} ended the stream ({code})", upstream.backend)
+        } else {
+            message.to_string()
+        };
+        for pending in upstream.pending.drain(..) {
+            pending.attempt.finish(code, message);
+            self.outbound
+                .push_back(Frame::data(wire::stream_error(&error, &pending.id)));
+        }
+    }
+
+    /// To the gateway as a unary ModelInfer: its answer (the fallback's, or Triton's error for
+    /// a model no route covers) comes back as a stream message.
+    fn hand_over(&mut self, frame: Bytes, tried: &str) {
+        let mut parts = copy_parts(&self.parts);
+        parts.uri = http::Uri::from_static(PATH_INFER);
+        parts.headers.remove("grpc-timeout");
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
+        }
+        if let Ok(value) = HeaderValue::from_str(tried) {
+            if !tried.is_empty() {
+                parts.headers.insert(TRIED_HEADER, value);
+            }
+        }
+        let request_id = wire::request_id(&frame).to_string();
+        let request = with_authority(
+            Request::from_parts(parts, Outgoing::Buffered(Some(frame))),
+            GATEWAY_AUTHORITY,
+        );
+        let gateway = self.edge.gateway.clone();
+        let events = self.events_in.clone();
+        self.handed_over += 1;
+        tokio::spawn(async move {
+            let answer = match request {
+                Err(refusal) => wire::stream_error(&refusal.message, &request_id),
+                Ok(request) => match gateway.request(request).await {
+                    Err(error) => {
+                        let message = format!("triton-gateway is not reachable: {error}");
+                        wire::stream_error(&message, &request_id)
+                    }
+                    Ok(response) => unary_as_stream_answer(response, &request_id).await,
+                },
+            };
+            let _ = events.send(Event::HandedOver(answer)).await;
+        });
+    }
+}
+
+/// Reads one upstream stream's answers into the session; returns how it ended.
+async fn read_answers(
+    upstream: u64,
+    response: http::Response<Incoming>,
+    events: &mpsc::Sender<Event>,
+) -> (&'static str, String) {
+    if let Some(status) = response.headers().get("grpc-status") {
+        // Trailers-only: the backend refused the stream itself.
+        return (
+            code_name(Some(status.as_bytes())),
+            message_of(response.headers()).to_string(),
+        );
+    }
+    let mut body = response.into_body();
+    let mut decoder = Deframer::default();
+    loop {
+        match body.frame().await {
+            None => return ("UNAVAILABLE", String::new()),
+            Some(Err(error)) => return ("UNAVAILABLE", format!("stream broken: {error}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    decoder.push(data);
+                    while let Ok(Some(frame)) = decoder.next(usize::MAX) {
+                        if events.send(Event::Answer { upstream, frame }).await.is_err() {
+                            return ("CANCELLED", String::new());
+                        }
+                    }
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().unwrap_or_default();
+                    let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
+                    return (code, message_of(&trailers).to_string());
+                }
+            },
+        }
+    }
+}
+
+/// A unary ModelInfer answer as one stream message: its response, or its error.
+async fn unary_as_stream_answer(response: http::Response<Incoming>, request_id: &str) -> Bytes {
+    let (head, body) = response.into_parts();
+    if let Some(status) = head.headers.get("grpc-status") {
+        if status != "0" {
+            return wire::stream_error(message_of(&head.headers), request_id);
+        }
+    }
+    let Ok(collected) = body.collect().await else {
+        return wire::stream_error("triton-gateway broke off its answer", request_id);
+    };
+    if let Some(trailers) = collected.trailers() {
+        if trailers.get("grpc-status").is_some_and(|status| status != "0") {
+            return wire::stream_error(message_of(trailers), request_id);
+        }
+    }
+    let bytes = collected.to_bytes();
+    match bytes.get(5..) {
+        Some(message) => wire::stream_response(message),
+        None => wire::stream_error("triton-gateway sent no answer", request_id),
+    }
+}
+
+const DEADLINE_EXCEEDED: u32 = 4;
+
+fn status_trailers(code: u32, message: &str) -> HeaderMap {
+    let answer: http::Response<Upstream> = grpc::trailers_only(code, message);
+    let mut trailers = answer.into_parts().0.headers;
+    trailers.remove("content-type");
+    trailers
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cuts a byte stream into whole gRPC frames (prefix included).
+#[derive(Default)]
+struct Deframer {
+    buffer: BytesMut,
+}
+
+impl Deframer {
+    fn push(&mut self, data: Bytes) {
+        self.buffer.extend_from_slice(&data);
+    }
+
+    /// The next whole frame; a message announced larger than `limit` is refused as gRPC
+    /// servers refuse it.
+    fn next(&mut self, limit: usize) -> Result<Option<Bytes>, grpc::Refusal> {
+        if self.buffer.len() < 5 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
+        if length > limit {
+            let message = format!("Received message larger than max ({length} vs. {limit})");
+            return Err(grpc::Refusal::new(code::RESOURCE_EXHAUSTED, message));
+        }
+        if self.buffer.len() < 5 + length {
+            return Ok(None);
+        }
+        Ok(Some(self.buffer.split_to(5 + length).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deframer;
+    use bytes::Bytes;
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    #[test]
+    fn frames_are_cut_across_and_within_chunks() {
+        let mut decoder = Deframer::default();
+        let two = [frame(b"abc"), frame(b"de")].concat();
+        decoder.push(Bytes::copy_from_slice(&two[..4]));
+        assert_eq!(decoder.next(100).unwrap(), None);
+        decoder.push(Bytes::copy_from_slice(&two[4..]));
+        assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"abc")));
+        assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"de")));
+        assert_eq!(decoder.next(100).unwrap(), None);
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused() {
+        let mut decoder = Deframer::default();
+        decoder.push(Bytes::from(frame(&[0u8; 10])));
+        let refusal = decoder.next(9).unwrap_err();
+        assert_eq!(refusal.code, super::code::RESOURCE_EXHAUSTED);
+        assert_eq!(refusal.message, "Received message larger than max (10 vs. 9)");
+    }
+}
