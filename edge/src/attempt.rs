@@ -79,6 +79,11 @@ impl Attempt {
         }
     }
 
+    /// Time since the try was sent.
+    pub fn elapsed(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     /// The try ended with `code` (a status name) and Triton's `message`; returns whose fault
     /// it was.
     pub fn finish(mut self, code: &'static str, message: &str) -> Scope {

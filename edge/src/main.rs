@@ -31,6 +31,7 @@ mod shedding;
 mod snapshot;
 mod stream;
 mod upstream;
+mod version;
 mod wire;
 
 use clap::Parser;

@@ -15,7 +15,7 @@ use crate::server::ActiveCall;
 use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
 use crate::upstream::{BackendClient, GatewayClient};
-use crate::{compression, report, stream, wire};
+use crate::{compression, report, stream, version, wire};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::request::Parts;
@@ -142,9 +142,15 @@ impl Edge {
         let Some(plan) = self.fleet.plan() else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
         };
-        let Some((model, version)) = wire::model_key(reading) else {
+        let Some((model, spelled)) = wire::model_key(reading) else {
             return grpc::trailers_only(code::INTERNAL, grpc::UNPARSABLE);
         };
+        // Known by the number Triton reads ("01" is version 1); a version Triton cannot read
+        // is the gateway's to refuse, in Triton's words.
+        let Some(canonical) = version::canonical(spelled) else {
+            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
+        };
+        let version: &str = &canonical;
         let Some(route) = plan.route(model, version) else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
         };

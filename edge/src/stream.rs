@@ -16,7 +16,6 @@
 use crate::attempt::Attempt;
 use crate::body::{Outgoing, Upstream};
 use crate::compression;
-use crate::fleet::{Choice, Plan};
 use crate::grpc::{self, code};
 use crate::observed::{code_name, message_of};
 use crate::proxy::{copy_parts, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
@@ -30,6 +29,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -56,11 +56,27 @@ enum Event {
     HandedOver(Bytes),
 }
 
+/// One request message of the client's stream, as the edge routes it (and routes it again
+/// after a backend fault).
+struct StreamRequest {
+    /// The client's bytes, forwarded unchanged.
+    frame: Bytes,
+    model: String,
+    version: String,
+    id: String,
+    sequence: Option<wire::Sequence>,
+    /// Backends that failed it already.
+    tried: Vec<Arc<str>>,
+}
+
 /// A request sent to a backend and not answered yet.
 struct Pending {
-    id: String,
+    request: StreamRequest,
     attempt: Attempt,
     _admitted: Admitted,
+    /// When it counts as lost on a hung backend (None: a sequence's request, which waits as
+    /// long as the client does).
+    expires: Option<Instant>,
 }
 
 /// One backend's stream for this client stream.
@@ -163,6 +179,7 @@ impl Session {
             }
             let room = self.outbound.len() < MAX_OUTBOUND;
             let can_read = self.reading && room && self.upstreams_have_room();
+            let expiry = self.next_expiry();
             tokio::select! {
                 permit = out.reserve(), if !self.outbound.is_empty() => {
                     let Ok(permit) = permit else { return End::Gone };
@@ -192,6 +209,7 @@ impl Session {
                 _ = sleep_until(self.deadline), if self.deadline.is_some() => {
                     return End::Status(DEADLINE_EXCEEDED, "Deadline Exceeded".to_string());
                 }
+                _ = sleep_until(expiry), if expiry.is_some() => self.expire(Instant::now()),
                 _ = out.closed() => return End::Gone,
             }
         }
@@ -231,72 +249,92 @@ impl Session {
     /// One request message: to a backend, to the gateway, or answered with an error here.
     /// `reading`: the message as the edge reads it (`frame` inflated, when compressed).
     fn route(&mut self, frame: Bytes, reading: &Bytes) {
-        let Some(plan) = self.edge.fleet.plan() else {
-            return self.hand_over(frame, "");
-        };
         let Some((model, version)) = wire::model_key(reading) else {
             // Not a request the edge can read: the gateway answers as Triton would.
-            return self.hand_over(frame, "");
+            return self.hand_over(frame, &[]);
         };
-        let (model, version) = (model.to_string(), version.to_string());
-        let Some(route) = plan.route(&model, &version) else {
-            return self.hand_over(frame, "");
+        let request = StreamRequest {
+            model: model.to_string(),
+            version: version.to_string(),
+            id: wire::request_id(reading).to_string(),
+            sequence: wire::sequence(reading),
+            frame,
+            tried: Vec::new(),
+        };
+        self.dispatch(request);
+    }
+
+    /// A request to the cheaper backend of its route (the pinned one for a sequence's), to the
+    /// gateway when no route covers it or no backend may take it and the fallback serves its
+    /// model, else answered with an error in the stream.
+    fn dispatch(&mut self, request: StreamRequest) {
+        let Some(plan) = self.edge.fleet.plan() else {
+            return self.hand_over(request.frame, &request.tried);
+        };
+        let Some(route) = plan.route(&request.model, &request.version) else {
+            return self.hand_over(request.frame, &request.tried);
         };
         let policy = plan.policy();
-        let request_id = wire::request_id(reading).to_string();
+        let model = request.model.as_str();
         let Some(admitted) = self
             .edge
             .shedder
-            .try_enter(&model, policy.max_in_flight, policy.max_in_flight_per_model)
+            .try_enter(model, policy.max_in_flight, policy.max_in_flight_per_model)
         else {
             let metrics = &self.edge.shared.metrics;
-            metrics.shed.with_label_values(&[&model]).inc();
-            metrics.observe("ModelStreamInfer", &model, &version, "", "RESOURCE_EXHAUSTED", 0.0);
+            metrics.shed.with_label_values(&[model]).inc();
+            metrics.observe(
+                "ModelStreamInfer",
+                model,
+                &request.version,
+                "",
+                "RESOURCE_EXHAUSTED",
+                0.0,
+            );
             let message = format!("triton-gateway is at capacity for model '{model}': too many requests in flight");
-            return self
-                .outbound
-                .push_back(Frame::data(wire::stream_error(&message, &request_id)));
+            return self.answer_error(&message, &request.id);
         };
         let now = Instant::now();
-        let sequence = wire::sequence(reading);
-        let choice = match &sequence {
+        let choice = match &request.sequence {
+            // A sequence's request goes once, to the backend that holds its state.
+            Some(_) if !request.tried.is_empty() => None,
             Some(sequence) => {
                 let choice = self
                     .edge
                     .fleet
-                    .choose_for_sequence(&model, route, &sequence.id, sequence.start, now);
+                    .choose_for_sequence(model, route, &sequence.id, sequence.start, now);
                 if sequence.end {
-                    self.edge.fleet.sequences().end(&model, &sequence.id);
+                    self.edge.fleet.sequences().end(model, &sequence.id);
                 }
                 choice
             }
-            None => self.edge.fleet.choose(route, policy, &[], now),
+            None => self.edge.fleet.choose(route, policy, &request.tried, now),
         };
         let Some(choice) = choice else {
-            // Breakers have every holder out: the fallback answers when it serves the model
-            // (never a sequence's request: its state is on a backend).
-            if sequence.is_none() && plan.fallback_serves(&model) {
-                return self.hand_over(frame, "");
+            // Breakers have every holder out, or every holder failed it: the fallback answers
+            // when it serves the model (never a sequence's request: its state is on a backend).
+            if request.sequence.is_none() && plan.fallback_serves(model) {
+                return self.hand_over(request.frame, &request.tried);
             }
-            let message = format!("no backend can serve model '{model}' now (down, drained or ejected)");
-            return self
-                .outbound
-                .push_back(Frame::data(wire::stream_error(&message, &request_id)));
+            let message = match request.tried.last() {
+                Some(backend) if request.sequence.is_some() => format!(
+                    "backend {backend} failed during a sequence; requests of a sequence are not sent to another backend"
+                ),
+                Some(backend) => format!("backend {backend} failed and no other backend can serve model '{model}' now"),
+                None => format!("no backend can serve model '{model}' now (down, drained or ejected)"),
+            };
+            return self.answer_error(&message, &request.id);
         };
-        self.send(&plan, choice, frame, &model, &version, request_id, admitted);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        plan: &Arc<Plan>,
-        choice: Choice,
-        frame: Bytes,
-        model: &str,
-        version: &str,
-        request_id: String,
-        admitted: Admitted,
-    ) {
+        let expires = match request.sequence {
+            Some(_) => None,
+            None => Some(
+                now + policy
+                    .per_try_overrides
+                    .get(model)
+                    .copied()
+                    .unwrap_or_else(|| policy.per_try.per_try(&route.digest, now)),
+            ),
+        };
         let backend = choice.target.backend.clone();
         let attempt = Attempt::new(
             self.edge.shared.clone(),
@@ -304,7 +342,7 @@ impl Session {
             choice,
             "ModelStreamInfer",
             model,
-            version,
+            &request.version,
         );
         if !self.upstreams.contains_key(&backend.name) {
             let upstream = self.open(&backend.name, &backend.address);
@@ -313,21 +351,26 @@ impl Session {
         let Some(upstream) = self.upstreams.get_mut(&backend.name) else {
             return;
         };
-        let sent = upstream.sender.as_ref().map(|sender| sender.try_send(frame));
-        match sent {
-            Some(Ok(())) => upstream.pending.push_back(Pending {
-                id: request_id,
-                attempt,
-                _admitted: admitted,
-            }),
-            // Its stream ended a moment ago and the event is still queued: that backend failed.
-            _ => {
-                attempt.finish("UNAVAILABLE", "");
-                let message = format!("backend {} is not answering on this stream", backend.name);
-                self.outbound
-                    .push_back(Frame::data(wire::stream_error(&message, &request_id)));
-            }
+        let sent = upstream
+            .sender
+            .as_ref()
+            .map(|sender| sender.try_send(request.frame.clone()));
+        upstream.pending.push_back(Pending {
+            request,
+            attempt,
+            _admitted: admitted,
+            expires,
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            // Its stream ended a moment ago (the event is still queued): that backend failed.
+            let message = format!("backend {} is not answering on this stream", backend.name);
+            self.fail_upstream(&backend.name, "UNAVAILABLE", &message);
         }
+    }
+
+    fn answer_error(&mut self, message: &str, request_id: &str) {
+        self.outbound
+            .push_back(Frame::data(wire::stream_error(message, request_id)));
     }
 
     /// A stream to `backend`, with what is left of the client's deadline; a task reads its
@@ -381,7 +424,7 @@ impl Session {
                     let position = if id.is_empty() {
                         (!stream.pending.is_empty()).then_some(0)
                     } else {
-                        stream.pending.iter().position(|p| p.id == id)
+                        stream.pending.iter().position(|p| p.request.id == id)
                     };
                     if let Some(pending) = position.and_then(|i| stream.pending.remove(i)) {
                         pending.attempt.finish("OK", "");
@@ -405,7 +448,7 @@ impl Session {
         self.upstreams.values_mut().find(|upstream| upstream.id == id)
     }
 
-    /// A backend's stream is over: requests still waiting there failed with it.
+    /// A backend's stream is over (`code` "OK": the backend closed it after its answers).
     fn on_upstream_end(&mut self, id: u64, code: &'static str, message: &str) {
         let Some(name) = self
             .upstreams
@@ -415,30 +458,92 @@ impl Session {
         else {
             return;
         };
-        let Some(mut upstream) = self.upstreams.remove(&name) else {
+        self.fail_upstream(&name, code, message);
+    }
+
+    /// Drops a backend's stream; the requests still waiting there failed with it: each is
+    /// sent to another backend when it may be (not a sequence's, within the attempt limit
+    /// and the retry budget), else answered with an error in the stream.
+    fn fail_upstream(&mut self, name: &Arc<str>, code: &'static str, message: &str) {
+        let Some(mut upstream) = self.upstreams.remove(name) else {
             return;
         };
         // A stream that ends OK with requests unanswered was closed under them: a fault too.
-        let code = if code == "OK" && !upstream.pending.is_empty() {
-            "UNAVAILABLE"
-        } else {
-            code
-        };
+        let code = if code == "OK" { "UNAVAILABLE" } else { code };
         let error = if message.is_empty() {
             format!("backend {} ended the stream ({code})", upstream.backend)
         } else {
             message.to_string()
         };
-        for pending in upstream.pending.drain(..) {
-            pending.attempt.finish(code, message);
-            self.outbound
-                .push_back(Frame::data(wire::stream_error(&error, &pending.id)));
+        let max_attempts = self
+            .edge
+            .fleet
+            .plan()
+            .map_or(1, |plan| plan.policy().retry.max_attempts);
+        for pending in upstream.pending.drain(..).collect::<Vec<_>>() {
+            let Pending {
+                mut request, attempt, ..
+            } = pending;
+            let scope = attempt.finish(code, message);
+            request.tried.push(upstream.backend.clone());
+            let may_retry = scope.is_fault()
+                && request.sequence.is_none()
+                && u32::try_from(request.tried.len()).unwrap_or(u32::MAX) < max_attempts
+                && self.edge.fleet.budget.try_retry(Instant::now());
+            if may_retry {
+                self.edge
+                    .shared
+                    .metrics
+                    .retries
+                    .with_label_values(&[&*upstream.backend, code])
+                    .inc();
+                self.dispatch(request);
+            } else if scope.is_fault() && request.sequence.is_none() && self.fallback_serves(&request.model) {
+                self.hand_over(request.frame, &request.tried);
+            } else {
+                self.answer_error(&error, &request.id);
+            }
+        }
+    }
+
+    fn fallback_serves(&self, model: &str) -> bool {
+        self.edge.fleet.plan().is_some_and(|plan| plan.fallback_serves(model))
+    }
+
+    /// The first moment a request waiting on a backend counts as lost.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.upstreams
+            .values()
+            .flat_map(|upstream| upstream.pending.iter().filter_map(|pending| pending.expires))
+            .min()
+    }
+
+    /// Requests past their per-try timeout: their backend is taken for hung, its stream is
+    /// dropped (a late answer must not reach the client twice) and its requests go elsewhere.
+    fn expire(&mut self, now: Instant) {
+        let hung: Vec<(Arc<str>, Duration)> = self
+            .upstreams
+            .iter()
+            .filter_map(|(name, upstream)| {
+                let late = upstream
+                    .pending
+                    .iter()
+                    .find(|pending| pending.expires.is_some_and(|at| at <= now))?;
+                Some((name.clone(), late.attempt.elapsed(now)))
+            })
+            .collect();
+        for (name, waited) in hung {
+            let message = format!(
+                "backend {name} did not answer within the per-try timeout of {} ms",
+                waited.as_millis()
+            );
+            self.fail_upstream(&name, "UNAVAILABLE", &message);
         }
     }
 
     /// To the gateway as a unary ModelInfer: its answer (the fallback's, or Triton's error for
     /// a model no route covers) comes back as a stream message.
-    fn hand_over(&mut self, frame: Bytes, tried: &str) {
+    fn hand_over(&mut self, frame: Bytes, tried: &[Arc<str>]) {
         let mut parts = copy_parts(&self.parts);
         parts.uri = http::Uri::from_static(PATH_INFER);
         parts.headers.remove("grpc-timeout");
@@ -446,8 +551,9 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
         }
-        if let Ok(value) = HeaderValue::from_str(tried) {
-            if !tried.is_empty() {
+        if !tried.is_empty() {
+            let names = tried.iter().map(|name| &**name).collect::<Vec<_>>().join(",");
+            if let Ok(value) = HeaderValue::from_str(&names) {
                 parts.headers.insert(TRIED_HEADER, value);
             }
         }
