@@ -116,6 +116,13 @@ class BreakerSettings(_Frozen):
     max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
     """Most of the live fleet breakers alone may eject; past it all live backends serve."""
 
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerSettings:
+        # tgw-edge refuses such a policy: say so when the settings are read, not at start.
+        if self.max_ejection_s < self.base_ejection_s:
+            raise ValueError("max_ejection_s must not be below base_ejection_s")
+        return self
+
 
 class BalancingSettings(_Frozen):
     """Power of two choices on calls in flight x a peak-EWMA of latency per backend and model."""
