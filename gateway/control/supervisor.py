@@ -35,6 +35,8 @@ _START_WAIT_S = 10.0
 _POLL_S = 0.02
 _CALL_TIMEOUT_S = 2.0
 _REAP_WAIT_S = 0.2
+_LATE_S = 0.1
+"""A wake-up later than this is this process's own pause, not the edge's silence."""
 
 
 class EdgeError(ControlError):
@@ -251,12 +253,19 @@ class EdgeSupervisor:
             reading = asyncio.create_task(reports())
             try:
                 while not reading.done():
+                    asleep_from = self._clock()
                     await asyncio.wait({reading}, timeout=self._report_interval_s)
+                    # Silence counts only while this process could read: woken this much later
+                    # than asked, it was stopped (SIGSTOP, a suspended host) or its loop was
+                    # blocked, and the reports waiting unread are no sign of a hung edge.
+                    late = self._clock() - asleep_from - self._report_interval_s
+                    if late > _LATE_S:
+                        last_report = min(self._clock(), last_report + late)
                     if self._clock() - last_report > self._hang_timeout_s:
                         log.error("edge_unresponsive", pid=self.pid, silent_s=self._hang_timeout_s)
                         self._kill()
                         await self._wait_gone(2.0)
-                        return f"no report for {self._hang_timeout_s:.0f} s (killed)"
+                        return f"no report for {self._hang_timeout_s:g} s (killed)"
             finally:
                 reading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
