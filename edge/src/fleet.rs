@@ -52,6 +52,8 @@ pub struct Target {
 pub struct Route {
     pub targets: Vec<Target>,
     pub digest: Arc<LatencyDigest>,
+    /// Stream answers pass through as they come (a decoupled model); others keep request order.
+    pub unordered: bool,
 }
 
 /// A chosen target with what its breakers admitted (None: let through by the ejection cap,
@@ -175,6 +177,7 @@ impl Fleet {
             let route = Route {
                 targets,
                 digest: self.digest(model, version),
+                unordered: snapshot.unordered.contains(&(model.clone(), version.clone())),
             };
             routes.insert((model.clone(), version.clone()), route);
         }

@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendSpec>,
     /// (model, version) → names of the backends holding it READY (in `backends`).
     pub routes: HashMap<(String, String), Vec<Arc<str>>>,
+    /// Routes whose stream answers pass through as they come (decoupled models).
+    pub unordered: HashSet<(String, String)>,
     pub fallback_models: HashSet<String>,
     pub policy: Policy,
 }
@@ -85,6 +87,7 @@ impl Snapshot {
             }
         }
         let mut routes = HashMap::with_capacity(snapshot.routes.len());
+        let mut unordered = HashSet::new();
         for route in snapshot.routes {
             let mut holders = Vec::with_capacity(route.backends.len());
             for name in &route.backends {
@@ -103,12 +106,16 @@ impl Snapshot {
             if routes.contains_key(&key) {
                 return Err(format!("route {}/{} is listed twice", key.0, key.1));
             }
+            if route.unordered {
+                unordered.insert(key.clone());
+            }
             routes.insert(key, holders);
         }
         Ok(Snapshot {
             version: snapshot.version,
             backends,
             routes,
+            unordered,
             fallback_models: snapshot.fallback_models.into_iter().collect(),
             policy,
         })
@@ -316,6 +323,7 @@ pub mod tests {
             model: model.into(),
             version: version.into(),
             backends: backends.iter().map(|b| b.to_string()).collect(),
+            unordered: false,
         };
         proto::Snapshot {
             version,

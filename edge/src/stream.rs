@@ -20,7 +20,7 @@ use crate::grpc::{self, code};
 use crate::observed::{code_name, message_of};
 use crate::proxy::{copy_parts, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
 use crate::shedding::Admitted;
-use crate::wire;
+use crate::{version, wire};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request};
@@ -40,6 +40,9 @@ const UPSTREAM_QUEUE: usize = 32;
 const CLIENT_QUEUE: usize = 64;
 /// Frames waiting for the client inside the session (beyond the channel above).
 const MAX_OUTBOUND: usize = 64;
+/// Requests of one stream waiting for their answer (or answers held for their turn) before
+/// the client's stream is read no further.
+const MAX_UNANSWERED: usize = 1024;
 const PATH_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// What the session hears from the tasks reading the backends and the gateway.
@@ -52,8 +55,9 @@ enum Event {
         code: &'static str,
         message: String,
     },
-    /// The gateway's answer to a message handed over, as a stream frame.
-    HandedOver(Bytes),
+    /// The gateway's answer to a message handed over, as a stream frame, for its place in
+    /// the answers' order.
+    HandedOver { slot: Option<u64>, frame: Bytes },
 }
 
 /// One request message of the client's stream, as the edge routes it (and routes it again
@@ -67,6 +71,9 @@ struct StreamRequest {
     sequence: Option<wire::Sequence>,
     /// Backends that failed it already.
     tried: Vec<Arc<str>>,
+    /// Its place in the order of the client's answers (None: a decoupled model's answers
+    /// pass through as they come).
+    slot: Option<u64>,
 }
 
 /// A request sent to a backend and not answered yet.
@@ -118,6 +125,7 @@ pub fn answer(edge: Arc<Edge>, parts: Parts, body: Incoming) -> Upstream {
         handed_over: 0,
         reading: true,
         decoder: Deframer::default(),
+        order: Order::default(),
     };
     tokio::spawn(session.run(body, events));
     Upstream::Merged(frames)
@@ -140,6 +148,7 @@ struct Session {
     /// The client has not half-closed.
     reading: bool,
     decoder: Deframer,
+    order: Order,
 }
 
 /// How the session ended.
@@ -178,7 +187,7 @@ impl Session {
                 return End::Done;
             }
             let room = self.outbound.len() < MAX_OUTBOUND;
-            let can_read = self.reading && room && self.upstreams_have_room();
+            let can_read = self.reading && room && self.upstreams_have_room() && self.order.len() < MAX_UNANSWERED;
             let expiry = self.next_expiry();
             tokio::select! {
                 permit = out.reserve(), if !self.outbound.is_empty() => {
@@ -251,11 +260,25 @@ impl Session {
     fn route(&mut self, frame: Bytes, reading: &Bytes) {
         let Some((model, version)) = wire::model_key(reading) else {
             // Not a request the edge can read: the gateway answers as Triton would.
-            return self.hand_over(frame, &[]);
+            let slot = Some(self.order.reserve());
+            return self.hand_over(frame, &[], slot);
         };
+        // Routes know a version as Triton reads it ("01" is 1); one Triton cannot read is
+        // refused by the gateway in Triton's words.
+        let Some(canonical) = version::canonical(version) else {
+            let slot = Some(self.order.reserve());
+            return self.hand_over(frame, &[], slot);
+        };
+        let unordered = self
+            .edge
+            .fleet
+            .plan()
+            .is_some_and(|plan| plan.route(model, &canonical).is_some_and(|route| route.unordered));
+        let slot = (!unordered).then(|| self.order.reserve());
         let request = StreamRequest {
+            slot,
             model: model.to_string(),
-            version: version.to_string(),
+            version: canonical.into_owned(),
             id: wire::request_id(reading).to_string(),
             sequence: wire::sequence(reading),
             frame,
@@ -269,10 +292,10 @@ impl Session {
     /// model, else answered with an error in the stream.
     fn dispatch(&mut self, request: StreamRequest) {
         let Some(plan) = self.edge.fleet.plan() else {
-            return self.hand_over(request.frame, &request.tried);
+            return self.hand_over(request.frame, &request.tried, request.slot);
         };
         let Some(route) = plan.route(&request.model, &request.version) else {
-            return self.hand_over(request.frame, &request.tried);
+            return self.hand_over(request.frame, &request.tried, request.slot);
         };
         let policy = plan.policy();
         let model = request.model.as_str();
@@ -292,7 +315,7 @@ impl Session {
                 0.0,
             );
             let message = format!("triton-gateway is at capacity for model '{model}': too many requests in flight");
-            return self.answer_error(&message, &request.id);
+            return self.answer_error(&message, &request.id, request.slot);
         };
         let now = Instant::now();
         let choice = match &request.sequence {
@@ -314,7 +337,7 @@ impl Session {
             // Breakers have every holder out, or every holder failed it: the fallback answers
             // when it serves the model (never a sequence's request: its state is on a backend).
             if request.sequence.is_none() && plan.fallback_serves(model) {
-                return self.hand_over(request.frame, &request.tried);
+                return self.hand_over(request.frame, &request.tried, request.slot);
             }
             let message = match request.tried.last() {
                 Some(backend) if request.sequence.is_some() => format!(
@@ -323,7 +346,7 @@ impl Session {
                 Some(backend) => format!("backend {backend} failed and no other backend can serve model '{model}' now"),
                 None => format!("no backend can serve model '{model}' now (down, drained or ejected)"),
             };
-            return self.answer_error(&message, &request.id);
+            return self.answer_error(&message, &request.id, request.slot);
         };
         let expires = match request.sequence {
             Some(_) => None,
@@ -368,9 +391,21 @@ impl Session {
         }
     }
 
-    fn answer_error(&mut self, message: &str, request_id: &str) {
-        self.outbound
-            .push_back(Frame::data(wire::stream_error(message, request_id)));
+    fn answer_error(&mut self, message: &str, request_id: &str, slot: Option<u64>) {
+        self.deliver(slot, wire::stream_error(message, request_id));
+    }
+
+    /// An answer for the client: at once, or once every answer before it in order is out.
+    fn deliver(&mut self, slot: Option<u64>, frame: Bytes) {
+        match slot {
+            None => self.outbound.push_back(Frame::data(frame)),
+            Some(slot) => {
+                self.order.fill(slot, frame);
+                while let Some(ready) = self.order.pop_ready() {
+                    self.outbound.push_back(Frame::data(ready));
+                }
+            }
+        }
     }
 
     /// A stream to `backend`, with what is left of the client's deadline; a task reads its
@@ -417,29 +452,30 @@ impl Session {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Answer { upstream, frame } => {
+                let mut slot = None;
                 if let Some(stream) = self.upstream_mut(upstream) {
-                    let id = wire::stream_response_id(&frame);
-                    // Triton echoes the request's id; without one, answers come in order
-                    // (a decoupled model's later answers find nothing left to settle).
-                    let position = if id.is_empty() {
-                        (!stream.pending.is_empty()).then_some(0)
-                    } else {
-                        stream.pending.iter().position(|p| p.request.id == id)
-                    };
+                    // The request it answers: Triton echoes the request's id and names the
+                    // model; a decoupled model's later answers find nothing left to settle.
+                    let (model, id) = wire::stream_response_key(&frame);
+                    let position = stream.pending.iter().position(|pending| {
+                        (id.is_empty() || pending.request.id == id)
+                            && (model.is_empty() || pending.request.model == model)
+                    });
                     if let Some(pending) = position.and_then(|i| stream.pending.remove(i)) {
+                        slot = pending.request.slot;
                         pending.attempt.finish("OK", "");
                     }
                 }
-                self.outbound.push_back(Frame::data(frame));
+                self.deliver(slot, frame);
             }
             Event::Ended {
                 upstream,
                 code,
                 message,
             } => self.on_upstream_end(upstream, code, &message),
-            Event::HandedOver(frame) => {
+            Event::HandedOver { slot, frame } => {
                 self.handed_over -= 1;
-                self.outbound.push_back(Frame::data(frame));
+                self.deliver(slot, frame);
             }
         }
     }
@@ -499,9 +535,9 @@ impl Session {
                     .inc();
                 self.dispatch(request);
             } else if scope.is_fault() && request.sequence.is_none() && self.fallback_serves(&request.model) {
-                self.hand_over(request.frame, &request.tried);
+                self.hand_over(request.frame, &request.tried, request.slot);
             } else {
-                self.answer_error(&error, &request.id);
+                self.answer_error(&error, &request.id, request.slot);
             }
         }
     }
@@ -543,7 +579,7 @@ impl Session {
 
     /// To the gateway as a unary ModelInfer: its answer (the fallback's, or Triton's error for
     /// a model no route covers) comes back as a stream message.
-    fn hand_over(&mut self, frame: Bytes, tried: &[Arc<str>]) {
+    fn hand_over(&mut self, frame: Bytes, tried: &[Arc<str>], slot: Option<u64>) {
         let mut parts = copy_parts(&self.parts);
         parts.uri = http::Uri::from_static(PATH_INFER);
         parts.headers.remove("grpc-timeout");
@@ -576,7 +612,7 @@ impl Session {
                     Ok(response) => unary_as_stream_answer(response, &request_id).await,
                 },
             };
-            let _ = events.send(Event::HandedOver(answer)).await;
+            let _ = events.send(Event::HandedOver { slot, frame: answer }).await;
         });
     }
 }
@@ -658,6 +694,42 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The answers of a stream in request order: each ordered request takes a slot; an answer
+/// waits in its slot until those before it are out.
+#[derive(Default)]
+struct Order {
+    slots: VecDeque<Option<Bytes>>,
+    /// Slot number of `slots[0]`.
+    front: u64,
+}
+
+impl Order {
+    fn reserve(&mut self) -> u64 {
+        self.slots.push_back(None);
+        self.front + self.slots.len() as u64 - 1
+    }
+
+    fn fill(&mut self, slot: u64, frame: Bytes) {
+        let index = slot.checked_sub(self.front).and_then(|i| usize::try_from(i).ok());
+        if let Some(place) = index.and_then(|i| self.slots.get_mut(i)) {
+            *place = Some(frame);
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<Bytes> {
+        if !matches!(self.slots.front(), Some(Some(_))) {
+            return None;
+        }
+        self.front += 1;
+        self.slots.pop_front().flatten()
+    }
+
+    /// Requests waiting for their turn or their answer.
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
 /// Cuts a byte stream into whole gRPC frames (prefix included).
 #[derive(Default)]
 struct Deframer {
@@ -709,6 +781,22 @@ mod tests {
         assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"abc")));
         assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"de")));
         assert_eq!(decoder.next(100).unwrap(), None);
+    }
+
+    #[test]
+    fn answers_leave_in_request_order() {
+        let mut order = super::Order::default();
+        let (first, second, third) = (order.reserve(), order.reserve(), order.reserve());
+        order.fill(second, Bytes::from_static(b"2"));
+        assert_eq!(order.pop_ready(), None, "the first is still unanswered");
+        order.fill(first, Bytes::from_static(b"1"));
+        assert_eq!(order.pop_ready(), Some(Bytes::from_static(b"1")));
+        assert_eq!(order.pop_ready(), Some(Bytes::from_static(b"2")));
+        assert_eq!(order.pop_ready(), None);
+        assert_eq!(order.len(), 1);
+        order.fill(third, Bytes::from_static(b"3"));
+        assert_eq!(order.pop_ready(), Some(Bytes::from_static(b"3")));
+        assert_eq!(order.len(), 0);
     }
 
     #[test]

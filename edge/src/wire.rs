@@ -83,16 +83,22 @@ pub fn request_id(frame: &[u8]) -> &str {
         .unwrap_or("")
 }
 
-/// The `infer_response.id` of a ModelStreamInferResponse frame ("" when none).
-pub fn stream_response_id(frame: &[u8]) -> &str {
-    message_of(frame)
-        .and_then(|message| {
-            let (_, _, from, to) = fields(message)?
-                .into_iter()
-                .find(|(field, wire, _, _)| *field == 2 && *wire == 2)?;
-            string_field(&message[from..to], 3)
-        })
-        .unwrap_or("")
+/// `infer_response.model_name` and `infer_response.id` of a ModelStreamInferResponse frame
+/// ("" for what it does not carry).
+pub fn stream_response_key(frame: &[u8]) -> (&str, &str) {
+    let response = message_of(frame).and_then(|message| {
+        let (_, _, from, to) = fields(message)?
+            .into_iter()
+            .find(|(field, wire, _, _)| *field == 2 && *wire == 2)?;
+        Some(&message[from..to])
+    });
+    let Some(response) = response else {
+        return ("", "");
+    };
+    (
+        string_field(response, 1).unwrap_or(""),
+        string_field(response, 3).unwrap_or(""),
+    )
 }
 
 /// A ModelStreamInferResponse frame wrapping a ModelInferResponse message (a unary answer's
@@ -275,11 +281,11 @@ mod tests {
         assert_eq!(super::request_id(&request), "r-7");
         assert_eq!(super::request_id(&frame(b"\x0a\x01m")), "");
         let error = super::stream_error("boom", "r-7");
-        assert_eq!(super::stream_response_id(&error), "r-7");
+        assert_eq!(super::stream_response_key(&error), ("", "r-7"));
         // error_message "boom", infer_response { id: "r-7" }
         assert_eq!(&error[5..], b"\x0a\x04boom\x12\x05\x1a\x03r-7");
         let wrapped = super::stream_response(b"\x0a\x01m\x1a\x02id");
-        assert_eq!(super::stream_response_id(&wrapped), "id");
+        assert_eq!(super::stream_response_key(&wrapped), ("m", "id"));
         assert_eq!(&wrapped[5..], b"\x12\x07\x0a\x01m\x1a\x02id");
     }
 

@@ -48,6 +48,10 @@ class BackendHealth:
     ready: bool
     models: frozenset[ModelKey]
     server: ServerInfo | None = None
+    unordered: frozenset[ModelKey] = frozenset()
+    """READY versions whose stream answers need not follow request order: decoupled models
+    (zero or many answers per request), and those whose config could not be read (an order
+    waited for on them could wait for ever)."""
 
     @classmethod
     def down(cls) -> BackendHealth:
@@ -91,6 +95,7 @@ class TritonBackend:
             for method in FORWARDED_UNARY_METHODS
         }
         self.health = BackendHealth.down()
+        self._decoupled: dict[ModelKey, bool] = {}
         self.last_models: frozenset[ModelKey] = frozenset()
         """The READY versions of the last poll that found it up (kept while it is down)."""
 
@@ -124,11 +129,41 @@ class TritonBackend:
                 return BackendHealth.down()
             # It serves, but will not say what: keep routing what it last said it had, rather
             # than sending every request to the fallback.
-            return BackendHealth(ready=True, models=self.last_models, server=self.health.server)
+            return BackendHealth(
+                ready=True,
+                models=self.last_models,
+                server=self.health.server,
+                unordered=self.health.unordered,
+            )
         models = frozenset(
             (model.name, model.version) for model in index.models if model.state == "READY"
         )
-        return BackendHealth(ready=True, models=models, server=await self._server_info(timeout_s))
+        return BackendHealth(
+            ready=True,
+            models=models,
+            server=await self._server_info(timeout_s),
+            unordered=await self._unordered(models, timeout_s),
+        )
+
+    async def _unordered(
+        self, models: frozenset[ModelKey], timeout_s: float
+    ) -> frozenset[ModelKey]:
+        """Which READY versions are decoupled, from their configs (each read once while it
+        stays READY)."""
+        known = {key: value for key, value in self._decoupled.items() if key in models}
+        for name, version in sorted(models - known.keys()):
+            try:
+                answer = await self.stub.ModelConfig(
+                    service_pb2.ModelConfigRequest(name=name, version=version),
+                    timeout=timeout_s,
+                    metadata=self.control_metadata,
+                )
+            except grpc.aio.AioRpcError:
+                known[(name, version)] = True  # unknown: never wait for its order
+                continue
+            known[(name, version)] = answer.config.model_transaction_policy.decoupled
+        self._decoupled = known
+        return frozenset(key for key, decoupled in known.items() if decoupled)
 
     async def _server_info(self, timeout_s: float) -> ServerInfo | None:
         """ServerMetadata, asked once per start of the server (kept while it stays up)."""

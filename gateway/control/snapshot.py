@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.backends.pool import BackendPool
+from gateway.backends.triton import TritonBackend
 from gateway.control.client import duration
 from gateway.settings import GatewaySettings
 
@@ -107,7 +108,12 @@ def build(
         for b in pool.backends
     ]
     routes = [
-        control_pb2.Route(model=model, version=version, backends=[b.name for b in holders])
+        control_pb2.Route(
+            model=model,
+            version=version,
+            backends=[b.name for b in holders],
+            unordered=any(_unordered(b, model, version, pool) for b in holders),
+        )
         for (model, version), holders in sorted(pool.table.candidates.items())
     ]
     known: dict[str, set[str]] = {}
@@ -125,6 +131,12 @@ def build(
         ],
         fallback_models=sorted(fallback_models),
     )
+
+
+def _unordered(backend: TritonBackend, model: str, version: str, pool: BackendPool) -> bool:
+    # The unversioned route serves the fleet's latest version.
+    version = version or pool.table.latest_version.get(model, "")
+    return (model, version) in backend.health.unordered
 
 
 def _version_order(version: str) -> tuple[int, ...]:
