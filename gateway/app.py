@@ -192,6 +192,7 @@ class Gateway:
             lambda: bind_public(self.settings.server.host, self.settings.server.port),
             on_report=self._edge_report,
             on_up=self._edge_up,
+            on_restart=self.metrics.edge_restarts.inc,
             clock=self._clock,
             hang_timeout_s=edge.hang_timeout_s,
             max_restarts=edge.max_restarts,
@@ -312,9 +313,7 @@ class Gateway:
 
     def _edge_up(self, up: bool) -> None:
         self.metrics.edge_up.set(1 if up else 0)
-        if not up:
-            self.metrics.edge_restarts.inc()
-        task = asyncio.create_task(self._set_serving(up and self.dataplane.is_ready()))
+        task = asyncio.create_task(self._set_serving(self._serving()))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
@@ -341,8 +340,12 @@ class Gateway:
             for b in self.pool.backends
         ]
 
+    def _serving(self) -> bool:
+        """SERVING while an edge serves the public port and something can answer."""
+        return self.edge is not None and self.edge.up and self.dataplane.is_ready()
+
     def _report_readiness(self, table: RouteTable[TritonBackend]) -> None:
-        task = asyncio.create_task(self._set_serving(self.dataplane.is_ready()))
+        task = asyncio.create_task(self._set_serving(self._serving()))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 

@@ -44,6 +44,7 @@ pub struct Identity {
     pub listen_address: String,
     pub gateway_socket: String,
     pub started: Instant,
+    pub settings_digest: String,
 }
 
 pub struct ControlService<P> {
@@ -75,6 +76,7 @@ impl<P: Controlled> EdgeControl for ControlService<P> {
             gateway_socket: self.identity.gateway_socket.clone(),
             snapshot_version: self.plane.serving_version(),
             uptime_seconds: self.identity.started.elapsed().as_secs_f64(),
+            settings_digest: self.identity.settings_digest.clone(),
         }))
     }
 

@@ -107,6 +107,7 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
         listen_address: address.clone(),
         gateway_socket: options.gateway_socket.display().to_string(),
         started: std::time::Instant::now(),
+        settings_digest: options.settings_digest.clone(),
     };
     let service = control::ControlService::new(edge.clone(), identity, shutdown.clone());
     tokio::spawn(control::serve(control_listener, service));

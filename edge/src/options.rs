@@ -32,6 +32,11 @@ pub struct Options {
     #[arg(long)]
     pub control_socket: std::path::PathBuf,
 
+    /// An opaque digest of the settings this edge was started with, returned by the control
+    /// protocol's Describe (a control plane with other settings replaces the edge).
+    #[arg(long, default_value = "")]
+    pub settings_digest: String,
+
     /// How long calls in flight may finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 10_000)]
     pub drain_grace_ms: u64,

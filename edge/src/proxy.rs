@@ -36,6 +36,9 @@ pub const TRIED_HEADER: &str = "x-gateway-tried";
 /// The authority of calls to the gateway (the Unix socket ignores it; the pool keys on it).
 pub const GATEWAY_AUTHORITY: &str = "gateway";
 const DEADLINE_EXCEEDED: u32 = 4;
+/// Per-try timeout of ModelMetadata, ModelConfig and ModelReady (within the configured floor
+/// and cap).
+const METADATA_PER_TRY: Duration = Duration::from_secs(1);
 
 pub struct Edge {
     pub backends: BackendClient,
@@ -207,6 +210,11 @@ impl Edge {
         // so it is neither hedged nor retried, and it waits as long as the client does.
         let per_try = match call.sequence {
             Some(_) => None,
+            // Metadata, config and readiness come from the server, not the model: a live
+            // Triton answers them in milliseconds, whatever its models take.
+            None if call.method != "ModelInfer" => {
+                Some(METADATA_PER_TRY.clamp(policy.per_try.floor, policy.per_try.cap))
+            }
             None => Some(
                 policy
                     .per_try_overrides

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ _START_WAIT_S = 10.0
 _POLL_S = 0.02
 _CALL_TIMEOUT_S = 2.0
 _REAP_WAIT_S = 0.2
+_REPLACE_GRACE_S = 5.0
 _LATE_S = 0.1
 """A wake-up later than this is this process's own pause, not the edge's silence."""
 
@@ -58,6 +60,7 @@ class EdgeSupervisor:
         *,
         on_report: Callable[[control_pb2.EdgeReport], None] = lambda report: None,
         on_up: Callable[[bool], None] = lambda up: None,
+        on_restart: Callable[[], None] = lambda: None,
         clock: Callable[[], float],
         report_interval_s: float = 0.25,
         hang_timeout_s: float = 10.0,
@@ -66,6 +69,9 @@ class EdgeSupervisor:
     ) -> None:
         self._binary = binary
         self._arguments = list(arguments)
+        self._settings_digest = hashlib.sha256(
+            "\0".join([str(binary), *arguments]).encode()
+        ).hexdigest()
         self.control_socket = runtime_dir / "control.sock"
         self.gateway_socket = runtime_dir / "gateway.sock"
         self._snapshot = snapshot
@@ -75,6 +81,7 @@ class EdgeSupervisor:
         another control plane started: that edge holds it)."""
         self._on_report = on_report
         self._on_up = on_up
+        self._on_restart = on_restart
         self._clock = clock
         self._report_interval_s = report_interval_s
         self._hang_timeout_s = hang_timeout_s
@@ -137,6 +144,22 @@ class EdgeSupervisor:
             description = await self.client.describe(1.0)
         except grpc.aio.AioRpcError:
             return False
+        if description.settings_digest != self._settings_digest:
+            # Started with other settings (public port, limits, binary): replace it; its
+            # clients reconnect to the new one.
+            log.warning(
+                "edge_replaced",
+                pid=description.pid,
+                reason="it runs with other settings than the configuration's",
+            )
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.client.shutdown(_REPLACE_GRACE_S, _CALL_TIMEOUT_S)
+            self.pid = description.pid
+            if not await self._wait_gone(_REPLACE_GRACE_S + 2.0):
+                self._kill()
+                await self._wait_gone(2.0)
+            self.pid = 0
+            return False
         self._adopt(description)
         log.info(
             "edge_reattached",
@@ -164,6 +187,8 @@ class EdgeSupervisor:
             *self._arguments,
             "--listen-fd",
             str(listen_fd),
+            "--settings-digest",
+            self._settings_digest,
             "--control-socket",
             str(self.control_socket),
             "--gateway-socket",
@@ -216,6 +241,7 @@ class EdgeSupervisor:
                 return
             self._restart_times.append(now)
             self.restarts += 1
+            self._on_restart()
             try:
                 await self._spawn()
                 await self._push(required=True)
