@@ -462,6 +462,30 @@ def test_the_edge_outlives_a_killed_control_plane_and_a_new_one_reattaches(
     assert wait_until(lambda: not _is_edge(edge))
 
 
+def test_a_control_plane_with_other_edge_settings_replaces_the_edge_it_finds(
+    gateways: Gateways,
+) -> None:
+    first = gateways.start(gateways.config("first"), "first")
+    old_edge = first.wait_event("gateway_started")["edge_pid"]
+    first.process.kill()
+    first.process.wait()
+    assert _is_edge(old_edge), "the edge outlives its control plane"
+    # Same port and runtime folder, another limit of the public port: the running edge
+    # cannot take it, so it is drained and a new one started.
+    changed = gateways.config(
+        "second", edge={"runtime_dir": str(gateways.runtime), "max_connections": 500}
+    )
+    second = gateways.start(changed, "second")
+    (replaced,) = second.events("edge_replaced")
+    assert replaced["pid"] == old_edge
+    assert second.events("edge_reattached") == []
+    new_edge = second.wait_event("gateway_started")["edge_pid"]
+    assert new_edge != old_edge
+    assert wait_until(lambda: not _is_edge(old_edge))
+    assert edge_child(second.pid) == new_edge
+    assert _routed_call(gateways.address, 10.0)
+
+
 # -- 3. the control plane stopped --------------------------------------------------------------
 
 
