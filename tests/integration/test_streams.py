@@ -1,0 +1,241 @@
+"""ModelStreamInfer through tgw-edge: every message routed on its own, answered as Triton
+answers on a stream, and a backend's fault failing none of the stream's requests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.devfleet import LocalFleet, TritonInstallation
+from tests.support.background import BackgroundGateway
+from tests.support.fleet import fleet_behind_gateway, inference_count
+from tests.support.metrics import scrape, value, wait_until
+from tests.support.models import classifier_features, classifier_input, simple_arrays, simple_inputs
+
+Answer = tuple[grpcclient.InferResult | None, Exception | None]
+
+
+class Stream:
+    """One client stream (tritonclient's), its answers collected in arrival order."""
+
+    def __init__(self, address: str) -> None:
+        self.client = grpcclient.InferenceServerClient(address)
+        self.answers: queue.Queue[Answer] = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
+
+    def send(self, model: str, inputs: list[grpcclient.InferInput], **options: str) -> None:
+        self.client.async_stream_infer(model, inputs, **options)
+
+    def collect(self, count: int, timeout_s: float = 30.0) -> list[Answer]:
+        return [self.answers.get(timeout=timeout_s) for _ in range(count)]
+
+    def close(self) -> None:
+        self.client.stop_stream()
+        self.client.close()
+
+
+def _mixed_requests(stream: Stream) -> None:
+    """simple and classifier interleaved, an unknown model, a version the model lacks, and
+    one Triton cannot read."""
+    a, b = simple_arrays(seed=1)
+    x = classifier_features(batch=2, seed=2)
+    for index in range(4):
+        stream.send("simple", simple_inputs(a, b), request_id=f"s{index}")
+        stream.send("classifier", classifier_input(x), request_id=f"c{index}", model_version="1")
+    stream.send("no_such_model", simple_inputs(a, b), request_id="unknown")
+    stream.send("simple", simple_inputs(a, b), request_id="v9", model_version="9")
+    stream.send("simple", simple_inputs(a, b), request_id="vx", model_version="x")
+
+
+def _describe(answer: Answer) -> tuple[str, str]:
+    result, error = answer
+    if error is not None:
+        return "error", str(error)
+    assert result is not None
+    response = result.get_response()
+    return response.id, f"{response.model_name}/{response.model_version}"
+
+
+def test_one_stream_carries_several_models_answered_as_triton_answers(
+    gateway_url: str, fleet: LocalFleet
+) -> None:
+    through = Stream(gateway_url)
+    direct = Stream(fleet.servers["triton-a"].address)
+    try:
+        _mixed_requests(through)
+        _mixed_requests(direct)
+        gateway_answers = through.collect(11)
+        triton_answers = direct.collect(11)
+    finally:
+        through.close()
+        direct.close()
+    # Same answers, same order (request order, as Triton writes a stream), same error texts.
+    assert [_describe(a) for a in gateway_answers] == [_describe(a) for a in triton_answers]
+    assert [_describe(a)[0] for a in gateway_answers[:8]] == [
+        f"{kind}{index}" for index in range(4) for kind in ("s", "c")
+    ]
+    a, b = simple_arrays(seed=1)
+    result = gateway_answers[0][0]
+    assert result is not None
+    assert np.array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+def test_stream_requests_are_counted_by_the_edge(gateway: BackgroundGateway) -> None:
+    port = gateway.gateway.metrics_port
+    series = {
+        "path": "edge",
+        "method": "ModelStreamInfer",
+        "model": "classifier",
+        "version": "2",
+        "code": "OK",
+    }
+
+    def counted() -> float:
+        return sum(
+            count
+            for (name, labels), count in scrape(port).items()
+            if name == "triton_gateway_requests_total" and set(series.items()) <= labels
+        )
+
+    before = counted()
+    stream = Stream(gateway.url)
+    try:
+        x = classifier_features(batch=1, seed=5)
+        for index in range(3):
+            stream.send("classifier", classifier_input(x), request_id=str(index), model_version="2")
+        assert all(error is None for _, error in stream.collect(3))
+    finally:
+        stream.close()
+    assert counted() == before + 3
+
+
+@pytest.fixture(scope="module")
+def two_backends(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalFleet, BackgroundGateway]]:
+    """Two servers of `simple` behind a gateway with the shipped policy (no fallback: the
+    fleet alone must carry every request)."""
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        {"stream-a": ("simple",), "stream-b": ("simple",)},
+        fallback={"enabled": False},
+        health={"poll_interval_s": 0.2, "poll_timeout_s": 0.5},
+    ) as running:
+        yield running
+
+
+def _send_paced(stream: Stream, count: int, fault_at: int, fault: object) -> None:
+    a, b = simple_arrays(seed=4)
+    for index in range(count):
+        if index == fault_at:
+            fault()  # type: ignore[operator]
+        stream.send("simple", simple_inputs(a, b), request_id=str(index))
+        time.sleep(0.004)  # a paced client: the fault lands mid-stream
+
+
+def _busiest(fleet: LocalFleet) -> str:
+    return max(fleet.servers, key=lambda name: inference_count(fleet, name, "simple"))
+
+
+@pytest.mark.parametrize("fault", ["kill", "hang"])
+def test_a_backend_killed_or_hung_mid_stream_fails_none_of_its_requests(
+    two_backends: tuple[LocalFleet, BackgroundGateway], fault: str
+) -> None:
+    fleet, gateway = two_backends
+    stream = Stream(gateway.url)
+    victim: list[str] = []
+
+    def inject() -> None:
+        victim.append(_busiest(fleet))
+        server = fleet.servers[victim[0]]
+        os.kill(server.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+
+    try:
+        _send_paced(stream, 300, 150, inject)
+        answers = stream.collect(300)
+    finally:
+        stream.close()
+        if fault == "hang":
+            os.kill(fleet.servers[victim[0]].pid, signal.SIGCONT)
+    errors = [str(error) for _, error in answers if error is not None]
+    assert errors == []
+    # Every request answered once, in request order, with its right result.
+    assert [_describe(answer)[0] for answer in answers] == [str(i) for i in range(300)]
+    a, b = simple_arrays(seed=4)
+    for result, _ in answers:
+        assert result is not None
+        assert np.array_equal(result.as_numpy("OUTPUT1"), a - b)
+    # The requests caught on the victim were sent again, to the other backend.
+    port = gateway.gateway.metrics_port
+    assert (
+        value(port, "triton_gateway_retries_total", {"backend": victim[0], "code": "UNAVAILABLE"})
+        >= 1
+    )
+    if fault == "kill":
+        fleet.restart(victim[0])
+    assert wait_until(
+        lambda: len(gateway.gateway.pool.table.candidates.get(("simple", ""), ())) == 2, 30
+    )
+
+
+def test_cancelling_a_stream_releases_its_requests_on_the_edge_and_the_backend(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        {"held": ("simple",)},
+        fallback={"enabled": False},
+        # The hang below must last until the client cancels: no per-try timeout or health
+        # poll ends it first.
+        timeouts={"per_model_s": {"simple": 120}},
+        health={"poll_interval_s": 60},
+    ) as (fleet, gateway):
+        port = gateway.gateway.metrics_port
+        server = fleet.servers["held"]
+        os.kill(server.pid, signal.SIGSTOP)
+        channel = grpc.insecure_channel(gateway.url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="simple", id="held")
+        a, b = simple_arrays()
+        for name, array in (("INPUT0", a), ("INPUT1", b)):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            request.raw_input_contents.append(array.tobytes())
+        release: queue.Queue[None] = queue.Queue()
+
+        def requests() -> Iterator[service_pb2.ModelInferRequest]:
+            for _ in range(4):
+                yield request
+            release.get()  # the client keeps its stream open until it cancels it
+
+        def in_flight() -> float:
+            return value(port, "triton_gateway_in_flight_requests", {"path": "edge"})
+
+        call = stub.ModelStreamInfer(requests())
+        try:
+            assert wait_until(lambda: in_flight() == 4)
+            call.cancel()
+            # The edge lets go of them at once, with the backend still hung.
+            assert wait_until(lambda: in_flight() == 0)
+        finally:
+            release.put(None)
+            os.kill(server.pid, signal.SIGCONT)
+            channel.close()
+        # The backend's stream was reset with the client's: Triton dropped the four queued
+        # requests instead of running them for a client that is gone. A new call (queued
+        # behind them, had they stayed) is served and is the only one it ever ran.
+        client = grpcclient.InferenceServerClient(gateway.url)
+        answer = client.infer("simple", simple_inputs(a, b), client_timeout=10)
+        assert np.array_equal(answer.as_numpy("OUTPUT0"), a + b)
+        assert inference_count(fleet, "held", "simple") == 1
+        assert in_flight() == 0
