@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway import __version__
 from gateway.app import Gateway
 from gateway.control.errors import ControlError
 from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="triton-gateway",
         description="Model-aware gRPC gateway in front of NVIDIA Triton Inference Servers.",
     )
+    # The gateway's own identity lives here and in triton_gateway_build_info; ServerMetadata
+    # answers with the fleet's, as Triton does.
+    parser.add_argument("--version", action="version", version=f"triton-gateway {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")

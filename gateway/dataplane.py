@@ -63,6 +63,7 @@ _NO_KEY = (
 # Absolute paths in a backend's message (its model repository, temporary folders) stay in logs.
 _SERVER_PATH = re.compile(r"(?<![\w.])/[^\s'\"(),;:]+")
 _MAX_DETAIL_CHARS = 300
+_MAX_LOGGED_NAME = 200
 
 
 class CallContext(Protocol):
@@ -378,7 +379,19 @@ class DataPlane:
         path: str = "python",
     ) -> None:
         key = (path, method, name, version, backend, code)
-        self._metrics.observe(key, self._clock() - started)
+        seconds = self._clock() - started
+        self._metrics.observe(key, seconds)
+        # The fields of tgw-edge's line for each call it routes: one log query covers both.
+        log.debug(
+            "request",
+            method=method,
+            model=name[:_MAX_LOGGED_NAME],
+            version=version[:_MAX_LOGGED_NAME],
+            backend=backend,
+            status=code,
+            latency_ms=round(seconds * 1000, 3),
+            path=path,
+        )
 
     def metric_labels(self, name: str, version: str) -> tuple[str, str]:
         """Model and version as label values: only what the fleet or the fallback has, so

@@ -23,6 +23,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from gateway import __version__
+
 PREFIX = "triton_gateway"
 # Seconds; from sub-millisecond proxying to multi-second GPU batches.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -78,6 +80,13 @@ class RequestMetrics(Collector):
             "1 while tgw-edge, the data plane, runs and answers the control plane.",
             registry=registry,
         )
+        build = Gauge(
+            f"{PREFIX}_build_info",
+            "The control plane's version; always 1 (tgw-edge's: triton_gateway_edge_build_info).",
+            labelnames=["version"],
+            registry=registry,
+        )
+        build.labels(version=__version__).set(1)
         self.edge_restarts = Counter(
             f"{PREFIX}_edge_restarts",
             "Times tgw-edge was found dead or unresponsive and restarted.",
