@@ -47,6 +47,9 @@ from gateway.settings import GatewaySettings, load_settings
 
 log = structlog.get_logger(__name__)
 
+POLICY_SECTIONS = ("breaker", "balancing", "retry", "timeouts", "hedging", "shedding")
+"""Settings sections tgw-edge applies per request: a saved config file changes them live."""
+
 
 def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
     config = settings.fallback
@@ -260,15 +263,28 @@ class Gateway:
         await self.stop()
 
     async def _watch_config(self, path: Path) -> None:
-        """Apply backend drains from the config file whenever it is saved."""
+        """Apply backend drains and the per-request policy from the config file whenever it
+        is saved: tgw-edge takes both in its next snapshot, without a restart. Other sections
+        (ports, edge limits, discovery) take effect at the next start."""
         async for _ in awatch(path, debounce=200, step=50):
             try:
                 settings = load_settings(path)
             except (OSError, ValueError) as exc:
                 log.warning("config_reload_rejected", path=str(path), error=str(exc))
                 continue
+            changed = sorted(
+                name
+                for name in POLICY_SECTIONS
+                if getattr(settings, name) != getattr(self.settings, name)
+            )
+            if changed:
+                self.settings = self.settings.model_copy(
+                    update={name: getattr(settings, name) for name in changed}
+                )
+                if self.edge is not None:
+                    self.edge.publish()
             self.pool.set_drained(frozenset(b.name for b in settings.backends if b.drained))
-            log.info("config_reloaded", path=str(path))
+            log.info("config_reloaded", path=str(path), policy_changed=changed)
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes

@@ -7,6 +7,7 @@ serves every routed call, follows the snapshot it is pushed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -25,7 +26,7 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVED_BY_FALLBACK = ("x-gateway-served-by", "fallback")
 
 
-def _write(path: Path, fleet: LocalFleet, drained: set[str]) -> None:
+def _write(path: Path, fleet: LocalFleet, drained: set[str], **sections: Any) -> None:
     config = {
         "server": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
@@ -36,6 +37,7 @@ def _write(path: Path, fleet: LocalFleet, drained: set[str]) -> None:
             for s in fleet.servers.values()
         ],
     }
+    config.update(sections)
     path.write_text(yaml.safe_dump(config))
 
 
@@ -92,3 +94,43 @@ def test_drain_and_restore_a_backend_by_config_reload(fleet: LocalFleet, tmp_pat
         _write(config, fleet, drained=set())
         assert wait_until(lambda: not classifier_by_fallback())
         assert inference_count(fleet, "triton-a", "classifier") > ran_on_a
+
+
+def test_a_saved_policy_reaches_the_edge_without_a_restart(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    _write(config, fleet, drained=set())
+    gateway = Gateway(load_settings(config), config_path=config)
+    with BackgroundGateway(gateway) as running:
+        port = running.gateway.metrics_port
+        edge = running.gateway.edge
+        assert edge is not None
+        pid = edge.pid
+
+        def served() -> float:
+            return value(port, "triton_gateway_edge_snapshot_version", {})
+
+        assert wait_until(lambda: served() > 0)
+        before = served()
+        _write(
+            config,
+            fleet,
+            drained=set(),
+            timeouts={"per_model_s": {"classifier": 7}},
+            hedging={"enabled": False},
+        )
+        # The edge applied a new snapshot carrying it: same process, nothing refused.
+        assert wait_until(lambda: served() > before)
+        settings = running.gateway.settings
+        assert settings.timeouts.per_model_s == {"classifier": 7}
+        assert not settings.hedging.enabled
+        assert edge.pid == pid
+        assert edge.snapshots_refused == 0
+        assert value(port, "triton_gateway_edge_snapshots_refused_total", {}) == 0
+        # A policy the edge could not apply is refused when read; the last good one stays.
+        _write(config, fleet, drained=set(), timeouts={"floor_s": 5, "cap_s": 1})
+        _write(config, fleet, drained={"triton-b"}, timeouts={"per_model_s": {"classifier": 7}})
+        assert wait_until(lambda: running.gateway.pool.is_drained("triton-b"))
+        assert running.gateway.settings.timeouts.floor_s == settings.timeouts.floor_s
+        assert edge.snapshots_refused == 0
