@@ -250,6 +250,14 @@ impl Session {
         while let Some(frame) = self.decoder.next(limit)? {
             let encoding = self.parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
             let reading = compression::readable(&frame, encoding, limit)?;
+            if wire::model_key(&reading).is_none() {
+                // Triton's gRPC server takes a message it cannot parse for the end of the
+                // client's stream: it answers what came before, reads nothing after, and
+                // ends the stream OK. So does the edge.
+                self.half_close();
+                self.decoder = Deframer::default();
+                return Ok(());
+            }
             self.route(frame, &reading);
         }
         Ok(())
@@ -259,9 +267,7 @@ impl Session {
     /// `reading`: the message as the edge reads it (`frame` inflated, when compressed).
     fn route(&mut self, frame: Bytes, reading: &Bytes) {
         let Some((model, version)) = wire::model_key(reading) else {
-            // Not a request the edge can read: the gateway answers as Triton would.
-            let slot = Some(self.order.reserve());
-            return self.hand_over(frame, &[], slot);
+            return; // `on_data` ends the stream at a message no one can read
         };
         // Routes know a version as Triton reads it ("01" is 1); one Triton cannot read is
         // refused by the gateway in Triton's words.
