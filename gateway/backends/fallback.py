@@ -8,7 +8,11 @@ decoded within a byte budget per call and for all calls together; beyond either 
 RESOURCE_EXHAUSTED at once instead of queueing without end.
 
 The models it serves are the repository's listing, read once at start: a name a client sends is
-only ever looked up in that listing, never used to build a path.
+only ever looked up in that listing, never used to build a path. Only stateless, unary ONNX
+models are listed: a sequence model (``sequence_batching``: its state lives on the Triton that
+runs the sequence), a decoupled model (answers on a stream only) and any model that is not an
+ONNX Runtime model (a Python-backend ``model.py``, an ensemble) are never answered here, even
+when ``fallback.models`` names them.
 """
 
 from __future__ import annotations
@@ -215,16 +219,48 @@ class OnnxFallback:
         )
 
 
+ONNX_PLATFORMS = ("", "onnxruntime_onnx")
+ONNX_BACKENDS = ("", "onnxruntime")
+
+
 def _catalog(repository: Path, allowed: frozenset[str] | None) -> dict[str, tuple[str, ...]]:
-    """Servable models of the repository: a config.pbtxt and at least one versioned model."""
+    """Servable models of the repository: a config.pbtxt, at least one versioned model.onnx,
+    and a stateless unary ONNX Runtime model (see ``refusal``)."""
     catalog: dict[str, tuple[str, ...]] = {}
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
         if allowed is not None and model_dir.name not in allowed:
             continue
+        if not (model_dir / "config.pbtxt").is_file():
+            continue
+        reason = refusal(model_dir)
+        if reason is not None:
+            # Named in fallback.models: say loudly that it will not be served.
+            report = log.warning if allowed is not None else log.info
+            report("fallback_model_refused", model=model_dir.name, reason=reason)
+            continue
         versions = model_versions(model_dir)
-        if (model_dir / "config.pbtxt").is_file() and versions:
+        if versions:
             catalog[model_dir.name] = tuple(str(v) for v in versions)
     return catalog
+
+
+def refusal(model_dir: Path) -> str | None:
+    """Why the stateless, unary fallback must not answer this model; None when it may."""
+    try:
+        config = read_config(model_dir)
+    except ModelConfigError as exc:
+        return str(exc)
+    if config.HasField("sequence_batching"):
+        return (
+            "a sequence model: its state lives on the Triton backend running the sequence, "
+            "which the stateless fallback cannot take over"
+        )
+    if config.model_transaction_policy.decoupled:
+        return "a decoupled model: its answers come on a stream, the fallback answers ModelInfer"
+    if config.platform not in ONNX_PLATFORMS or config.backend not in ONNX_BACKENDS:
+        kind = config.platform or config.backend
+        return f"not an ONNX Runtime model ({kind!r}): the fallback runs model.onnx only"
+    return None
 
 
 def _tensor(
@@ -270,8 +306,24 @@ def _validated_inputs(
                 f"but model '{model.name}' expects '{expected.datatype}'"
             )
         _check_shape(model, expected, list(tensor.shape), prefix)
-        feeds[tensor.name] = decode_input(tensor, raw[index] if raw else None)
+        array = decode_input(tensor, raw[index] if raw else None)
+        if array.dtype.hasobject:
+            array = _as_text(array, tensor.name, prefix)
+        feeds[tensor.name] = array
     return feeds
+
+
+def _as_text(array: np.ndarray[Any, Any], name: str, prefix: str) -> np.ndarray[Any, Any]:
+    """BYTES elements as str: ONNX Runtime's string tensors hold UTF-8 text, and it would feed
+    a ``bytes`` object as its repr (``"b'abc'"``)."""
+    try:
+        items = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"{prefix}input '{name}': an element is not UTF-8 text, which ONNX string tensors "
+            f"hold ({exc})"
+        ) from exc
+    return np.array(items, dtype=np.object_).reshape(array.shape)
 
 
 def _check_shape(model: _Model, expected: _Tensor, shape: list[int], prefix: str) -> None:

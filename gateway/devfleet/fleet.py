@@ -151,6 +151,7 @@ class LocalFleet:
                 shutil.copy2(item, backend / item.name)
         # The backend looks for its stub next to libtriton_python.so under this exact name.
         shutil.copy2(self._installation.backend_stub, backend / "triton_python_backend_stub")
+        _link_model_environment(self._installation.model_site_packages, backend)
 
     def start(self) -> list[TritonServer]:
         """Start every server and wait until each is ready with its models loaded."""
@@ -321,6 +322,26 @@ def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
         _kill_group(server.pid)
     state_path.unlink()
     return [s.name for s in running]
+
+
+def _link_model_environment(site_packages: Path, backend: Path) -> None:
+    """Make the model environment's packages (numpy<2 above all) importable by every
+    Python-backend model, as the NGC image's own Python environment is.
+
+    The stub's interpreter is isolated (PYTHONPATH is ignored) but appends the backend folder
+    to ``sys.path`` before it imports a model's ``model.py``: links to the packages there let a
+    model shipped with its own ``model.py`` (``import numpy`` first) run unchanged. The
+    generated ONNX wrappers name the environment themselves as well.
+    """
+    for item in site_packages.iterdir():
+        if item.name in {"bin", "__pycache__"} or item.name.endswith(".dist-info"):
+            continue
+        link = backend / item.name
+        if link.is_symlink():
+            link.unlink()  # from an earlier prepare
+        elif link.exists():
+            continue  # the backend's own files come first
+        link.symlink_to(item.resolve(), target_is_directory=item.is_dir())
 
 
 def free_port() -> int:

@@ -74,7 +74,8 @@ def test_backend_gauges(gateway: BackgroundGateway) -> None:
     port = gateway.gateway.metrics_port
     assert value(port, "triton_gateway_backend_up", {"backend": "triton-a"}) == 1
     assert value(port, "triton_gateway_backend_up", {"backend": "triton-b"}) == 1
-    assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-a"}) == 4
+    # triton-a: accumulator, classifier 1 and 2, identity, int8_add, repeat, simple, strings.
+    assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-a"}) == 8
     assert value(port, "triton_gateway_backend_ready_model_versions", {"backend": "triton-b"}) == 1
     assert value(port, "triton_gateway_in_flight_requests", {"path": "python"}) == 0
 

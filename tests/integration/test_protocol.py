@@ -94,10 +94,14 @@ def test_repository_index_is_the_union_of_the_fleet(
 ) -> None:
     index = client.get_model_repository_index()
     assert [(m.name, m.version, m.state) for m in index.models] == [
+        ("accumulator", "1", "READY"),
         ("classifier", "1", "READY"),
         ("classifier", "2", "READY"),
         ("identity", "1", "READY"),
+        ("int8_add", "1", "READY"),
+        ("repeat", "1", "READY"),
         ("simple", "1", "READY"),
+        ("strings", "1", "READY"),
     ]
 
 

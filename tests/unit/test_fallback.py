@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -241,3 +243,111 @@ def test_calls_together_stay_within_the_total_budget() -> None:
     assert isinstance(third, GatewayError)
     assert third.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "fallback.max_total_bytes" in third.message
+
+
+def test_sequence_and_decoupled_models_are_never_served() -> None:
+    # The repository has both; naming them in fallback.models does not make them servable.
+    for models in (None, ["accumulator", "repeat", "strings"]):
+        runtime = OnnxFallback(MODEL_REPOSITORY, models=models)
+        try:
+            assert not runtime.serves("accumulator")
+            assert not runtime.serves("repeat")
+            assert runtime.serves("strings")
+            assert "accumulator" not in runtime.models()
+            assert "repeat" not in runtime.models()
+        finally:
+            runtime.close()
+    runtime = OnnxFallback(MODEL_REPOSITORY)
+    try:
+        assert runtime.models() == ["classifier", "identity", "int8_add", "simple", "strings"]
+        request = service_pb2.ModelInferRequest(model_name="accumulator")
+        request.inputs.add(name="INPUT", datatype="INT32", shape=[1, 1])
+        request.raw_input_contents.append(np.zeros((1, 1), np.int32).tobytes())
+        with pytest.raises(GatewayError) as info:
+            _answer(runtime, request)
+    finally:
+        runtime.close()
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+SIMPLE_CONFIG = (MODEL_REPOSITORY / "simple" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "served"),
+    [
+        ("", True),
+        ("sequence_batching { }\n", False),
+        ("model_transaction_policy { decoupled: true }\n", False),
+        ('backend: "python"\n', False),
+        ("this is not a config\n", False),
+    ],
+    ids=["stateless-onnx", "sequence", "decoupled", "python-backend", "unreadable"],
+)
+def test_only_stateless_unary_onnx_models_are_listed(
+    tmp_path: Path, extra: str, served: bool
+) -> None:
+    model_dir = tmp_path / "simple"
+    (model_dir / "1").mkdir(parents=True)
+    onnx_file = MODEL_REPOSITORY / "simple" / "1" / "model.onnx"
+    shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
+    (model_dir / "config.pbtxt").write_text(SIMPLE_CONFIG + extra)
+    runtime = OnnxFallback(tmp_path)
+    try:
+        assert runtime.serves("simple") is served
+        assert runtime.models() == (["simple"] if served else [])
+    finally:
+        runtime.close()
+
+
+def _length_prefixed(items: list[bytes]) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+def test_strings_are_bytes_in_and_out(fallback: OnnxFallback, typed: bool) -> None:
+    texts = [b"hello, World", b"", "gr\u00fc\u00dfe".encode()]
+    request = service_pb2.ModelInferRequest(model_name="strings")
+    tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=[len(texts)])
+    if typed:
+        tensor.contents.bytes_contents.extend(texts)
+    else:
+        request.raw_input_contents.append(_length_prefixed(texts))
+    response = _answer(fallback, request)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("UPPER", "BYTES", [3]),
+        ("ECHO", "BYTES", [3]),
+    ]
+    # Not the repr of a bytes object ("b'hello'"): the text itself, ASCII letters upper-cased.
+    assert response.raw_output_contents[0] == _length_prefixed([t.upper() for t in texts])
+    assert response.raw_output_contents[1] == _length_prefixed(texts)
+
+
+def test_strings_that_are_not_utf8_are_invalid_argument(fallback: OnnxFallback) -> None:
+    request = service_pb2.ModelInferRequest(model_name="strings")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(_length_prefixed([b"\xff"]))
+    with pytest.raises(GatewayError) as info:
+        _answer(fallback, request)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'TEXT': an element is not UTF-8 text" in info.value.message
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+def test_int8_add_wraps_as_numpy_does(fallback: OnnxFallback, typed: bool) -> None:
+    a = np.arange(-128, 128, dtype=np.int8).reshape(16, 16)[:2]
+    b = np.roll(a, 5)
+    request = service_pb2.ModelInferRequest(model_name="int8_add")
+    for name, values in (("INPUT0", a), ("INPUT1", b)):
+        tensor = request.inputs.add(name=name, datatype="INT8", shape=list(values.shape))
+        if typed:
+            tensor.contents.int_contents.extend(values.reshape(-1).tolist())
+        else:
+            request.raw_input_contents.append(values.tobytes())
+    response = _answer(fallback, request)
+    assert [(o.name, o.datatype) for o in response.outputs] == [
+        ("OUTPUT0", "INT8"),
+        ("OUTPUT1", "INT8"),
+    ]
+    assert np.array_equal(_output(response, "OUTPUT0", np.int8), a + b)
+    assert np.array_equal(_output(response, "OUTPUT1", np.int8), a - b)
