@@ -360,7 +360,8 @@ class DataPlane:
         assert self._fallback is not None
         started = self._clock()
         try:
-            response = await self._fallback.infer(request)
+            with self._tracer.upstream_call("ModelInfer", name, version, "local", context):
+                response = await self._fallback.infer(request)
         except GatewayError as exc:
             self._record("ModelInfer", name, version, "local", exc.code.name, started, "fallback")
             raise

@@ -5,7 +5,7 @@ grpc-timeout allows up to 8 digits of hours; such a deadline used to overflow wh
 the upstream call's timeout and fail at once with DEADLINE_EXCEEDED. It must mean "no
 deadline" on every path: a call tgw-edge routes, a call it hands to the Python gateway that
 asks one backend (ModelMetadata of a model no route covers) or all of them (RepositoryIndex,
-ModelStatistics), and a ModelStreamInfer stream the Python gateway proxies.
+ModelStatistics), and a ModelStreamInfer stream, whose messages tgw-edge routes one by one.
 """
 
 from __future__ import annotations

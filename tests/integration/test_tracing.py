@@ -1,10 +1,11 @@
 """With tracing on, each call the Python gateway makes to a backend for a client is a span in
 the caller's trace.
 
-tgw-edge serves the routed calls itself and passes the caller's headers on unchanged; the
-Python gateway answers what the edge hands over. Its spans are of those calls: a
-ModelStreamInfer stream it proxies, and a model-scoped call no route covers that it asks a
-backend about. The caller's trace context reaches it through the edge.
+tgw-edge serves the routed calls (streams included) itself and passes the caller's headers on
+unchanged, so Triton's own tracing sees the caller's context; the Python gateway answers what
+the edge hands over. Its spans are of those calls: an answer of the local fallback, and a
+model-scoped call no route covers that it asks a backend about. The caller's trace context
+reaches it through the edge.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gateway.devfleet import LocalFleet
 from gateway.settings import load_settings
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import wait_until
-from tests.support.models import simple_arrays
+from tests.support.models import MODEL_REPOSITORY, classifier_features
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN_ID = "b7ad6b7169203331"
@@ -59,31 +60,45 @@ def _assert_in_callers_trace(span: ReadableSpan) -> None:
     assert format(span.parent.span_id, "016x") == PARENT_SPAN_ID
 
 
-def test_a_proxied_stream_is_a_child_span_of_the_callers_trace(
-    traced: tuple[BackgroundGateway, InMemorySpanExporter],
+def test_a_fallback_answer_is_a_child_span_of_the_callers_trace(
+    fleet: LocalFleet,
 ) -> None:
-    gateway, exporter = traced
-    exporter.clear()
-    a, b = simple_arrays()
-    request = service_pb2.ModelInferRequest(model_name="simple", id="traced")
-    for name, values in (("INPUT0", a), ("INPUT1", b)):
-        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
-        request.raw_input_contents.append(values.tobytes())
-    with grpc.insecure_channel(gateway.url) as channel:
-        stream = channel.stream_stream(
-            f"{SERVICE}/ModelStreamInfer",
+    """No backend of this gateway has classifier (triton-b serves only simple): the edge
+    hands the call over with the caller's headers, and the local fallback's answer is a span
+    in the caller's trace."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = load_settings(
+        server={"host": "127.0.0.1", "port": 0},
+        metrics={"enabled": False},
+        fallback={"repository": str(MODEL_REPOSITORY)},
+        backends=[{"name": "triton-b", "address": fleet.servers["triton-b"].address}],
+    )
+    x = classifier_features(batch=1)
+    request = service_pb2.ModelInferRequest(model_name="classifier", id="traced")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    with (
+        BackgroundGateway(Gateway(settings, tracer_provider=provider)) as gateway,
+        grpc.insecure_channel(gateway.url) as channel,
+    ):
+        infer = channel.unary_unary(
+            f"{SERVICE}/ModelInfer",
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
-        (answer,) = stream(iter([request]), metadata=(("traceparent", TRACEPARENT),), timeout=10)
-    assert answer.error_message == ""
-    assert answer.infer_response.id == "traced"
+        answer, call = infer.with_call(
+            request, metadata=(("traceparent", TRACEPARENT),), timeout=10
+        )
+    assert answer.id == "traced"
+    assert ("x-gateway-served-by", "fallback") in (call.trailing_metadata() or ())
     span = _only_span(exporter)
     _assert_in_callers_trace(span)
-    assert span.name == "inference.GRPCInferenceService/ModelStreamInfer"
+    assert span.name == "inference.GRPCInferenceService/ModelInfer"
     assert span.attributes is not None
-    assert span.attributes["triton.model.name"] == "simple"
-    assert span.attributes["triton_gateway.backend"] in {"triton-a", "triton-b"}
+    assert span.attributes["triton.model.name"] == "classifier"
+    assert span.attributes["triton_gateway.backend"] == "local"
     assert span.attributes["rpc.grpc.status_code"] == "OK"
 
 
