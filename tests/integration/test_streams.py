@@ -239,3 +239,68 @@ def test_cancelling_a_stream_releases_its_requests_on_the_edge_and_the_backend(
         assert np.array_equal(answer.as_numpy("OUTPUT0"), a + b)
         assert inference_count(fleet, "held", "simple") == 1
         assert in_flight() == 0
+
+
+def _accumulator_input(value: int) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+    return [tensor]
+
+
+def test_sequences_on_streams_and_unary_calls_keep_their_state_across_backends(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Eight sequences at once over two backends of the sequence model; each request of a
+    sequence goes, at random, on one of two streams or as a unary call. A request that
+    reached the other backend, or another sequence's state, makes its running sum wrong."""
+    servers = {"seq-a": ("accumulator",), "seq-b": ("accumulator",)}
+    with fleet_behind_gateway(
+        triton_installation, tmp_path_factory, servers, fallback={"enabled": False}
+    ) as (fleet, gateway):
+        rng = np.random.default_rng(7)
+        sequences = {9001 + index: [int(v) for v in rng.integers(-50, 50, 6)] for index in range(8)}
+        streams = [Stream(gateway.url), Stream(gateway.url)]
+        unary = grpcclient.InferenceServerClient(gateway.url)
+        expected: dict[str, int] = {}
+        sent_on = [0, 0]
+        try:
+            for step in range(6):
+                for sid, values in sequences.items():
+                    options = {
+                        "sequence_id": sid,
+                        "sequence_start": step == 0,
+                        "sequence_end": step == 5,
+                    }
+                    request_id = f"{sid}-{step}"
+                    expected[request_id] = sum(values[: step + 1])
+                    lane = int(rng.integers(0, 3))
+                    if lane == 2:
+                        answer = unary.infer(
+                            "accumulator",
+                            _accumulator_input(values[step]),
+                            request_id=request_id,
+                            **options,
+                        )
+                        assert int(answer.as_numpy("OUTPUT")[0, 0]) == expected[request_id]
+                        continue
+                    streams[lane].send(
+                        "accumulator",
+                        _accumulator_input(values[step]),
+                        request_id=request_id,
+                        **options,
+                    )
+                    sent_on[lane] += 1
+                    # The next request of this sequence may go another way: let this one land.
+                    ((result, error),) = streams[lane].collect(1)
+                    assert error is None, error
+                    assert result is not None
+                    response_id = result.get_response().id
+                    assert int(result.as_numpy("OUTPUT")[0, 0]) == expected[response_id]
+        finally:
+            for stream in streams:
+                stream.close()
+        assert min(sent_on) > 0
+        # Both backends held sequences: the pins spread them, and each kept its own.
+        ran = {name: inference_count(fleet, name, "accumulator") for name in servers}
+        assert all(count > 0 for count in ran.values()), ran
+        assert sum(ran.values()) == 8 * 6
