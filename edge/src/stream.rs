@@ -771,10 +771,7 @@ mod tests {
     use bytes::Bytes;
 
     fn frame(message: &[u8]) -> Vec<u8> {
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        out.extend_from_slice(message);
-        out
+        crate::wire::framed(message).to_vec()
     }
 
     #[test]

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.devfleet import TritonInstallation
 from tests.support.fleet import fleet_behind_gateway
-from tests.support.metrics import scrape, value, wait_until
+from tests.support.metrics import scrape_with_edge, total, value, wait_until
 from tests.support.models import (
     classifier_features,
     classifier_input,
@@ -24,26 +24,6 @@ BACKEND_OPEN = "triton_gateway_backend_breaker_open"
 TRANSITIONS = "triton_gateway_breaker_transitions_total"
 RETRIES = "triton_gateway_retries_total"
 REQUESTS = "triton_gateway_requests_total"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape_with_edge(port: int) -> Samples:
-    """One scrape that holds tgw-edge's series: the gateway leaves them out of a scrape when
-    the edge is slow to answer its metrics call (a busy machine)."""
-    scrapes: list[Samples] = []
-
-    def with_edge() -> bool:
-        scrapes.append(scrape(port))
-        return any(name == "triton_gateway_edge_build_info" for name, _ in scrapes[-1])
-
-    assert wait_until(with_edge)
-    return scrapes[-1]
-
-
-def _total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the ``name`` series whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, series), v in samples.items() if n == name and wanted <= series)
 
 
 def test_a_killed_backend_is_ejected_and_no_request_fails(
@@ -82,27 +62,27 @@ def test_a_killed_backend_is_ejected_and_no_request_fails(
             if ejected():
                 break
         assert wait_until(ejected)
-        seen = _scrape_with_edge(port)
-        assert _total(seen, BACKEND_OPEN, backend="victim") == 1
-        assert _total(seen, BACKEND_OPEN, backend="alive") == 0
-        assert _total(seen, TRANSITIONS, backend="victim", model="", state="open") >= 1
-        assert _total(seen, TRANSITIONS, backend="alive", state="open") == 0
+        seen = scrape_with_edge(port)
+        assert total(seen, BACKEND_OPEN, backend="victim") == 1
+        assert total(seen, BACKEND_OPEN, backend="alive") == 0
+        assert total(seen, TRANSITIONS, backend="victim", model="", state="open") >= 1
+        assert total(seen, TRANSITIONS, backend="alive", state="open") == 0
         # The calls that met it were moved by the edge, not answered by the fallback.
-        assert _total(seen, REQUESTS, path="edge", backend="victim", code="UNAVAILABLE") >= 1
-        assert _total(seen, RETRIES, backend="victim", code="UNAVAILABLE") >= 1
-        assert _total(seen, REQUESTS, path="fallback") == 0
+        assert total(seen, REQUESTS, path="edge", backend="victim", code="UNAVAILABLE") >= 1
+        assert total(seen, RETRIES, backend="victim", code="UNAVAILABLE") >= 1
+        assert total(seen, REQUESTS, path="fallback") == 0
         # The fault also asked the victim's health at once (polls are 60 s apart here), so
         # the routes the control plane sends no longer name it.
         down = {"backend": "victim"}
         assert wait_until(lambda: value(port, "triton_gateway_backend_up", down) == 0)
         assert wait_until(lambda: routes() == {"alive"})
-        met_victim = _total(_scrape_with_edge(port), REQUESTS, backend="victim")
+        met_victim = total(scrape_with_edge(port), REQUESTS, backend="victim")
         for _ in range(10):
             result = client.infer("simple", simple_inputs(a, b))
             assert (result.as_numpy("OUTPUT0") == a + b).all()
-        after = _scrape_with_edge(port)
-        assert _total(after, REQUESTS, backend="victim") == met_victim
-        assert _total(after, REQUESTS, path="fallback") == 0
+        after = scrape_with_edge(port)
+        assert total(after, REQUESTS, backend="victim") == met_victim
+        assert total(after, REQUESTS, path="fallback") == 0
 
 
 def test_calls_that_meet_a_dead_backend_are_retried_on_another(
@@ -139,11 +119,11 @@ def test_calls_that_meet_a_dead_backend_are_retried_on_another(
         for _ in range(10):
             result = client.infer("simple", simple_inputs(a, b))
             assert (result.as_numpy("OUTPUT1") == a - b).all()
-        seen = _scrape_with_edge(port)
-        assert _total(seen, REQUESTS, path="edge", backend="victim", code="UNAVAILABLE") >= 1
+        seen = scrape_with_edge(port)
+        assert total(seen, REQUESTS, path="edge", backend="victim", code="UNAVAILABLE") >= 1
         # The breaker was no help: with these thresholds it never opened.
-        assert _total(seen, BACKEND_OPEN, backend="victim") == 0
-        assert _total(seen, TRANSITIONS, backend="victim", state="open") == 0
+        assert total(seen, BACKEND_OPEN, backend="victim") == 0
+        assert total(seen, TRANSITIONS, backend="victim", state="open") == 0
 
 
 def test_a_model_whose_only_backend_died_is_unavailable_not_unknown(

@@ -12,30 +12,10 @@ import tritonclient.grpc as grpcclient
 from gateway.devfleet import TritonInstallation
 from load_tests import loadgen
 from tests.support.fleet import fleet_behind_gateway
-from tests.support.metrics import requests_total, scrape, value, wait_until
+from tests.support.metrics import requests_total, scrape_with_edge, total, value, wait_until
 from tests.support.models import simple_arrays, simple_inputs
 
 REQUESTS = "triton_gateway_requests_total"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape_with_edge(port: int) -> Samples:
-    """One scrape that holds tgw-edge's series: the gateway leaves them out of a scrape when
-    the edge is slow to answer its metrics call (a busy machine)."""
-    scrapes: list[Samples] = []
-
-    def with_edge() -> bool:
-        scrapes.append(scrape(port))
-        return any(name == "triton_gateway_edge_build_info" for name, _ in scrapes[-1])
-
-    assert wait_until(with_edge)
-    return scrapes[-1]
-
-
-def _total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the ``name`` series whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, series), v in samples.items() if n == name and wanted <= series)
 
 
 def test_kill_9_one_of_two_backends_under_load_fails_no_request(
@@ -90,7 +70,7 @@ def test_kill_9_one_of_two_backends_under_load_fails_no_request(
         fleet.restart("victim")
         assert wait_until(lambda: in_rotation() == {"steady", "victim"}, timeout_s=15)
         served = {"path": "edge", "backend": "victim", "code": "OK"}
-        served_by_victim = _total(_scrape_with_edge(port), REQUESTS, **served)
+        served_by_victim = total(scrape_with_edge(port), REQUESTS, **served)
         client = grpcclient.InferenceServerClient(gateway.url)
         a, b = simple_arrays()
 
@@ -140,14 +120,14 @@ def test_a_hung_backend_under_load_costs_a_few_per_try_timeouts_then_gets_no_tra
             # Only the first few calls met the hang: the slow answers (and the breaker)
             # turned traffic away from it.
             assert wait_until(lambda: requests_total(port, backend="hung") >= 1)
-            met_hang = _total(_scrape_with_edge(port), REQUESTS, backend="hung")
+            met_hang = total(scrape_with_edge(port), REQUESTS, backend="hung")
             assert met_hang <= 10, met_hang
         finally:
             os.kill(hung.pid, signal.SIGCONT)
 
         # SIGCONT: the backend answers requests through the gateway again (its answers
         # to the calls that timed out do not count: they reached nobody).
-        assert _total(_scrape_with_edge(port), REQUESTS, backend="hung", code="OK") == 0
+        assert total(scrape_with_edge(port), REQUESTS, backend="hung", code="OK") == 0
         client = grpcclient.InferenceServerClient(gateway.url)
         a, b = simple_arrays()
 
@@ -209,14 +189,14 @@ def test_a_model_unloaded_on_one_backend_under_load_leaves_only_that_route(
         # routes the control plane sends no longer name it for that model.
         assert wait_until(lambda: routes("simple") == {"steady"})
         # The fault was the model's: the backend keeps serving its other model.
-        seen = _scrape_with_edge(port)
-        assert _total(seen, "triton_gateway_backend_breaker_open", backend="shrinking") == 0
-        assert _total(seen, "triton_gateway_breaker_transitions_total", model="") == 0
+        seen = scrape_with_edge(port)
+        assert total(seen, "triton_gateway_backend_breaker_open", backend="shrinking") == 0
+        assert total(seen, "triton_gateway_breaker_transitions_total", model="") == 0
         assert routes("identity") == {"steady", "shrinking"}
-        met_stale = _total(seen, REQUESTS, backend="shrinking", model="simple")
+        met_stale = total(seen, REQUESTS, backend="shrinking", model="simple")
         client = grpcclient.InferenceServerClient(gateway.url)
         a, b = simple_arrays()
         for _ in range(20):
             client.infer("simple", simple_inputs(a, b))
-        after = _scrape_with_edge(port)
-        assert _total(after, REQUESTS, backend="shrinking", model="simple") == met_stale
+        after = scrape_with_edge(port)
+        assert total(after, REQUESTS, backend="shrinking", model="simple") == met_stale

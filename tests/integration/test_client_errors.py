@@ -15,7 +15,7 @@ from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
 from gateway.settings import load_settings
 from tests.support.background import BackgroundGateway
-from tests.support.metrics import scrape, wait_until
+from tests.support.metrics import scrape_with_edge, total
 from tests.support.models import MODEL_REPOSITORY
 from tests.support.settings import gateway_settings
 
@@ -25,7 +25,6 @@ TRANSITIONS = "triton_gateway_breaker_transitions_total"
 BACKEND_OPEN = "triton_gateway_backend_breaker_open"
 MODEL_OPEN = "triton_gateway_model_breaker_open"
 REQUESTS = "triton_gateway_requests_total"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def _stub(address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
@@ -38,25 +37,6 @@ def _outcome(call: Any, request: Any) -> tuple[grpc.StatusCode, str, tuple[Any, 
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ())
     return grpc.StatusCode.OK, "", tuple(info.trailing_metadata() or ())
-
-
-def _scrape_with_edge(port: int) -> Samples:
-    """One scrape that holds tgw-edge's series: the gateway leaves them out of a scrape when
-    the edge is slow to answer its metrics call (a busy machine)."""
-    scrapes: list[Samples] = []
-
-    def with_edge() -> bool:
-        scrapes.append(scrape(port))
-        return any(name == "triton_gateway_edge_build_info" for name, _ in scrapes[-1])
-
-    assert wait_until(with_edge)
-    return scrapes[-1]
-
-
-def _total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the ``name`` series whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, series), v in samples.items() if n == name and wanted <= series)
 
 
 def _shm_request() -> service_pb2.ModelInferRequest:
@@ -80,18 +60,18 @@ def test_an_unknown_shared_memory_region_is_the_clients_not_found(fleet: LocalFl
             code, message, trailers = _outcome(infer, _shm_request())
             assert (code, message) == (grpc.StatusCode.NOT_FOUND, SHM_NOT_FOUND)
             assert FALLBACK not in trailers
-        samples = _scrape_with_edge(port)
+        samples = scrape_with_edge(port)
         # tgw-edge sent every one to a backend and passed its answer back...
-        assert _total(samples, REQUESTS, path="edge", model="simple", code="NOT_FOUND") == 10
+        assert total(samples, REQUESTS, path="edge", model="simple", code="NOT_FOUND") == 10
         # ...tried none again, asked no fallback...
-        assert _total(samples, REQUESTS, path="edge") == 10
+        assert total(samples, REQUESTS, path="edge") == 10
         counted = {
             "triton_gateway_retries_total",
             "triton_gateway_hedges_total",
             "triton_gateway_retry_budget_exhausted_total",
         }
         assert sum(v for (name, _), v in samples.items() if name in counted) == 0
-        assert _total(samples, REQUESTS, path="fallback") == 0
+        assert total(samples, REQUESTS, path="fallback") == 0
         # ...and no breaker moved, though one fault is enough to open one.
         assert not [k for k, v in samples.items() if k[0] == TRANSITIONS and v > 0]
         for backend in ("triton-a", "triton-b"):
@@ -163,7 +143,7 @@ def test_invented_names_and_versions_leave_no_state_behind(fleet: LocalFleet) ->
             # tgw-edge's state (breakers, latency estimates, outcome counts) is keyed like its
             # series, which the gateway's metrics port merges in.
             families: dict[str, int] = {}
-            for name, _ in _scrape_with_edge(app.metrics_port):
+            for name, _ in scrape_with_edge(app.metrics_port):
                 families[name] = families.get(name, 0) + 1
             assert app.fallback is not None
             return {

@@ -41,7 +41,7 @@ from load_tests import loadgen
 from load_tests.hostile import edge_child, infer_request
 from tests.support.background import BackgroundGateway
 from tests.support.fleet import inference_count
-from tests.support.metrics import scrape, wait_until
+from tests.support.metrics import scrape, scrape_with_edge, total, wait_until
 from tests.support.models import simple_arrays, simple_inputs
 from tests.support.raw_h2 import H2Client, grpc_frame
 
@@ -50,7 +50,6 @@ EDGE = "tgw-edge"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -290,26 +289,8 @@ class HealthWatch:
         self._channel.close()
 
 
-def _scrape_with_edge(port: int) -> Samples:
-    """One scrape that holds tgw-edge's series (a scrape leaves them out when the edge is slow
-    to answer the gateway's metrics call, on a busy machine)."""
-    scrapes: list[Samples] = []
-
-    def with_edge() -> bool:
-        scrapes.append(scrape(port))
-        return any(name == "triton_gateway_edge_build_info" for name, _ in scrapes[-1])
-
-    assert wait_until(with_edge, timeout_s=20)
-    return scrapes[-1]
-
-
-def _total(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, series), v in samples.items() if n == name and wanted <= series)
-
-
 def _metric(port: int, name: str) -> float:
-    return _total(scrape(port), name)
+    return total(scrape(port), name)
 
 
 # -- 1. tgw-edge killed ------------------------------------------------------------------------
@@ -377,7 +358,7 @@ def test_a_killed_edge_is_logged_restarted_and_serves_again_losing_only_calls_in
     assert _metric(metrics, "triton_gateway_edge_up") == 1
     assert _metric(metrics, "triton_gateway_edge_restarts_total") == restarts + 1
     # The new edge got the routes: routed calls go straight to the fleet through it.
-    routed = _total(_scrape_with_edge(metrics), "triton_gateway_requests_total", path="edge")
+    routed = total(scrape_with_edge(metrics), "triton_gateway_requests_total", path="edge")
     assert routed > 0
 
 
@@ -556,9 +537,7 @@ def test_a_snapshot_the_edge_cannot_apply_is_refused_and_the_last_good_one_keeps
     assert app.edge is not None
     control_socket = app.edge.control_socket
     metrics = app.metrics_port
-    refused_before = _total(
-        _scrape_with_edge(metrics), "triton_gateway_edge_snapshots_refused_total"
-    )
+    refused_before = total(scrape_with_edge(metrics), "triton_gateway_edge_snapshots_refused_total")
 
     def broken_policy(shot: control_pb2.Snapshot) -> None:
         breaker = shot.policy.breaker
@@ -610,7 +589,7 @@ def test_a_snapshot_the_edge_cannot_apply_is_refused_and_the_last_good_one_keeps
         assert after == serving, name
 
     def refused() -> float:
-        return _total(_scrape_with_edge(metrics), "triton_gateway_edge_snapshots_refused_total")
+        return total(scrape_with_edge(metrics), "triton_gateway_edge_snapshots_refused_total")
 
     assert wait_until(lambda: refused() >= refused_before + len(cases), timeout_s=20)
     # The last good snapshot serves: its routes still take `simple` straight to the fleet
@@ -618,7 +597,7 @@ def test_a_snapshot_the_edge_cannot_apply_is_refused_and_the_last_good_one_keeps
     routed = {"path": "edge", "model": "simple", "code": "OK"}
 
     def routed_calls() -> float:
-        return _total(_scrape_with_edge(metrics), "triton_gateway_requests_total", **routed)
+        return total(scrape_with_edge(metrics), "triton_gateway_requests_total", **routed)
 
     before = routed_calls()
     client = grpcclient.InferenceServerClient(gateway.url)

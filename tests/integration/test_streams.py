@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.devfleet import LocalFleet, TritonInstallation
 from tests.support.background import BackgroundGateway
 from tests.support.fleet import fleet_behind_gateway, inference_count
-from tests.support.metrics import scrape, value, wait_until
+from tests.support.metrics import scrape_with_edge, total, value, wait_until
 from tests.support.models import classifier_features, classifier_input, simple_arrays, simple_inputs
 
 Answer = tuple[grpcclient.InferResult | None, Exception | None]
@@ -100,11 +100,7 @@ def test_stream_requests_are_counted_by_the_edge(gateway: BackgroundGateway) -> 
     }
 
     def counted() -> float:
-        return sum(
-            count
-            for (name, labels), count in scrape(port).items()
-            if name == "triton_gateway_requests_total" and set(series.items()) <= labels
-        )
+        return total(scrape_with_edge(port), "triton_gateway_requests_total", **series)
 
     before = counted()
     stream = Stream(gateway.url)

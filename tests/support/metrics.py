@@ -47,6 +47,28 @@ def requests_total(port: int, **labels: str) -> float:
     )
 
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_with_edge(port: int, timeout_s: float = 20.0) -> Samples:
+    """One scrape that holds tgw-edge's series (a scrape leaves them out when the edge is slow
+    to answer the gateway's metrics call, on a busy machine)."""
+    scrapes: list[Samples] = []
+
+    def with_edge() -> bool:
+        scrapes.append(scrape(port))
+        return any(name == "triton_gateway_edge_build_info" for name, _ in scrapes[-1])
+
+    assert wait_until(with_edge, timeout_s=timeout_s)
+    return scrapes[-1]
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the ``name`` series whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples.items() if n == name and wanted <= series)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     """Poll until ``condition`` holds (tgw-edge reports once a second); its final value."""
     deadline = time.monotonic() + timeout_s
