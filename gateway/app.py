@@ -47,6 +47,10 @@ from gateway.settings import GatewaySettings, load_settings
 
 log = structlog.get_logger(__name__)
 
+_EDGE_METRICS_TIMEOUT_S = 5.0
+"""How long a scrape waits for tgw-edge's counters (Prometheus' own scrape timeout is 10 s):
+a busy machine must not make the edge's series vanish from a scrape."""
+
 POLICY_SECTIONS = ("breaker", "balancing", "retry", "timeouts", "hedging", "shedding")
 """Settings sections tgw-edge applies per request: a saved config file changes them live."""
 
@@ -338,7 +342,7 @@ class Gateway:
         if edge is None or not edge.up:
             return ""
         try:
-            return edge.client.metrics_text(1.0)
+            return edge.client.metrics_text(_EDGE_METRICS_TIMEOUT_S)
         except grpc.RpcError:
             return ""
 
