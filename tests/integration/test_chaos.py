@@ -200,3 +200,47 @@ def test_a_model_unloaded_on_one_backend_under_load_leaves_only_that_route(
             client.infer("simple", simple_inputs(a, b))
         after = scrape_with_edge(port)
         assert total(after, REQUESTS, backend="shrinking", model="simple") == met_stale
+
+
+def test_one_backend_killed_and_the_others_hung_fails_no_request_with_shipped_settings(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The shipped policy, untouched: adaptive per-try timeouts and hedging move calls off
+    the hung backends, and the local fallback answers once none is left."""
+    servers = {"killed": ("simple",), "hung-1": ("simple",), "hung-2": ("simple",)}
+    with fleet_behind_gateway(triton_installation, tmp_path_factory, servers) as (
+        fleet,
+        gateway,
+    ):
+        port = gateway.gateway.metrics_port
+        stopped: list[int] = []
+
+        async def kill_then_hang() -> None:
+            await asyncio.sleep(1.5)
+            os.kill(fleet.servers["killed"].pid, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            for name in ("hung-1", "hung-2"):
+                os.kill(fleet.servers[name].pid, signal.SIGSTOP)
+                stopped.append(fleet.servers[name].pid)
+
+        spec = loadgen.LoadSpec(
+            target=gateway.url,
+            model="simple",
+            mode="open",
+            rate=100,
+            duration_s=5.0,
+            max_requests=600,
+            timeout_s=5,
+        )
+        try:
+            result = asyncio.run(loadgen.run(spec, during=kill_then_hang))
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        assert len(stopped) == 2
+        assert result.failed == 0, dict(result.errors)
+        assert result.ok == result.sent >= 400
+        # Once the fleet was gone the local fallback answered.
+        assert result.fallback > 0
+        assert total(scrape_with_edge(port), REQUESTS, path="fallback", code="OK") > 0
