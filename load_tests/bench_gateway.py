@@ -739,6 +739,13 @@ def parse_args() -> argparse.Namespace:
         help="edge worker threads (setting edge.threads; shipped: 1); several values start "
         "one gateway each (edge-t1, edge-t2, ...)",
     )
+    parser.add_argument(
+        "--edge-binaries",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="compare tgw-edge builds: one gateway per binary (edge-NAME), in place of 'edge'",
+    )
     parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes")
     parser.add_argument(
         "--unary-client",
@@ -776,7 +783,15 @@ def start_targets(
     args: argparse.Namespace, backend: str, workdir: Path, nginx: str | None, targets: list[Target]
 ) -> None:
     """Appends the proxies to ``targets`` (already holding direct) as they start."""
-    if "edge" in args.targets:
+    for binary in args.edge_binaries or []:
+        # A/B of edge builds: the same shipped settings, another tgw-edge.
+        name = f"edge-{binary.name}"
+        sections = {"edge": {"binary": str(binary.resolve())}}
+        process, address = start_gateway(
+            [("triton-0", backend)], workdir, name=name, sections=sections
+        )
+        targets.append(Target(name, address, process.pid, process))
+    if "edge" in args.targets and not args.edge_binaries:
         for threads in args.threads or [None]:
             several = args.threads is not None and len(args.threads) > 1
             name = f"edge-t{threads}" if several else "edge"

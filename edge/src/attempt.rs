@@ -5,7 +5,7 @@
 //! hedge lost the race) counts as CANCELLED and teaches nothing.
 
 use crate::faults::fault_scope;
-use crate::fleet::{Choice, Plan};
+use crate::fleet::{Choice, Plan, Route};
 use crate::log;
 use crate::metrics::Metrics;
 use crate::policy::breaker::{BreakerState, Outcome};
@@ -47,10 +47,10 @@ pub struct Shared {
 pub struct Attempt {
     shared: Arc<Shared>,
     plan: Arc<Plan>,
+    /// The route it was sent on: its model and version name it in metrics and logs.
+    route: Arc<Route>,
     choice: Option<Choice>,
     method: &'static str,
-    model: String,
-    version: String,
     /// Whether its latency feeds the estimates (inference only: metadata calls are cheap
     /// everywhere and would drag them down).
     learn: bool,
@@ -61,19 +61,17 @@ impl Attempt {
     pub fn new(
         shared: Arc<Shared>,
         plan: Arc<Plan>,
+        route: Arc<Route>,
         choice: Choice,
         method: &'static str,
-        model: &str,
-        version: &str,
     ) -> Attempt {
         shared.metrics.in_flight.inc();
         Attempt {
             shared,
             plan,
+            route,
             choice: Some(choice),
             method,
-            model: model.to_string(),
-            version: version.to_string(),
             learn: matches!(method, "ModelInfer" | "ModelStreamInfer"),
             started: Instant::now(),
         }
@@ -96,7 +94,7 @@ impl Attempt {
         };
         let now = Instant::now();
         let seconds = now.saturating_duration_since(self.started).as_secs_f64();
-        let scope = Scope::of(code, message, &self.model, &self.version);
+        let scope = Scope::of(code, message, &self.route.model, &self.route.version);
         let gave_up = scope == Scope::None && matches!(code, "CANCELLED" | "DEADLINE_EXCEEDED");
         let (backend_outcome, model_outcome) = match scope {
             Scope::None if gave_up => (Outcome::GaveUp, Outcome::GaveUp),
@@ -114,23 +112,28 @@ impl Attempt {
         }
         if let Some(admission) = choice.model_admission {
             let changed = target.model_breaker.record(admission, model_outcome, now);
-            self.transition(backend, &self.model, changed);
+            self.transition(backend, &self.route.model, changed);
         }
         let policy = &self.plan.policy().balancing;
         if self.learn && !gave_up {
             target.latency.learn(policy, seconds, scope.is_fault(), now);
             if code == "OK" {
-                if let Some(route) = self.plan.route(&self.model, &self.version) {
-                    route.digest.observe(now.saturating_duration_since(self.started), now);
-                }
+                self.route
+                    .digest
+                    .observe(now.saturating_duration_since(self.started), now);
             }
         }
         if !gave_up {
-            self.shared.outcomes.add(backend, &self.model, scope);
+            self.shared.outcomes.add(backend, &self.route.model, scope);
         }
-        self.shared
-            .metrics
-            .observe(self.method, &self.model, &self.version, backend, code, seconds);
+        self.shared.metrics.observe(
+            self.method,
+            &self.route.model,
+            &self.route.version,
+            backend,
+            code,
+            seconds,
+        );
         self.shared.metrics.in_flight.dec();
         if log::enabled(log::Level::Debug) {
             let latency_ms = format!("{:.3}", seconds * 1000.0);
@@ -138,8 +141,8 @@ impl Attempt {
                 "request",
                 &[
                     ("method", self.method),
-                    ("model", &self.model),
-                    ("version", &self.version),
+                    ("model", &self.route.model),
+                    ("version", &self.route.version),
                     ("backend", backend),
                     ("status", code),
                     ("latency_ms", &latency_ms),

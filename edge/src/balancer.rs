@@ -87,6 +87,7 @@ impl Draws {
 }
 
 /// One candidate as the choice sees it.
+#[derive(Clone)]
 pub struct Load {
     pub in_flight: usize,
     /// None: no answer seen yet.
@@ -94,25 +95,32 @@ pub struct Load {
 }
 
 /// Index of the cheaper of two drawn candidates (the only one when there is one).
+#[cfg(test)]
 pub fn choose(loads: &[Load], draws: &Draws) -> Option<usize> {
     match loads.len() {
         0 => None,
         1 => Some(0),
         count => {
             let (a, b) = draws.two(count);
-            let (latency_a, latency_b) = match (loads[a].latency, loads[b].latency) {
-                (Some(x), Some(y)) => (x, y),
-                // No answer yet from one: take it to be as fast as the other, so calls in
-                // flight decide.
-                (Some(x), None) => (x, x),
-                (None, Some(y)) => (y, y),
-                (None, None) => (1.0, 1.0),
-            };
-            let cost_a = (loads[a].in_flight + 1) as f64 * latency_a;
-            let cost_b = (loads[b].in_flight + 1) as f64 * latency_b;
-            Some(if cost_b < cost_a { b } else { a })
+            let pair = [loads[a].clone(), loads[b].clone()];
+            Some(if choose_of_two(&pair) == 0 { a } else { b })
         }
     }
+}
+
+/// 0 or 1: the cheaper of two candidates, (calls in flight + 1) x latency.
+pub fn choose_of_two(loads: &[Load; 2]) -> usize {
+    let (latency_a, latency_b) = match (loads[0].latency, loads[1].latency) {
+        (Some(x), Some(y)) => (x, y),
+        // No answer yet from one: take it to be as fast as the other, so calls in flight
+        // decide.
+        (Some(x), None) => (x, x),
+        (None, Some(y)) => (y, y),
+        (None, None) => (1.0, 1.0),
+    };
+    let cost_a = (loads[0].in_flight + 1) as f64 * latency_a;
+    let cost_b = (loads[1].in_flight + 1) as f64 * latency_b;
+    usize::from(cost_b < cost_a)
 }
 
 #[cfg(test)]

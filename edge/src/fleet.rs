@@ -50,6 +50,8 @@ pub struct Target {
 
 /// The backends holding one model version READY, and what the fleet's answers for it took.
 pub struct Route {
+    pub model: Arc<str>,
+    pub version: Arc<str>,
     pub targets: Vec<Target>,
     pub digest: Arc<LatencyDigest>,
     /// Stream answers pass through as they come (a decoupled model); others keep request order.
@@ -82,14 +84,15 @@ fn start(backend: &Arc<BackendState>) -> InFlight {
 /// What one snapshot says, joined with the learned state it names.
 pub struct Plan {
     pub snapshot: Snapshot,
-    routes: HashMap<(String, String), Route>,
+    /// model → version → route: looked up with borrowed strings, no allocation per call.
+    routes: HashMap<String, HashMap<String, Arc<Route>>>,
 }
 
 impl Plan {
-    pub fn route(&self, model: &str, version: &str) -> Option<&Route> {
-        // The tuple key needs owned strings; two short allocations per lookup.
+    pub fn route(&self, model: &str, version: &str) -> Option<&Arc<Route>> {
         self.routes
-            .get(&(model.to_string(), version.to_string()))
+            .get(model)
+            .and_then(|versions| versions.get(version))
             .filter(|route| !route.targets.is_empty())
     }
 
@@ -163,7 +166,7 @@ impl Fleet {
             .set_policy(retry.budget_ratio, retry.min_per_second, retry.window);
         self.update_sequence_idle(policy.sequence_idle);
         let backends = self.sync_backends(&snapshot, &policy.breaker);
-        let mut routes = HashMap::with_capacity(snapshot.routes.len());
+        let mut routes: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
         for ((model, version), holders) in &snapshot.routes {
             let targets = holders
                 .iter()
@@ -175,11 +178,16 @@ impl Fleet {
                 })
                 .collect();
             let route = Route {
+                model: Arc::from(model.as_str()),
+                version: Arc::from(version.as_str()),
                 targets,
                 digest: self.digest(model, version),
                 unordered: snapshot.unordered.contains(&(model.clone(), version.clone())),
             };
-            routes.insert((model.clone(), version.clone()), route);
+            routes
+                .entry(model.clone())
+                .or_default()
+                .insert(version.clone(), Arc::new(route));
         }
         *current = Some(Arc::new(Plan { snapshot, routes }));
         Ok(())
@@ -279,22 +287,44 @@ impl Fleet {
         let ignore_model = model_out > model_ejection_cap(holders, policy.max_ejected_fraction);
         let mut skipped: Vec<usize> = Vec::new();
         loop {
-            let mut candidates: Vec<usize> = Vec::with_capacity(holders);
-            let mut loads: Vec<Load> = Vec::with_capacity(holders);
-            for (index, target) in targets.iter().enumerate() {
-                let excluded = skipped.contains(&index)
+            let eligible = |index: usize, target: &Target| {
+                !(skipped.contains(&index)
                     || tried.iter().any(|name| *name == target.backend.name)
                     || (!ignore_backend && !target.backend.breaker.admits(now))
-                    || (!ignore_model && !target.model_breaker.admits(now));
-                if !excluded {
-                    candidates.push(index);
-                    loads.push(Load {
-                        in_flight: target.backend.in_flight(),
-                        latency: target.latency.current(&policy.balancing, now),
-                    });
+                    || (!ignore_model && !target.model_breaker.admits(now)))
+            };
+            let load = |target: &Target| Load {
+                in_flight: target.backend.in_flight(),
+                latency: target.latency.current(&policy.balancing, now),
+            };
+            // The n-th eligible target, found again by counting: no list is built per call.
+            let nth = |n: usize| {
+                targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, target)| eligible(*index, target))
+                    .nth(n)
+                    .map(|(index, _)| index)
+            };
+            let count = targets
+                .iter()
+                .enumerate()
+                .filter(|(index, target)| eligible(*index, target))
+                .count();
+            let index = match count {
+                0 => return None,
+                1 => nth(0)?,
+                _ => {
+                    let (a, b) = self.draws.two(count);
+                    let (a, b) = (nth(a)?, nth(b)?);
+                    let loads = [load(&targets[a]), load(&targets[b])];
+                    if balancer::choose_of_two(&loads) == 0 {
+                        a
+                    } else {
+                        b
+                    }
                 }
-            }
-            let index = candidates[balancer::choose(&loads, &self.draws)?];
+            };
             let target = &targets[index];
             let backend_admission = target.backend.breaker.try_admit(now);
             let model_admission = target.model_breaker.try_admit(now);

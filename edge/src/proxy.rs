@@ -53,9 +53,9 @@ pub struct Edge {
 /// A routed call as the edge tries it, once or several times.
 struct RoutedCall<'a> {
     plan: Arc<Plan>,
+    route: Arc<Route>,
     method: &'static str,
     model: &'a str,
-    version: &'a str,
     parts: Parts,
     bytes: Bytes,
     deadline: Option<Instant>,
@@ -183,9 +183,9 @@ impl Edge {
         };
         let call = RoutedCall {
             plan: plan.clone(),
+            route: route.clone(),
             method,
             model,
-            version,
             parts,
             bytes: bytes.clone(),
             deadline,
@@ -321,10 +321,9 @@ impl Edge {
         let attempt = Attempt::new(
             self.shared.clone(),
             call.plan.clone(),
+            call.route.clone(),
             choice,
             call.method,
-            call.model,
-            call.version,
         );
         let mut parts = copy_parts(&call.parts);
         if let Some(deadline) = call.deadline {

@@ -368,10 +368,9 @@ impl Session {
         let attempt = Attempt::new(
             self.edge.shared.clone(),
             plan.clone(),
+            route.clone(),
             choice,
             "ModelStreamInfer",
-            model,
-            &request.version,
         );
         if !self.upstreams.contains_key(&backend.name) {
             let upstream = self.open(&backend.name, &backend.address);

@@ -76,15 +76,15 @@ impl LatencyDigest {
     pub fn quantile(&self, q: f64, now: Instant) -> Option<Duration> {
         let mut windows = self.0.lock().expect("digest lock");
         Self::rotate(&mut windows, now);
-        let counts: Vec<u32> = (0..BUCKETS).map(|i| windows.current[i] + windows.previous[i]).collect();
-        let total: u32 = counts.iter().sum();
+        let count = |bucket: usize| windows.current[bucket] + windows.previous[bucket];
+        let total: u32 = (0..BUCKETS).map(count).sum();
         if total < MIN_SAMPLES {
             return None;
         }
         let wanted = (q * f64::from(total)).ceil().max(1.0) as u32;
         let mut seen = 0u32;
-        for (bucket, count) in counts.iter().enumerate() {
-            seen += count;
+        for bucket in 0..BUCKETS {
+            seen += count(bucket);
             if seen >= wanted {
                 return Some(upper_bound(bucket));
             }
