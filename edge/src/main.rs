@@ -112,6 +112,7 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let service = control::ControlService::new(edge.clone(), identity, shutdown.clone());
     tokio::spawn(control::serve(control_listener, service));
     tokio::spawn(stop_on_signals(shutdown, Duration::from_millis(options.drain_grace_ms)));
+    tokio::spawn(keep_timers_warm());
     log::info(
         "edge_started",
         &[
@@ -185,6 +186,22 @@ async fn stop_on_signals(shutdown: watch::Sender<Option<Duration>>, grace: Durat
     }
     shutdown.send_replace(Some(grace));
 }
+
+/// Every call arms timers (its per-try timeout, its hedge). Arming one earlier than the timer
+/// driver's next wake-up wakes the driver through its eventfd: two extra system calls and an
+/// extra turn of the event loop per call on an otherwise idle runtime. A tick shorter than any
+/// call's timer keeps the next wake-up close, so arming never wakes it (200 cheap wake-ups a
+/// second instead of two per call).
+async fn keep_timers_warm() {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// Shorter than the least hedge delay and per-try timeout the settings allow by default.
+const TIMER_TICK: Duration = Duration::from_millis(5);
 
 /// Different edges should not draw the same sequence; tests pass --seed for repeatability.
 fn time_seed() -> u64 {
