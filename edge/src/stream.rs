@@ -90,8 +90,11 @@ struct Pending {
 struct UpstreamStream {
     id: u64,
     backend: Arc<str>,
-    /// None once the client half-closed (the upstream is half-closed with it).
+    /// None once the client half-closed and every message went out (the upstream is
+    /// half-closed with it).
     sender: Option<mpsc::Sender<Bytes>>,
+    /// Messages for it while its queue was full (the client is read no further meanwhile).
+    backlog: VecDeque<Bytes>,
     pending: VecDeque<Pending>,
     reader: JoinHandle<()>,
 }
@@ -183,6 +186,7 @@ impl Session {
         // A sender of its own, so the select! below can borrow it beside `self`.
         let out = self.out.clone();
         loop {
+            self.flush();
             if !self.reading && self.upstreams.is_empty() && self.handed_over == 0 {
                 return End::Done;
             }
@@ -227,16 +231,38 @@ impl Session {
     fn upstreams_have_room(&self) -> bool {
         self.upstreams
             .values()
-            .all(|upstream| upstream.sender.as_ref().is_none_or(|s| s.capacity() > 0))
+            .all(|upstream| upstream.backlog.is_empty() && upstream.sender.as_ref().is_none_or(|s| s.capacity() > 0))
     }
 
     fn half_close(&mut self) {
         self.reading = false;
+        self.flush();
+    }
+
+    /// Moves backlogged messages into their upstream's queue as it has room, and half-closes
+    /// every upstream with nothing left to send once the client half-closed (also one opened
+    /// afterwards for a request sent again). Its backend then ends the stream after its last
+    /// answer. A backend that takes no more messages answers (or times out) the ones it has,
+    /// which wakes the session to call this again.
+    fn flush(&mut self) {
         for upstream in self.upstreams.values_mut() {
-            upstream.sender = None;
+            if let Some(sender) = &upstream.sender {
+                while let Some(frame) = upstream.backlog.pop_front() {
+                    match sender.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(frame)) => {
+                            upstream.backlog.push_front(frame);
+                            break;
+                        }
+                        // Its stream ended: the end event fails what is pending there.
+                        Err(mpsc::error::TrySendError::Closed(_)) => upstream.backlog.clear(),
+                    }
+                }
+            }
+            if !self.reading && upstream.backlog.is_empty() {
+                upstream.sender = None;
+            }
         }
-        // Upstreams with nothing pending end when their backend closes them; one that was
-        // never written to has nothing to wait for.
     }
 
     /// Client bytes: route every whole message in them.
@@ -379,17 +405,29 @@ impl Session {
         let Some(upstream) = self.upstreams.get_mut(&backend.name) else {
             return;
         };
-        let sent = upstream
-            .sender
-            .as_ref()
-            .map(|sender| sender.try_send(request.frame.clone()));
+        let frame = request.frame.clone();
+        let queued = match &upstream.sender {
+            Some(sender) if upstream.backlog.is_empty() => match sender.try_send(frame) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    upstream.backlog.push_back(frame);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Some(_) => {
+                upstream.backlog.push_back(frame);
+                true
+            }
+            None => false,
+        };
         upstream.pending.push_back(Pending {
             request,
             attempt,
             _admitted: admitted,
             expires,
         });
-        if !matches!(sent, Some(Ok(()))) {
+        if !queued {
             // Its stream ended a moment ago (the event is still queued): that backend failed.
             let message = format!("backend {} is not answering on this stream", backend.name);
             self.fail_upstream(&backend.name, "UNAVAILABLE", &message);
@@ -449,6 +487,7 @@ impl Session {
             id,
             backend: backend.clone(),
             sender: Some(sender),
+            backlog: VecDeque::new(),
             pending: VecDeque::new(),
             reader,
         }
