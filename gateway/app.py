@@ -39,6 +39,14 @@ from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
+from gateway.repository.content import ModelContent
+from gateway.repository.golden import Tolerance
+from gateway.repository.manager import ManagerSettings, RepositoryManager
+from gateway.repository.metrics import RepositoryMetrics
+from gateway.repository.push import PushSettings
+from gateway.repository.scanner import RepositoryScanner
+from gateway.repository.store import ContentStore
+from gateway.repository.validation import Limits
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
@@ -59,11 +67,13 @@ def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
     config = settings.fallback
     if not config.enabled:
         return None
-    if not config.repository.is_dir():
-        log.warning("fallback_disabled", reason="no model repository", path=str(config.repository))
+    if not settings.repository.path.is_dir():
+        log.warning(
+            "fallback_disabled", reason="no model repository", path=str(settings.repository.path)
+        )
         return None
-    fallback = OnnxFallback(
-        config.repository,
+    # Its models come from the repository manager's first scan (``follow``), validated.
+    return OnnxFallback(
         models=config.models,
         threads=config.threads,
         max_concurrency=config.max_concurrency,
@@ -72,9 +82,6 @@ def _fallback(settings: GatewaySettings) -> OnnxFallback | None:
         max_total_bytes=config.max_total_bytes,
         providers=config.providers,
     )
-    if config.preload:
-        fallback.preload()
-    return fallback
 
 
 def _tracer(settings: GatewaySettings, provider: TracerProvider | None) -> Tracer:
@@ -131,6 +138,8 @@ class Gateway:
             fallback=self.fallback,
             model_repository_key=settings.security.client_key(),
         )
+        self.repository: RepositoryManager | None = None
+        """Follows model drops (set at start; None without a repository)."""
         self.edge: EdgeSupervisor | None = None
         """Runs tgw-edge, the data plane (set at start)."""
         self._fault_counts: dict[str, int] = {}
@@ -167,6 +176,9 @@ class Gateway:
         )
         runtime, self._fresh_runtime = prepare_runtime_dir(configured)
         self._runtime_dir = runtime
+        self.repository = self._repository_manager(runtime / "store")
+        if self.repository is not None:
+            await self.repository.start()
         # The gRPC server listens only on a Unix socket in a folder only this user can open:
         # no other local process can skip the edge's checks (or forge its hand-over header).
         socket = runtime / "gateway.sock"
@@ -207,6 +219,8 @@ class Gateway:
         )
         self.port = await self.edge.start()
         self.pool.on_change(lambda table: self.edge.publish() if self.edge else None)
+        if self.repository is not None and self.settings.repository.push:
+            self.repository.start_reconciling()
         log.info(
             "gateway_started",
             port=self.port,
@@ -231,6 +245,8 @@ class Gateway:
             # Nothing is in flight any more (or the grace is spent); the short grace lets the
             # refusals of calls that raced the drain reach their clients.
             await self._server.stop(1.0)
+        if self.repository is not None:
+            await self.repository.close()
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -314,6 +330,57 @@ class Gateway:
             server,
         )
         return server
+
+    def _repository_manager(self, store_dir: Path) -> RepositoryManager | None:
+        config = self.settings.repository
+        if not config.path.is_dir():
+            log.warning("model_repository_missing", path=str(config.path))
+            return None
+        store = ContentStore(store_dir)
+        metrics = RepositoryMetrics(self.registry)
+        scanner = RepositoryScanner(
+            config.path,
+            store,
+            Limits(max_model_bytes=config.max_model_bytes),
+            config.settle_s,
+            metrics,
+            self._clock,
+        )
+        manager = RepositoryManager(
+            scanner,
+            store,
+            self.pool,
+            ManagerSettings(
+                rescan_interval_s=config.rescan_interval_s,
+                reconcile_interval_s=config.reconcile_interval_s,
+                parallelism=config.parallelism,
+                drain_s=config.drain_s,
+                push=PushSettings(
+                    cpu_only=config.cpu_only_backends,
+                    load_timeout_s=config.load_timeout_s,
+                    call_timeout_s=config.call_timeout_s,
+                    tolerance=Tolerance(atol=config.golden_atol, rtol=config.golden_rtol),
+                ),
+            ),
+            metrics,
+            edge_sync=self._edge_sync,
+            on_contents=self._repository_contents,
+            clock=self._clock,
+        )
+        if config.push:
+            self.pool.manage_models(manager.gate, manager.expected, manager.backend_restarted)
+        return manager
+
+    async def _edge_sync(self, timeout_s: float) -> bool:
+        return await self.edge.sync(timeout_s) if self.edge is not None else True
+
+    def _repository_contents(self, contents: dict[str, ModelContent]) -> None:
+        if self.fallback is not None:
+            self.fallback.follow(contents)
+            if self.settings.fallback.preload:
+                self.fallback.preload()
+        if self.edge is not None:
+            self.edge.publish()  # the fallback's model list is in the snapshot
 
     def _snapshot(self) -> control_pb2.Snapshot:
         served = self.fallback.models() if self.fallback is not None else ()

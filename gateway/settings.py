@@ -193,11 +193,43 @@ class SheddingSettings(_Frozen):
     """The same cap for each model."""
 
 
+class RepositorySettings(_Frozen):
+    path: Path = Path("model_repository")
+    """The canonical model repository (``<model>/config.pbtxt``, ``<model>/<version>/...``):
+    watched for drops, validated, served by the fallback and, with ``push``, by the fleet."""
+    push: bool = False
+    """Load the repository's models on every backend (RepositoryModelLoad with the files, so
+    backends need no shared disk; they must run Triton with --model-control-mode=explicit),
+    roll out each change canary-first and give traffic only to what passed."""
+    cpu_only_backends: bool = False
+    """The backends have no GPU: push GPU instance groups as CPU instances, without GPU
+    execution accelerators (Triton refuses KIND_GPU where it finds no GPU)."""
+    settle_s: float = Field(default=1.0, ge=0)
+    """A model directory is read once its files stayed unchanged this long."""
+    rescan_interval_s: float = Field(default=10.0, gt=0)
+    """Full rescans besides file-system events (a missed event is caught by the next)."""
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    """How often each backend is compared with the repository besides on changes."""
+    max_model_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    """Most bytes of one model's files (all its versions: they are pushed together)."""
+    parallelism: int = Field(default=4, ge=1)
+    """Backends loading a rollout at once after the canary passed."""
+    load_timeout_s: float = Field(default=300.0, gt=0)
+    """Longest one backend may take to load a pushed model."""
+    call_timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of the other calls of a rollout (readiness, golden requests, unload)."""
+    golden_atol: float = Field(default=1e-4, ge=0)
+    golden_rtol: float = Field(default=1e-3, ge=0)
+    """A golden answer agrees where |got - expected| <= atol + rtol * |expected|."""
+    drain_s: float = Field(default=2.0, ge=0)
+    """After a removed version left the routes, calls already sent may finish this long
+    before it is unloaded."""
+
+
 class FallbackSettings(_Frozen):
     enabled: bool = True
-    """Answer from local ONNX Runtime sessions when no Triton backend can serve a request."""
-    repository: Path = Path("model_repository")
-    """Canonical model repository (config.pbtxt + <version>/model.onnx) the sessions load."""
+    """Answer from local ONNX Runtime sessions (on ``repository.path``'s models) when no
+    Triton backend can serve a request."""
     models: list[str] | None = None
     """Models the fallback may serve; None: every model of the repository."""
     preload: bool = False
@@ -334,6 +366,7 @@ class GatewaySettings(BaseSettings):
     timeouts: TimeoutSettings = TimeoutSettings()
     hedging: HedgingSettings = HedgingSettings()
     shedding: SheddingSettings = SheddingSettings()
+    repository: RepositorySettings = RepositorySettings()
     fallback: FallbackSettings = FallbackSettings()
     security: SecuritySettings = SecuritySettings()
     metrics: MetricsSettings = MetricsSettings()

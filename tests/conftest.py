@@ -46,7 +46,7 @@ def gateway(fleet: LocalFleet) -> Iterator[BackgroundGateway]:
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
         metrics={"host": "127.0.0.1", "port": 0},
-        fallback={"repository": str(MODEL_REPOSITORY)},
+        repository={"path": str(MODEL_REPOSITORY)},
         backends=[{"name": s.name, "address": s.address} for s in fleet.servers.values()],
         health={"poll_interval_s": 0.1, "poll_timeout_s": 1.0},
     )

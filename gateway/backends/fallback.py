@@ -7,8 +7,10 @@ most ``max_queue`` more calls waiting for one (a burst when the fleet vanishes),
 decoded within a byte budget per call and for all calls together; beyond either it answers
 RESOURCE_EXHAUSTED at once instead of queueing without end.
 
-The models it serves are the repository's listing, read once at start: a name a client sends is
-only ever looked up in that listing, never used to build a path. Only stateless, unary ONNX
+The models it serves are the repository's listing: read at start, then followed as drops are
+validated (``follow``: new versions served, removed ones released, changed ones reloaded), read
+from the gateway's frozen copy of each validated model. A name a client sends is only ever
+looked up in that listing, never used to build a path. Only stateless, unary ONNX
 models are listed: a sequence model (``sequence_batching``: its state lives on the Triton that
 runs the sequence), a decoupled model (answers on a stream only) and any model that is not an
 ONNX Runtime model (a Python-backend ``model.py``, an ensemble) are never answered here, even
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from gateway.backends.tensor_codec import (
 )
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.repository.config import ModelConfigError, model_versions, read_config
+from gateway.repository.content import ModelContent
 from gateway.routing.versions import canonical_version
 
 log = structlog.get_logger(__name__)
@@ -70,7 +73,7 @@ class OnnxFallback:
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | None = None,
         *,
         models: Sequence[str] | None = None,
         threads: int = 1,
@@ -80,9 +83,12 @@ class OnnxFallback:
         max_total_bytes: int = 256 * 1024 * 1024,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
-        self._repository = repository
-        self._catalog = _catalog(repository, frozenset(models) if models is not None else None)
-        """Model name -> its versions ascending, from the repository at start."""
+        self._allowed = frozenset(models) if models is not None else None
+        self._catalog = _catalog(repository, self._allowed) if repository is not None else {}
+        """Model name -> its versions ascending (a fixed directory's, or see ``follow``)."""
+        self._directories = (
+            {name: repository / name for name in self._catalog} if repository else {}
+        )
         self._threads = threads
         self._max_concurrency = max_concurrency
         self._capacity = max_concurrency + max_queue
@@ -98,6 +104,31 @@ class OnnxFallback:
         self._max_request_bytes = max_request_bytes
         self._max_total_bytes = max_total_bytes
         self._reserved_bytes = 0
+
+    def follow(self, contents: Mapping[str, ModelContent]) -> None:
+        """Serve what the repository holds now (validated contents): sessions of versions
+        gone or changed are released, new ones load on first use (or now, with preload)."""
+        catalog: dict[str, tuple[str, ...]] = {}
+        directories: dict[str, Path] = {}
+        for name, content in sorted(contents.items()):
+            if self._allowed is not None and name not in self._allowed:
+                continue
+            reason = refusal(content.directory)
+            if reason is not None:
+                continue
+            catalog[name] = content.served_versions
+            directories[name] = content.directory
+        with self._load_lock:
+            kept = {
+                key: model
+                for key, model in self._sessions.items()
+                if directories.get(key[0]) == self._directories.get(key[0])
+                and key[1] in catalog.get(key[0], ())
+            }
+            released = sorted(key for key in self._sessions if key not in kept and key[1])
+            self._catalog, self._directories, self._sessions = catalog, directories, kept
+        if released:
+            log.info("fallback_models_released", models=[f"{n}:{v}" for n, v in released])
 
     def models(self) -> list[str]:
         """The models the fallback may answer, sorted."""
@@ -191,7 +222,10 @@ class OnnxFallback:
         with self._load_lock:
             model = self._sessions.get((name, resolved))
             if model is None:
-                model = self._load(self._repository / name, resolved)
+                directory = self._directories.get(name)
+                if directory is None:  # released by ``follow`` meanwhile
+                    raise ModelNotFoundError(name, version)
+                model = self._load(directory, resolved)
                 self._sessions[(name, resolved)] = model
             # Keys are listed versions or "": bounded by the repository, not by clients.
             self._sessions[(name, version)] = model

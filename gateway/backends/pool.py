@@ -14,11 +14,13 @@ import structlog
 
 from gateway.backends.triton import BackendHealth, TritonBackend
 from gateway.discovery.base import Add, Discovery, DiscoveryEvent, Endpoint, Remove, Reset
-from gateway.routing.table import RouteTable
+from gateway.routing.table import ModelKey, RouteTable
 
 log = structlog.get_logger(__name__)
 
 BackendFactory = Callable[[Endpoint], TritonBackend]
+ModelGate = Callable[[str, frozenset[ModelKey]], frozenset[ModelKey]]
+"""(backend name, its READY versions) -> those that may get traffic."""
 _MIN_POLL_GAP_S = 0.05
 
 
@@ -45,6 +47,26 @@ class BackendPool:
         outlier ejection are tgw-edge's: it learns from every call's outcome at once."""
         self.ready_backends: tuple[TritonBackend, ...] = ()
         self._drained: frozenset[str] = frozenset()
+        self._gate: ModelGate = lambda backend, models: models
+        self._expected: Callable[[str], frozenset[ModelKey]] = lambda backend: frozenset()
+        self._restart_listeners: list[Callable[[str], None]] = []
+
+    def manage_models(
+        self,
+        gate: ModelGate,
+        expected: Callable[[str], frozenset[ModelKey]],
+        on_restart: Callable[[str], None],
+    ) -> None:
+        """Let the repository manager decide which READY versions get traffic (those proven on
+        that backend), which versions each poll asks about beyond the index, and hear of
+        backends that come back up (they lost what was pushed to them)."""
+        self._gate = gate
+        self._expected = expected
+        self._restart_listeners.append(on_restart)
+
+    def republish(self) -> None:
+        """Rebuild the route table now (the gate's decisions changed)."""
+        self._publish()
 
     @property
     def backends(self) -> tuple[TritonBackend, ...]:
@@ -72,7 +94,9 @@ class BackendPool:
     async def refresh(self) -> None:
         """Poll every backend now (after a model load/unload, or at start)."""
         backends = list(self._backends.values())
-        results = await asyncio.gather(*(b.poll_health(self._poll_timeout_s) for b in backends))
+        results = await asyncio.gather(
+            *(b.poll_health(self._poll_timeout_s, self._expected(b.name)) for b in backends)
+        )
         changed = False
         for backend, health in zip(backends, results, strict=True):
             changed |= self._record(backend, health)
@@ -153,7 +177,7 @@ class BackendPool:
         wake = self._wakes[backend.name] = asyncio.Event()
         while True:
             wake.clear()
-            health = await backend.poll_health(self._poll_timeout_s)
+            health = await backend.poll_health(self._poll_timeout_s, self._expected(backend.name))
             if self._backends.get(backend.name) is not backend:
                 return
             if self._record(backend, health):
@@ -175,6 +199,8 @@ class BackendPool:
             backend.last_models = health.models
         if health.ready and not previous.ready:
             log.info("backend_ready", backend=backend.name, models=sorted(health.models))
+            for listener in self._restart_listeners:
+                listener(backend.name)
         elif previous.ready and not health.ready:
             log.warning("backend_not_ready", backend=backend.name)
         else:
@@ -184,7 +210,7 @@ class BackendPool:
     def _publish(self) -> None:
         live = [b for b in self._backends.values() if b.health.ready]
         self.table = RouteTable.build(
-            {b: b.health.models for b in live if b.name not in self._drained}
+            {b: self._gate(b.name, b.health.models) for b in live if b.name not in self._drained}
         )
         self.ready_backends = tuple(live)
         for listener in self._listeners:

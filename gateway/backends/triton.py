@@ -102,8 +102,12 @@ class TritonBackend:
     def __repr__(self) -> str:
         return f"TritonBackend({self.name!r}, {self.address!r})"
 
-    async def poll_health(self, timeout_s: float) -> BackendHealth:
-        """Ask the server whether it is live and which model versions are READY.
+    async def poll_health(
+        self, timeout_s: float, expected: frozenset[ModelKey] = frozenset()
+    ) -> BackendHealth:
+        """Ask the server whether it is live and which model versions are READY (the index,
+        and ModelReady for each ``expected`` version the index does not list: Triton does not
+        always index models pushed with their files).
 
         ServerLive, not ServerReady: with strict readiness Triton reports not-ready while any
         model is loading or unloading, though its other models keep serving. Routing follows
@@ -138,12 +142,28 @@ class TritonBackend:
         models = frozenset(
             (model.name, model.version) for model in index.models if model.state == "READY"
         )
+        models |= await self.ready_among(expected - models, timeout_s)
         return BackendHealth(
             ready=True,
             models=models,
             server=await self._server_info(timeout_s),
             unordered=await self._unordered(models, timeout_s),
         )
+
+    async def ready_among(self, keys: frozenset[ModelKey], timeout_s: float) -> frozenset[ModelKey]:
+        ready: set[ModelKey] = set()
+        for name, version in sorted(keys):
+            try:
+                answer = await self.stub.ModelReady(
+                    service_pb2.ModelReadyRequest(name=name, version=version),
+                    timeout=timeout_s,
+                    metadata=self.control_metadata,
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            if answer.ready:
+                ready.add((name, version))
+        return frozenset(ready)
 
     async def _unordered(
         self, models: frozenset[ModelKey], timeout_s: float

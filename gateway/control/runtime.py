@@ -41,12 +41,17 @@ def prepare_runtime_dir(path: Path | None) -> tuple[Path, bool]:
         raise RuntimeDirError(f"cannot create the runtime folder {path}: {exc}") from exc
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode):
-        raise RuntimeDirError(f"the runtime folder {path} is not a folder: remove it or set "
-                              "edge.runtime_dir")
+        raise RuntimeDirError(
+            f"the runtime folder {path} is not a folder: remove it or set edge.runtime_dir"
+        )
     if info.st_uid != os.getuid():
-        raise RuntimeDirError(f"the runtime folder {path} belongs to another user: set "
-                              "edge.runtime_dir to a folder of yours")
+        raise RuntimeDirError(
+            f"the runtime folder {path} belongs to another user: set "
+            "edge.runtime_dir to a folder of yours"
+        )
     if stat.S_IMODE(info.st_mode) & 0o077:
-        raise RuntimeDirError(f"the runtime folder {path} is open to other users: chmod 700 it "
-                              "or set edge.runtime_dir")
+        raise RuntimeDirError(
+            f"the runtime folder {path} is open to other users: chmod 700 it "
+            "or set edge.runtime_dir"
+        )
     return path, False

@@ -96,6 +96,9 @@ class EdgeSupervisor:
         self.snapshots_refused = 0
         self._version = 0
         self._dirty = asyncio.Event()
+        self.applied_version = 0
+        """The last snapshot version this control plane pushed and the edge accepted."""
+        self._applied = asyncio.Event()
         self._stopping = False
         self._restart_times: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,6 +119,23 @@ class EdgeSupervisor:
     def publish(self) -> None:
         """Routes or policy changed: push a new snapshot soon (changes coalesce)."""
         self._dirty.set()
+
+    async def sync(self, timeout_s: float) -> bool:
+        """Publish, and wait until the edge serves a snapshot built after this call (routes
+        withdrawn before it are then gone from every new request); False on timeout."""
+        target = self._version + 1
+        self.publish()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.applied_version < target:
+            self._applied.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._applied.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
 
     async def stop(self, grace_s: float) -> None:
         """Ask the edge to drain within ``grace_s`` and exit; kill it if it does not."""
@@ -320,6 +340,8 @@ class EdgeSupervisor:
         snapshot.version = self._version
         result = await self.client.apply(snapshot, _CALL_TIMEOUT_S)
         if result.accepted:
+            self.applied_version = snapshot.version
+            self._applied.set()
             return
         self.snapshots_refused += 1
         log.error(

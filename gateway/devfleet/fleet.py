@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.devfleet.errors import FleetError
 from gateway.devfleet.installation import TritonInstallation
-from gateway.devfleet.python_backend import build_repository
+from gateway.devfleet.python_backend import build_repository, write_onnx_backend
 
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "fleet.json"
@@ -152,6 +152,8 @@ class LocalFleet:
         # The backend looks for its stub next to libtriton_python.so under this exact name.
         shutil.copy2(self._installation.backend_stub, backend / "triton_python_backend_stub")
         _link_model_environment(self._installation.model_site_packages, backend)
+        # Canonical ONNX configs pushed by the gateway (RepositoryModelLoad) load unchanged.
+        write_onnx_backend(self._work_dir / "backends", self._installation.model_site_packages)
 
     def start(self) -> list[TritonServer]:
         """Start every server and wait until each is ready with its models loaded."""

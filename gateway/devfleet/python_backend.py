@@ -45,7 +45,9 @@ import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 # The canonical config's sequence_batching.state, which Triton's ONNX Runtime backend keeps and
-# this wrapper keeps instead (the Python backend has no implicit state).
+# this wrapper keeps instead (the Python backend has no implicit state). None: read it from the
+# served config (the wrapper is then the fleet's "onnxruntime" backend, serving canonical
+# configs pushed unchanged).
 IMPLICIT_STATE = {implicit_state!r}
 DEFAULT_IDLE_MICROSECONDS = 1000000  # Triton's default max_sequence_idle_microseconds
 
@@ -67,7 +69,9 @@ class TritonPythonModel:
             for item in config["output"]
         ]
         self.batching = int(config.get("max_batch_size", 0)) > 0
-        self.states = list(IMPLICIT_STATE)
+        self.states = (
+            list(IMPLICIT_STATE) if IMPLICIT_STATE is not None else _configured_states(config)
+        )
         state_inputs = {{state["input_name"] for state in self.states}}
         self.feeds = [i.name for i in self.session.get_inputs() if i.name not in state_inputs]
         sequence = config.get("sequence_batching") or {{}}
@@ -155,6 +159,23 @@ class TritonPythonModel:
             del self.sequences[key]
 
 
+def _configured_states(config):
+    """sequence_batching.state of the config JSON (its int64 dims arrive as strings)."""
+    states = []
+    for state in (config.get("sequence_batching") or {{}}).get("state", []):
+        initial = state.get("initial_state") or []
+        dims = initial[0].get("dims", []) if initial else state.get("dims", [])
+        states.append(
+            {{
+                "input_name": state["input_name"],
+                "output_name": state["output_name"],
+                "data_type": state["data_type"],
+                "dims": [int(d) for d in dims],
+            }}
+        )
+    return states
+
+
 def _initial(state, batch):
     """Triton's initial state: zeros (zero_data, or none given), variable dims as 1."""
     dims = [1 if d < 0 else d for d in state["dims"]]
@@ -175,6 +196,20 @@ def _for_onnx(name, array):
         ) from exc
     return np.array(items, dtype=np.object_).reshape(array.shape)
 '''
+
+
+ONNX_BACKEND = "onnxruntime"
+"""The backend name Triton gives ``platform: "onnxruntime_onnx"``: the fleet installs the
+wrapper under it as a Python-based backend, so canonical ONNX configs load unchanged."""
+
+
+def write_onnx_backend(backends_dir: Path, site_packages: Path) -> None:
+    """Install the wrapper as the Python-based ``onnxruntime`` backend of ``backends_dir``."""
+    backend = backends_dir / ONNX_BACKEND
+    backend.mkdir(parents=True, exist_ok=True)
+    (backend / "model.py").write_text(
+        MODEL_PY.format(site_packages=str(site_packages), implicit_state=None)
+    )
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:

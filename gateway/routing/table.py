@@ -29,19 +29,27 @@ class RouteTable(Generic[B]):
     def build(cls, ready_versions: Mapping[B, frozenset[ModelKey]]) -> RouteTable[B]:
         """Index backend → READY (name, version) sets by key.
 
-        An unversioned request goes only to backends that have the fleet's highest version
-        READY, so every answer to "latest" comes from the same version while a rollout is
-        half-way and the request bytes never need rewriting.
+        "Latest" is one version fleet-wide, so every answer to an unversioned request comes
+        from the same version and the request bytes never need rewriting: the newest version
+        every backend holding the model has READY. While a rollout is half-way (a new version
+        on some backends only), that is still the old one; where no version is on all of them
+        (a version policy that keeps one version), the version most backends hold, the older
+        on a tie. The unversioned key goes only to backends that hold it.
         """
         by_key: dict[ModelKey, list[B]] = {}
+        holders: dict[str, int] = {}
         for backend, keys in ready_versions.items():
+            for name in {name for name, _ in keys}:
+                holders[name] = holders.get(name, 0) + 1
             for key in sorted(keys):
                 by_key.setdefault(key, []).append(backend)
-        latest: dict[str, str] = {}
+        versions: dict[str, list[str]] = {}
         for name, version in by_key:
-            current = latest.get(name)
-            if current is None or _version_order(version) > _version_order(current):
-                latest[name] = version
+            versions.setdefault(name, []).append(version)
+        latest = {
+            name: _fleet_latest(name, sorted(found, key=_version_order), by_key, holders[name])
+            for name, found in versions.items()
+        }
         candidates = {key: tuple(backends) for key, backends in by_key.items()}
         for name, version in latest.items():
             candidates[(name, "")] = candidates[(name, version)]
@@ -61,6 +69,16 @@ class RouteTable(Generic[B]):
             if model == name:
                 seen.update(dict.fromkeys(backends))
         return tuple(seen)
+
+
+def _fleet_latest(
+    name: str, ascending: list[str], by_key: Mapping[ModelKey, list[B]], holders: int
+) -> str:
+    everywhere = [v for v in ascending if len(by_key[(name, v)]) == holders]
+    if everywhere:
+        return everywhere[-1]
+    # max() keeps the first of equals: the older version on a tie.
+    return max(ascending, key=lambda v: len(by_key[(name, v)]))
 
 
 def _version_order(version: str) -> tuple[int, str]:

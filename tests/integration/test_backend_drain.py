@@ -30,7 +30,7 @@ def _write(path: Path, fleet: LocalFleet, drained: set[str], **sections: Any) ->
     config = {
         "server": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "fallback": {"repository": str(MODEL_REPOSITORY)},
+        "repository": {"path": str(MODEL_REPOSITORY)},
         "health": {"poll_interval_s": 0.2},
         "backends": [
             {"name": s.name, "address": s.address, "drained": s.name in drained}

@@ -129,7 +129,8 @@ def _one_backend(fleet: LocalFleet, server: str, **fallback: Any) -> Any:
         server={"host": "127.0.0.1", "port": 0},
         metrics={"host": "127.0.0.1", "port": 0},
         backends=[{"name": server, "address": fleet.servers[server].address}],
-        fallback={"repository": str(MODEL_REPOSITORY), **fallback},
+        repository={"path": str(MODEL_REPOSITORY)},
+        fallback=fallback,
     )
 
 

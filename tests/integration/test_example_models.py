@@ -412,7 +412,7 @@ def test_the_fallback_answers_stateless_models_only(fleet: LocalFleet, tmp_path:
         settings = {
             "server": {"host": "127.0.0.1", "port": 0},
             "metrics": {"host": "127.0.0.1", "port": 0},
-            "fallback": {"repository": str(MODEL_REPOSITORY)},
+            "repository": {"path": str(MODEL_REPOSITORY)},
             "health": {"poll_interval_s": 0.2},
             "backends": [{"name": "triton-a", "address": triton_a.address, "drained": drained}],
         }

@@ -29,7 +29,7 @@ def _settings(backend_address: str, poll_interval_s: float = 0.2):  # type: igno
     return load_settings(
         server={"host": "127.0.0.1", "port": 0},
         metrics={"host": "127.0.0.1", "port": 0},
-        fallback={"repository": str(MODEL_REPOSITORY)},
+        repository={"path": str(MODEL_REPOSITORY)},
         backends=[{"name": "only", "address": backend_address}],
         health={"poll_interval_s": poll_interval_s, "poll_timeout_s": 0.5, "startup_wait_s": 1},
     )

@@ -72,7 +72,7 @@ def test_a_fallback_answer_is_a_child_span_of_the_callers_trace(
     settings = load_settings(
         server={"host": "127.0.0.1", "port": 0},
         metrics={"enabled": False},
-        fallback={"repository": str(MODEL_REPOSITORY)},
+        repository={"path": str(MODEL_REPOSITORY)},
         backends=[{"name": "triton-b", "address": fleet.servers["triton-b"].address}],
     )
     x = classifier_features(batch=1)

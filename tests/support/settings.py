@@ -14,7 +14,7 @@ def gateway_settings(fleet: LocalFleet, **sections: dict[str, Any]) -> GatewaySe
     values: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "fallback": {"repository": str(MODEL_REPOSITORY)},
+        "repository": {"path": str(MODEL_REPOSITORY)},
         "backends": [{"name": s.name, "address": s.address} for s in fleet.servers.values()],
     }
     for section, overrides in sections.items():

@@ -20,12 +20,42 @@ def test_versioned_key_lists_every_backend_with_that_version_ready() -> None:
     assert _table().lookup("simple", "1") == ("a", "b")
 
 
-def test_unversioned_key_goes_only_to_backends_with_the_latest_version() -> None:
-    # Numeric order: version 10 is newer than 2, though "10" < "2" as text.
-    table = _table()
-    assert table.latest_version["classifier"] == "10"
-    assert table.lookup("classifier", "") == ("c",)
-    assert table.lookup("simple", "") == ("a", "b")
+def test_latest_is_the_newest_version_every_holder_has_in_numeric_order() -> None:
+    # Version 10 is newer than 2, though "10" < "2" as text.
+    table = RouteTable.build(
+        {
+            "a": frozenset({("classifier", "2"), ("classifier", "10")}),
+            "b": frozenset({("classifier", "2"), ("classifier", "10"), ("simple", "1")}),
+        }
+    )
+    assert table.latest_version == {"classifier": "10", "simple": "1"}
+    assert table.lookup("classifier", "") == ("a", "b")
+    assert table.lookup("simple", "") == ("b",)
+
+
+def test_latest_stays_on_the_old_version_while_a_new_one_is_on_some_backends_only() -> None:
+    # A rollout half-way: version 2 is on "a" only; unversioned requests keep one version,
+    # the one every backend has, instead of all landing on "a".
+    table = RouteTable.build(
+        {
+            "a": frozenset({("classifier", "1"), ("classifier", "2")}),
+            "b": frozenset({("classifier", "1")}),
+        }
+    )
+    assert table.latest_version["classifier"] == "1"
+    assert table.lookup("classifier", "") == ("a", "b")
+    assert table.lookup("classifier", "2") == ("a",)
+
+
+def test_without_a_version_on_every_holder_latest_is_the_most_held_then_the_older() -> None:
+    table = _table()  # classifier 1 on a and b, 2 on a, 10 on c
+    assert table.latest_version["classifier"] == "1"
+    assert table.lookup("classifier", "") == ("a", "b")
+    one_each = RouteTable.build(
+        {"a": frozenset({("classifier", "2")}), "b": frozenset({("classifier", "1")})}
+    )
+    assert one_each.latest_version["classifier"] == "1"
+    assert one_each.lookup("classifier", "") == ("b",)
 
 
 def test_unknown_model_uses_tritons_wording() -> None:
