@@ -75,9 +75,13 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton-home", type=Path, default=DEFAULT_TRITON_HOME)
 
 
-def _fleet(args: argparse.Namespace, *, detached: bool) -> LocalFleet:
+def _fleet(
+    args: argparse.Namespace, *, detached: bool, models: tuple[str, ...] | None = None
+) -> LocalFleet:
+    """Servers loading ``models`` at start (None: every model of the repository)."""
     specs = [
-        ServerSpec(name=f"triton-{i}", grpc_port=args.base_port + i) for i in range(args.servers)
+        ServerSpec(name=f"triton-{i}", grpc_port=args.base_port + i, models=models)
+        for i in range(args.servers)
     ]
     return LocalFleet(
         TritonInstallation.locate(args.triton_home),
@@ -111,11 +115,19 @@ def _fleet_down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     base = load_settings(args.config)
     configure_logging(base.logging)
-    with _fleet(args, detached=False) as fleet:
+    # The servers start empty: the gateway pushes the repository's models to them, as it does
+    # to a real fleet (the local servers have no GPU: GPU instances are pushed as CPU ones).
+    with _fleet(args, detached=False, models=()) as fleet:
         settings = GatewaySettings(
             **{
                 **base.model_dump(),
                 "server": {**base.server.model_dump(), "host": args.host, "port": args.port},
+                "repository": {
+                    **base.repository.model_dump(),
+                    "path": args.models,
+                    "push": True,
+                    "cpu_only_backends": True,
+                },
                 "backends": [
                     {"name": s.name, "address": s.address} for s in fleet.servers.values()
                 ],

@@ -88,6 +88,8 @@ class RepositoryManager:
         self._failed: dict[str, str] = {}
         """Model -> content digest whose rollout failed: not tried again until it changes."""
         self._accepted_at: dict[str, float] = {}
+        self._settling = False
+        self._scan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._scan_due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,6 +156,7 @@ class RepositoryManager:
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Until a reconcile pass finds the fleet as the repository wants it."""
+        await self._scan()  # what is on disk now counts
         self.idle.clear()
         self.wake()
         await asyncio.wait_for(self.idle.wait(), timeout_s)
@@ -177,7 +180,9 @@ class RepositoryManager:
     _next_scan_s = 1.0
 
     async def _scan(self) -> None:
-        result = await asyncio.to_thread(self._scanner.scan)
+        async with self._scan_lock:
+            result = await asyncio.to_thread(self._scanner.scan)
+        self._settling = result.settling
         self._next_scan_s = (
             min(self._settings.rescan_interval_s, 0.25)
             if result.settling
@@ -209,7 +214,7 @@ class RepositoryManager:
             except Exception:  # one bad pass must not end reconciliation for good
                 log.exception("repository_reconcile_failed")
                 busy = True
-            if not busy and not self._wake.is_set():
+            if not busy and not self._wake.is_set() and not self._settling:
                 self.idle.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.reconcile_interval_s)
@@ -245,7 +250,8 @@ class RepositoryManager:
             else:
                 stale.append(backend)
         if not stale:
-            if self._good.get(content.name) is not content and not self._failed_now(content):
+            good = self._good.get(content.name)
+            if (good is None or good.digest != content.digest) and not self._failed_now(content):
                 self._finish(content, backends)
             return False
         if self._failed_now(content):

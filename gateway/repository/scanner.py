@@ -9,6 +9,7 @@ A rejected directory is reported once and retried only when it changes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class RepositoryScanner:
         settle_s: float,
         metrics: RepositoryMetrics,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self._store = store
@@ -57,6 +59,8 @@ class RepositoryScanner:
         self._settle_s = settle_s
         self._metrics = metrics
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._first_scan = True
         self._seen: dict[str, _Seen] = {}
         self._last_good: dict[str, ModelContent] = {}
 
@@ -71,7 +75,12 @@ class RepositoryScanner:
             current = fingerprint(model_dir)
             seen = self._seen.get(name)
             if seen is None or seen.fingerprint != current:
-                self._seen[name] = seen = _Seen(current, now)
+                since = now
+                if self._first_scan and _written_before(
+                    current, self._wall_clock() - self._settle_s
+                ):
+                    since = now - self._settle_s  # there before the gateway: settled long ago
+                self._seen[name] = seen = _Seen(current, since)
             if now - seen.since < self._settle_s:
                 result.settling = True
             elif seen.outcome is None:
@@ -90,6 +99,7 @@ class RepositoryScanner:
                 result.contents[name] = content
             if seen.outcome is None and now - seen.since >= self._settle_s:
                 result.settling = True  # changed while being read: read again
+        self._first_scan = False
         for gone in set(self._seen) - present:
             del self._seen[gone]
             self._last_good.pop(gone, None)
@@ -112,6 +122,10 @@ class RepositoryScanner:
             return rejected
         except (ContentChangedError, FileNotFoundError):
             return None  # still being written: read again once it settles
+
+
+def _written_before(current: Fingerprint, wall_time: float) -> bool:
+    return all(mtime_ns / 1e9 < wall_time for _, _, mtime_ns in current)
 
 
 def _model_dirs(root: Path) -> list[Path]:

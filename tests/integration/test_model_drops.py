@@ -1,0 +1,313 @@
+"""Model drops end to end: a real gateway pushing a real repository copy to real Triton servers
+(EXPLICIT model control, started empty) over RepositoryModelLoad, under real load.
+
+These servers are this module's own (two more tritonserver processes): the tests load, reload
+and unload models on them, which the session fleet's other tests must not see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.settings import load_settings
+from tests.support.background import BackgroundGateway
+from tests.support.metrics import scrape, total, wait_until
+from tests.support.models import MODEL_REPOSITORY, classifier_features, classifier_input
+
+ROLLOUT_WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def empty_fleet(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalFleet]:
+    specs = [ServerSpec("drop-a", models=()), ServerSpec("drop-b", models=())]
+    with LocalFleet(
+        triton_installation, MODEL_REPOSITORY, tmp_path_factory.mktemp("drop-fleet"), specs
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("drops") / "model_repository"
+    root.mkdir()
+    for name in ("classifier", "simple"):
+        shutil.copytree(MODEL_REPOSITORY / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gateway(empty_fleet: LocalFleet, repository: Path) -> Iterator[BackgroundGateway]:
+    settings = load_settings(
+        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+        metrics={"host": "127.0.0.1", "port": 0},
+        backends=[{"name": s.name, "address": s.address} for s in empty_fleet.servers.values()],
+        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
+        repository={
+            "path": str(repository),
+            "push": True,
+            "cpu_only_backends": True,
+            "settle_s": 0.3,
+            "rescan_interval_s": 0.5,
+            "reconcile_interval_s": 0.5,
+            "drain_s": 0.3,
+        },
+    )
+    with BackgroundGateway(Gateway(settings), start_timeout_s=60) as running:
+        wait_idle(running)
+        yield running
+
+
+def wait_idle(gateway: BackgroundGateway) -> None:
+    manager = gateway.gateway.repository
+    assert manager is not None
+    gateway.run(manager.wait_idle(ROLLOUT_WAIT_S), timeout_s=ROLLOUT_WAIT_S + 5)
+
+
+def drop(source: Path, target: Path) -> float:
+    """Publish as the README says: copy under a dot name, then rename. Returns the rename's
+    time (monotonic)."""
+    staging = target.parent / f".{target.name}.partial"
+    shutil.copytree(source, staging)
+    renamed = time.monotonic()
+    staging.rename(target)
+    return renamed
+
+
+def ready_on(server_address: str, model: str, version: str) -> bool:
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server_address))
+    try:
+        return stub.ModelReady(
+            service_pb2.ModelReadyRequest(name=model, version=version), timeout=5
+        ).ready
+    except grpc.RpcError:
+        return False
+
+
+def classify(url: str, version: str = "") -> grpcclient.InferResult:
+    client = grpcclient.InferenceServerClient(url)
+    return client.infer(
+        "classifier", classifier_input(classifier_features(batch=2)), model_version=version
+    )
+
+
+class SteadyLoad:
+    """Calls through the gateway from a thread until stopped; counts every failure."""
+
+    def __init__(self, url: str, version: str = "") -> None:
+        self.url = url
+        self.version = version
+        self.sent = 0
+        self.failures: list[str] = []
+        self.versions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        x = classifier_features(batch=2)
+        while not self._stop.is_set():
+            self.sent += 1
+            try:
+                result = client.infer(
+                    "classifier",
+                    classifier_input(x),
+                    model_version=self.version,
+                    client_timeout=10,
+                )
+                served = result.get_response().model_version
+                self.versions[served] = self.versions.get(served, 0) + 1
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failures.append(str(exc))
+            time.sleep(0.01)
+
+
+def test_the_fleet_gets_the_repository_and_serves_only_what_passed(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet
+) -> None:
+    for server in empty_fleet.servers.values():
+        for model, version in (("classifier", "1"), ("classifier", "2"), ("simple", "1")):
+            assert ready_on(server.address, model, version), (server.name, model, version)
+    assert classify(gateway.url).get_response().model_version == "2"
+    samples = scrape(gateway.gateway.metrics_port)
+    holders = {
+        dict(labels)["backend"]
+        for name, labels in samples
+        if name == "triton_gateway_model_content_info" and dict(labels)["model"] == "classifier"
+    }
+    assert holders == {"drop-a", "drop-b"}
+
+
+def test_a_new_version_dropped_under_load_is_served_once_rolled_out_with_no_failure(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    model_dir = repository / "classifier"
+    new = str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) + 1)
+    with SteadyLoad(gateway.url) as load:
+        assert wait_until(lambda: load.sent > 20, timeout_s=30)
+        renamed = drop(model_dir / "2", model_dir / new)
+        served = wait_until(
+            lambda: classify(gateway.url).get_response().model_version == new,
+            timeout_s=ROLLOUT_WAIT_S,
+        )
+        first_served = time.monotonic() - renamed
+        wait_idle(gateway)
+        assert wait_until(lambda: load.sent > 20 + 50, timeout_s=30)
+    print(f"new version: rename -> first served {first_served:.2f} s; load {load.versions}")
+    assert served
+    assert load.failures == []
+    # version_policy latest {2}: the oldest served version left every backend.
+    previous = str(int(new) - 2)
+    for server in empty_fleet.servers.values():
+        assert ready_on(server.address, "classifier", new)
+        assert not ready_on(server.address, "classifier", previous)
+
+
+def test_a_brand_new_model_is_served_seconds_after_its_rename(
+    gateway: BackgroundGateway, repository: Path
+) -> None:
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(gateway.url))
+    request = service_pb2.ModelInferRequest(model_name="identity")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[4])
+    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    answered: dict[str, float] = {}
+    renamed = drop(MODEL_REPOSITORY / "identity", repository / "identity")
+
+    def served_by_the_fleet() -> bool:
+        try:
+            _, call = stub.ModelInfer.with_call(request, timeout=10)
+        except grpc.RpcError:
+            return False
+        by_fallback = ("x-gateway-served-by", "fallback") in tuple(call.trailing_metadata() or ())
+        answered.setdefault("first answer", time.monotonic() - renamed)
+        return not by_fallback
+
+    assert wait_until(served_by_the_fleet, timeout_s=ROLLOUT_WAIT_S)
+    answered["first answer from the fleet"] = time.monotonic() - renamed
+    print("new model: rename -> " + ", ".join(f"{k} {v:.2f} s" for k, v in answered.items()))
+
+
+def test_a_bad_drop_is_rejected_with_its_reason_and_serving_goes_on(
+    gateway: BackgroundGateway, repository: Path
+) -> None:
+    model_dir = repository / "classifier"
+    before = classify(gateway.url).get_response().model_version
+    bad = str(int(before) + 10)
+    staging = repository / f".{bad}.partial"
+    shutil.copytree(model_dir / before, staging)
+    (staging / "model.onnx").write_bytes(b"not an onnx file")
+    with SteadyLoad(gateway.url) as load:
+        staging.rename(model_dir / bad)
+
+        def rejected() -> bool:
+            samples = scrape(gateway.gateway.metrics_port)
+            return (
+                total(
+                    samples,
+                    "triton_gateway_model_drops_rejected_total",
+                    model="classifier",
+                    reason="onnx",
+                )
+                >= 1
+            )
+
+        assert wait_until(rejected, timeout_s=30)
+        wait_idle(gateway)
+        assert wait_until(lambda: load.sent > 30, timeout_s=30)
+    shutil.rmtree(model_dir / bad)
+    assert load.failures == []
+    assert set(load.versions) == {before}
+    assert classify(gateway.url).get_response().model_version == before
+
+
+def test_a_load_the_canary_refuses_is_rolled_back_and_the_old_content_keeps_serving(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    config = repository / "simple" / "config.pbtxt"
+    original = config.read_text()
+    before = scrape(gateway.gateway.metrics_port)
+    # A runtime no server has: Triton refuses the load (the config itself is valid).
+    config.write_text(original.replace('platform: "onnxruntime_onnx"', 'backend: "no_such"'))
+    try:
+
+        def rolled_back() -> bool:
+            samples = scrape(gateway.gateway.metrics_port)
+            key = "triton_gateway_model_rollouts_total"
+            return total(samples, key, model="simple", outcome="rolled_back") > total(
+                before, key, model="simple", outcome="rolled_back"
+            )
+
+        assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+        client = grpcclient.InferenceServerClient(gateway.url)
+        for server in empty_fleet.servers.values():
+            assert ready_on(server.address, "simple", "1"), server.name
+        assert client.is_model_ready("simple")
+    finally:
+        config.write_text(original)
+    wait_idle(gateway)
+
+
+def test_a_backend_restarted_empty_gets_the_models_again(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet
+) -> None:
+    name = "drop-b"
+    server = empty_fleet.servers[name]
+    with SteadyLoad(gateway.url) as load:
+        server.process.kill() if server.process is not None else None
+        assert wait_until(lambda: not server.is_running(), timeout_s=10)
+        restarted = empty_fleet.restart(name)
+        assert wait_until(
+            lambda: (
+                ready_on(restarted.address, "classifier", "2")
+                or ready_on(restarted.address, "classifier", "3")
+            ),
+            timeout_s=ROLLOUT_WAIT_S,
+        )
+        wait_idle(gateway)
+        assert wait_until(lambda: load.sent > 50, timeout_s=30)
+    assert load.failures == []
+
+
+def test_a_removed_version_leaves_the_routes_then_the_fleet_with_no_failure(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    model_dir = repository / "classifier"
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    newest, kept = str(versions[-1]), str(versions[-2])
+    assert classify(gateway.url).get_response().model_version == newest
+    with SteadyLoad(gateway.url) as unversioned, SteadyLoad(gateway.url, kept) as pinned:
+        assert wait_until(lambda: unversioned.sent > 20 and pinned.sent > 20, timeout_s=30)
+        shutil.rmtree(model_dir / newest)
+        assert wait_until(
+            lambda: all(
+                not ready_on(s.address, "classifier", newest) for s in empty_fleet.servers.values()
+            ),
+            timeout_s=ROLLOUT_WAIT_S,
+        )
+        wait_idle(gateway)
+        sent = unversioned.sent
+        assert wait_until(lambda: unversioned.sent > sent + 20, timeout_s=30)
+    assert unversioned.failures == []
+    assert pinned.failures == []
+    assert classify(gateway.url).get_response().model_version == kept
