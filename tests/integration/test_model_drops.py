@@ -311,3 +311,66 @@ def test_a_removed_version_leaves_the_routes_then_the_fleet_with_no_failure(
     assert unversioned.failures == []
     assert pinned.failures == []
     assert classify(gateway.url).get_response().model_version == kept
+
+
+def test_a_backend_answering_unlike_the_local_session_is_rolled_back(
+    gateway: BackgroundGateway,
+    empty_fleet: LocalFleet,
+    triton_installation: TritonInstallation,
+    tmp_path: Path,
+) -> None:
+    # A real Triton whose ONNX runtime is broken on purpose (a stand-in for a faulty build or
+    # a file altered on that server): every numeric output is off by one.
+    broken = LocalFleet(
+        triton_installation, MODEL_REPOSITORY, tmp_path / "broken-fleet", [ServerSpec("x")]
+    )
+    broken.prepare()
+    backends = tmp_path / "broken-backends"
+    shutil.copytree(tmp_path / "broken-fleet" / "backends", backends, symlinks=True)
+    wrapper = backends / "onnxruntime" / "model.py"
+    source = wrapper.read_text()
+    assert "np.ascontiguousarray(values[name], dtype=dtype)" in source
+    wrapper.write_text(
+        source.replace(
+            "np.ascontiguousarray(values[name], dtype=dtype)",
+            "np.ascontiguousarray(values[name] + 1, dtype=dtype)",
+        )
+    )
+    broken = LocalFleet(
+        triton_installation,
+        MODEL_REPOSITORY,
+        tmp_path / "broken-fleet",
+        [ServerSpec("broken", models=(), extra_args=(f"--backend-directory={backends}",))],
+    )
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    shutil.copytree(MODEL_REPOSITORY / "simple", repository / "simple")
+    healthy = empty_fleet.servers["drop-a"]
+    with broken:
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+            metrics={"host": "127.0.0.1", "port": 0},
+            backends=[
+                {"name": "broken", "address": broken.servers["broken"].address},
+                {"name": "drop-a", "address": healthy.address},
+            ],
+            health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
+            repository={
+                "path": str(repository),
+                "push": True,
+                "cpu_only_backends": True,
+                "reconcile_interval_s": 0.5,
+            },
+        )
+        with BackgroundGateway(Gateway(settings), start_timeout_s=60) as checking:
+
+            def rolled_back() -> bool:
+                samples = scrape(checking.gateway.metrics_port)
+                key = "triton_gateway_model_rollouts_total"
+                return total(samples, key, model="simple", outcome="rolled_back") >= 1
+
+            assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+            assert not ready_on(broken.servers["broken"].address, "simple", "1")
+            assert ready_on(healthy.address, "simple", "1")
+            client = grpcclient.InferenceServerClient(checking.url)
+            assert client.is_model_ready("simple")
