@@ -10,6 +10,7 @@ import onnx
 import onnx.helper
 import pytest
 from prometheus_client import CollectorRegistry
+from tritonclient.grpc import model_config_pb2
 
 from gateway.repository.content import served_versions
 from gateway.repository.metrics import RepositoryMetrics
@@ -152,8 +153,6 @@ def test_links_and_oversized_models_are_refused(tmp_path: Path) -> None:
 
 
 def test_version_policies_pick_the_served_versions() -> None:
-    from tritonclient.grpc import model_config_pb2
-
     versions = ("1", "2", "10")
     latest_two = model_config_pb2.ModelVersionPolicy()
     latest_two.latest.num_versions = 2
