@@ -368,7 +368,13 @@ class Gateway:
             clock=self._clock,
         )
         if config.push:
-            self.pool.manage_models(manager.gate, manager.expected, manager.backend_restarted)
+            self.pool.manage_models(
+                manager.gate,
+                manager.expected,
+                manager.backend_restarted,
+                manager.pinned_latest,
+                manager.incoming,
+            )
         return manager
 
     async def _edge_sync(self, timeout_s: float) -> bool:

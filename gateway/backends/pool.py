@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -50,17 +50,24 @@ class BackendPool:
         self._gate: ModelGate = lambda backend, models: models
         self._expected: Callable[[str], frozenset[ModelKey]] = lambda backend: frozenset()
         self._restart_listeners: list[Callable[[str], None]] = []
+        self._pinned_latest: Callable[[], Mapping[str, str]] = dict
+        self._incoming: Callable[[str], frozenset[ModelKey]] = lambda backend: frozenset()
 
     def manage_models(
         self,
         gate: ModelGate,
         expected: Callable[[str], frozenset[ModelKey]],
         on_restart: Callable[[str], None],
+        pinned_latest: Callable[[], Mapping[str, str]],
+        incoming: Callable[[str], frozenset[ModelKey]],
     ) -> None:
         """Let the repository manager decide which READY versions get traffic (those proven on
         that backend), which versions each poll asks about beyond the index, and hear of
-        backends that come back up (they lost what was pushed to them)."""
+        backends that come back up (they lost what was pushed to them), and which version
+        "latest" is for the models it rolled out and which versions a backend is being given."""
         self._gate = gate
+        self._pinned_latest = pinned_latest
+        self._incoming = incoming
         self._expected = expected
         self._restart_listeners.append(on_restart)
 
@@ -209,8 +216,11 @@ class BackendPool:
 
     def _publish(self) -> None:
         live = [b for b in self._backends.values() if b.health.ready]
+        routed = [b for b in live if b.name not in self._drained]
         self.table = RouteTable.build(
-            {b: self._gate(b.name, b.health.models) for b in live if b.name not in self._drained}
+            {b: self._gate(b.name, b.health.models) for b in routed},
+            self._pinned_latest(),
+            {b: b.health.models | self._incoming(b.name) for b in routed},
         )
         self.ready_backends = tuple(live)
         for listener in self._listeners:

@@ -85,10 +85,12 @@ class RepositoryManager:
         self._admitted: dict[tuple[str, str], frozenset[str]] = {}
         """(backend, model) -> versions that passed there. Absent: not touched yet, the
         backend's own READY versions are routed."""
+        self._incoming: dict[tuple[str, str], frozenset[str]] = {}
         self._failed: dict[str, str] = {}
         """Model -> content digest whose rollout failed: not tried again until it changes."""
         self._accepted_at: dict[str, float] = {}
         self._settling = False
+        self._reconciling = False
         self._scan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._scan_due = asyncio.Event()
@@ -120,6 +122,25 @@ class RepositoryManager:
             for version in versions
         )
 
+    def pinned_latest(self) -> dict[str, str]:
+        """The newest version of each model's last completed rollout: "latest" stays there
+        until the next rollout is through."""
+        return {
+            name: content.served_versions[-1]
+            for name, content in self._good.items()
+            if content.served_versions
+        }
+
+    def incoming(self, backend: str) -> frozenset[ModelKey]:
+        """Versions being pushed to the backend: Triton may serve them to an unversioned
+        request before they are proven, so such a backend leaves that model's latest route."""
+        return frozenset(
+            (model, version)
+            for (name, model), versions in self._incoming.items()
+            if name == backend
+            for version in versions
+        )
+
     def backend_restarted(self, backend: str) -> None:
         """It lost whatever was pushed: nothing managed is routed to it until proven again."""
         for model in self._managed:
@@ -143,6 +164,8 @@ class RepositoryManager:
 
     def start_reconciling(self) -> None:
         """Keep the fleet serving the repository (``repository.push``)."""
+        self._reconciling = True
+        self._publish_contents()
         self._tasks.append(
             asyncio.create_task(self._reconcile_forever(), name="repository-reconcile")
         )
@@ -201,8 +224,23 @@ class RepositoryManager:
                     )
             self._desired = dict(result.contents)
             self._managed |= set(self._desired)
-            self._on_contents(dict(self._desired))
+            self._publish_contents()
             self.wake()
+
+    def _publish_contents(self) -> None:
+        """What the local fallback serves: without ``push``, the repository; with it, what the
+        fleet serves — a model's last completed rollout, so a version still rolling out or
+        rolled back is not answered locally — and, for a model never rolled out yet, its
+        validated content (the fallback is the only one to serve it meanwhile)."""
+        if not self._reconciling:
+            self._on_contents(dict(self._desired))
+            return
+        serving = {
+            name: self._good.get(name, content)
+            for name, content in self._desired.items()
+            if name in self._good or not self._failed_now(content)
+        }
+        self._on_contents(serving)
 
     # -- reconciling ---------------------------------------------------------------------------
 
@@ -234,33 +272,34 @@ class RepositoryManager:
         return busy
 
     async def _reconcile_model(self, content: ModelContent, backends: list[TritonBackend]) -> bool:
+        # Content whose rollout failed is not tried again until it changes: the fleet is kept
+        # on the last good content instead (a backend that lost the model gets that back).
+        failed = self._failed_now(content)
+        target = self._good.get(content.name) if failed else content
+        if target is None:
+            return False
         timeout = self._settings.push.call_timeout_s
         states = await asyncio.gather(
-            *(served(b, content, timeout) for b in backends), return_exceptions=True
+            *(served(b, target, timeout) for b in backends), return_exceptions=True
         )
         stale: list[TritonBackend] = []
         for backend, state in zip(backends, states, strict=True):
             if isinstance(state, BaseException):
                 continue  # unreachable now: the next pass sees it again
-            complete = state.digest == content.digest and set(content.served_versions) <= (
+            complete = state.digest == target.digest and set(target.served_versions) <= (
                 state.ready
             )
             if complete:
-                self._admit(backend.name, content)
+                self._admit(backend.name, target)
             else:
                 stale.append(backend)
         if not stale:
             good = self._good.get(content.name)
-            if (good is None or good.digest != content.digest) and not self._failed_now(content):
+            if not failed and (good is None or good.digest != content.digest):
                 self._finish(content, backends)
             return False
-        if self._failed_now(content):
-            # This content failed: backends that lost the model get the last good one back.
-            good = self._good.get(content.name)
-            if good is None:
-                return False
-            return await self._rollout(good, stale, rollback_to=None)
-        return await self._rollout(content, stale, rollback_to=self._good.get(content.name))
+        previous = None if failed else self._good.get(content.name)
+        return await self._rollout(target, stale, rollback_to=previous)
 
     def _failed_now(self, content: ModelContent) -> bool:
         return self._failed.get(content.name) == content.digest
@@ -285,20 +324,38 @@ class RepositoryManager:
             # While it reloads, only versions whose files stay the same keep traffic there.
             keep = self._unchanged_versions(backend.name, content, rollback_to)
             self._admitted[(backend.name, name)] = keep
+            self._incoming[(backend.name, name)] = frozenset(content.served_versions)
         self._pool.republish()
         pushed: list[TritonBackend] = []
-        failure = await self._push_to(targets[0], content, pushed)
-        if failure is None and len(targets) > 1:
-            failure = await self._push_rest(targets[1:], content, pushed)
-        if failure is None:
-            log.info(
-                "model_rollout_backends_done",
-                model=name,
-                backends=[b.name for b in targets],
-                seconds=round(self._clock() - started, 3),
-            )
-            return True  # the next pass confirms every backend and finishes
+        try:
+            failure = await self._push_to(targets[0], content, pushed)
+            if failure is None and len(targets) > 1:
+                failure = await self._push_rest(targets[1:], content, pushed)
+            if failure is not None:
+                await self._fail(content, failure, pushed, rollback_to, started)
+                return False
+        finally:
+            for backend in targets:
+                self._incoming.pop((backend.name, name), None)
+        log.info(
+            "model_rollout_backends_done",
+            model=name,
+            backends=[b.name for b in targets],
+            seconds=round(self._clock() - started, 3),
+        )
+        return True  # the next pass confirms every backend and finishes
+
+    async def _fail(
+        self,
+        content: ModelContent,
+        failure: str,
+        pushed: list[TritonBackend],
+        rollback_to: ModelContent | None,
+        started: float,
+    ) -> None:
+        name = content.name
         self._failed[name] = content.digest
+        self._publish_contents()
         self._metrics.rollouts.labels(model=name, outcome="rolled_back").inc()
         log.error(
             "model_rollout_failed",
@@ -310,12 +367,7 @@ class RepositoryManager:
         )
         await asyncio.gather(*(self._roll_back(b, name, rollback_to) for b in pushed))
         self._pool.republish()
-        log.info(
-            "model_rollout_rolled_back",
-            model=name,
-            seconds=round(self._clock() - started, 3),
-        )
-        return False
+        log.info("model_rollout_rolled_back", model=name, seconds=round(self._clock() - started, 3))
 
     async def _push_rest(
         self, targets: list[TritonBackend], content: ModelContent, pushed: list[TritonBackend]
@@ -416,6 +468,8 @@ class RepositoryManager:
         previous = self._good.get(content.name)
         self._good[content.name] = content
         self._failed.pop(content.name, None)
+        self._publish_contents()
+        self._pool.republish()
         accepted = self._accepted_at.pop(content.name, None)
         seconds = None if accepted is None else round(self._clock() - accepted, 3)
         if previous is not None and previous.digest != content.digest:

@@ -26,7 +26,12 @@ class RouteTable(Generic[B]):
     latest_version: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, ready_versions: Mapping[B, frozenset[ModelKey]]) -> RouteTable[B]:
+    def build(
+        cls,
+        ready_versions: Mapping[B, frozenset[ModelKey]],
+        pinned_latest: Mapping[str, str] | None = None,
+        present: Mapping[B, frozenset[ModelKey]] | None = None,
+    ) -> RouteTable[B]:
         """Index backend → READY (name, version) sets by key.
 
         "Latest" is one version fleet-wide, so every answer to an unversioned request comes
@@ -34,7 +39,15 @@ class RouteTable(Generic[B]):
         every backend holding the model has READY. While a rollout is half-way (a new version
         on some backends only), that is still the old one; where no version is on all of them
         (a version policy that keeps one version), the version most backends hold, the older
-        on a tie. The unversioned key goes only to backends that hold it.
+        on a tie. The unversioned key goes only to backends that hold it. ``pinned_latest``
+        overrides the rule for a model while its pinned version is READY somewhere: the
+        repository manager pins the last completed rollout's newest version, so "latest"
+        moves only when a rollout is through, even if a backend dies half-way.
+
+        The request goes to Triton unchanged, and Triton answers an unversioned request with
+        its own newest version: so the unversioned key never goes to a backend that has (or is
+        being given) a version newer than the fleet's latest, even one not routed yet —
+        ``present`` lists those (default: ``ready_versions``).
         """
         by_key: dict[ModelKey, list[B]] = {}
         holders: dict[str, int] = {}
@@ -46,13 +59,25 @@ class RouteTable(Generic[B]):
         versions: dict[str, list[str]] = {}
         for name, version in by_key:
             versions.setdefault(name, []).append(version)
+        pins = pinned_latest or {}
         latest = {
-            name: _fleet_latest(name, sorted(found, key=_version_order), by_key, holders[name])
+            name: pins[name]
+            if (name, pins.get(name, "")) in by_key
+            else _fleet_latest(name, sorted(found, key=_version_order), by_key, holders[name])
             for name, found in versions.items()
         }
         candidates = {key: tuple(backends) for key, backends in by_key.items()}
+        physical = present if present is not None else ready_versions
         for name, version in latest.items():
-            candidates[(name, "")] = candidates[(name, version)]
+            newest = _version_order(version)
+            candidates[(name, "")] = tuple(
+                b
+                for b in candidates[(name, version)]
+                if not any(
+                    model == name and _version_order(held) > newest
+                    for model, held in physical.get(b, frozenset())
+                )
+            )
         return cls(candidates=candidates, latest_version=latest)
 
     def lookup(self, name: str, version: str) -> tuple[B, ...]:

@@ -137,6 +137,8 @@ class SteadyLoad:
                     client_timeout=10,
                 )
                 served = result.get_response().model_version
+                if served not in self.versions:
+                    print(f"load: first answer from version {served} at {time.strftime('%X')}")
                 self.versions[served] = self.versions.get(served, 0) + 1
             except Exception as exc:  # every failure counts, whatever its kind
                 self.failures.append(str(exc))
@@ -374,3 +376,45 @@ def test_a_backend_answering_unlike_the_local_session_is_rolled_back(
             assert ready_on(healthy.address, "simple", "1")
             client = grpcclient.InferenceServerClient(checking.url)
             assert client.is_model_ready("simple")
+
+
+def test_a_backend_dying_during_a_rollout_stops_it_and_the_previous_version_keeps_serving(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    model_dir = repository / "classifier"
+    current = classify(gateway.url).get_response().model_version
+    new = str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) + 1)
+    canary, other = empty_fleet.servers["drop-a"], empty_fleet.servers["drop-b"]
+    key = "triton_gateway_model_rollouts_total"
+    before = total(
+        scrape(gateway.gateway.metrics_port), key, model="classifier", outcome="rolled_back"
+    )
+
+    def rolled_back() -> bool:
+        samples = scrape(gateway.gateway.metrics_port)
+        return total(samples, key, model="classifier", outcome="rolled_back") > before
+
+    with SteadyLoad(gateway.url) as load:
+        assert wait_until(lambda: load.sent > 20, timeout_s=30)
+        drop(model_dir / current, model_dir / new)
+        # The canary passed: the second backend dies while it loads the new version.
+        assert wait_until(
+            lambda: ready_on(canary.address, "classifier", new), timeout_s=ROLLOUT_WAIT_S
+        )
+        assert other.process is not None
+        other.process.kill()
+        assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+        assert wait_until(
+            lambda: not ready_on(canary.address, "classifier", new), timeout_s=ROLLOUT_WAIT_S
+        )
+        assert classify(gateway.url).get_response().model_version == current
+        empty_fleet.restart("drop-b")
+        assert wait_until(
+            lambda: ready_on(empty_fleet.servers["drop-b"].address, "classifier", current),
+            timeout_s=ROLLOUT_WAIT_S,
+        )
+        wait_idle(gateway)
+    shutil.rmtree(model_dir / new)
+    wait_idle(gateway)
+    assert load.failures == []
+    assert set(load.versions) == {current}
