@@ -17,6 +17,9 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 CONTENT_PARAMETER = "tgw_content_sha256"
+GOLDEN_INPUTS = "golden_inputs.npz"
+"""Beside ``config.pbtxt``: the golden request's inputs (arrays named by input, batch dimension
+included), instead of inputs generated from the config. Not pushed to the backends."""
 """Config parameter holding the model's content digest on the backends the gateway pushed to."""
 
 
@@ -42,6 +45,8 @@ class ModelContent:
     served_versions: tuple[str, ...]
     """The versions Triton serves under the config's ``version_policy``, ascending."""
     digest: str
+    golden_inputs: bool = False
+    """Whether ``GOLDEN_INPUTS`` is provided (in ``directory``)."""
 
     @property
     def is_onnx(self) -> bool:

@@ -20,7 +20,8 @@ from tritonclient.grpc import InferResult, model_config_pb2, service_pb2
 from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
 from gateway.backends.tensor_codec import config_datatype
-from gateway.repository.content import ModelContent
+from gateway.repository.content import GOLDEN_INPUTS, ModelContent
+from gateway.repository.validation import read_golden_inputs
 
 Array = npt.NDArray[Any]
 
@@ -48,7 +49,12 @@ def golden_case(content: ModelContent, version: str) -> GoldenCase | None:
     seed = int.from_bytes(hashlib.sha256(f"{content.name}/{version}".encode()).digest()[:8])
     rng = np.random.default_rng(seed)
     batch = [1] if config.max_batch_size > 0 else []
-    inputs = {spec.name: _generated(spec, batch, rng) for spec in config.input}
+    if content.golden_inputs:
+        provided = read_golden_inputs(content.directory / GOLDEN_INPUTS)
+        inputs = {spec.name: _provided(provided[spec.name]) for spec in config.input}
+        batch = [next(iter(inputs.values())).shape[0]] if batch and inputs else batch
+    else:
+        inputs = {spec.name: _generated(spec, batch, rng) for spec in config.input}
     request = service_pb2.ModelInferRequest(model_name=content.name, model_version=version)
     request.id = "tgw-golden"
     for spec in config.input:
@@ -98,6 +104,13 @@ def mismatch(
                 f"+ rtol {tolerance.rtol}"
             )
     return None
+
+
+def _provided(array: Array) -> Array:
+    if array.dtype.kind in ("U", "S"):
+        items = [x.encode() if isinstance(x, str) else bytes(x) for x in array.reshape(-1)]
+        return np.array(items, dtype=np.object_).reshape(array.shape)
+    return array
 
 
 def _generated(

@@ -343,7 +343,8 @@ class RepositoryManager:
             backends=[b.name for b in targets],
             seconds=round(self._clock() - started, 3),
         )
-        return True  # the next pass confirms every backend and finishes
+        self._wake.set()  # the next pass, at once, confirms every backend and finishes
+        return True
 
     async def _fail(
         self,

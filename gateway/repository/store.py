@@ -16,7 +16,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.repository.content import ModelContent
+from gateway.repository.content import GOLDEN_INPUTS, ModelContent
 
 _CHUNK = 1 << 20
 
@@ -44,8 +44,9 @@ class ContentStore:
                 target = staging / item.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(blob, target)
-            config = content.directory / "config.pbtxt"
-            shutil.copyfile(config, staging / "config.pbtxt")
+            shutil.copyfile(content.directory / "config.pbtxt", staging / "config.pbtxt")
+            if content.golden_inputs:
+                shutil.copyfile(content.directory / GOLDEN_INPUTS, staging / GOLDEN_INPUTS)
             staging.rename(tree)
         return replace(content, directory=tree)
 

@@ -13,14 +13,19 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import triton_to_np_dtype
 
+from gateway.backends.tensor_codec import config_datatype
 from gateway.repository.config import ModelConfigError, read_config
 from gateway.repository.content import (
+    GOLDEN_INPUTS,
     ModelContent,
     ModelFile,
     content_digest,
@@ -104,6 +109,9 @@ def validate(model_dir: Path, limits: Limits) -> ModelContent:
             )
         if backend == "onnxruntime":
             _check_onnx(name, model_dir / version / model_file, config)
+    golden = model_dir / GOLDEN_INPUTS
+    if golden.exists():
+        _check_golden_inputs(name, golden, config)
     pushed = tuple(files)
     return ModelContent(
         name=name,
@@ -113,11 +121,44 @@ def validate(model_dir: Path, limits: Limits) -> ModelContent:
         versions=versions,
         served_versions=served_versions(config.version_policy, versions),
         digest=content_digest(config, pushed),
+        golden_inputs=golden.exists(),
     )
 
 
 def _is_version(name: str) -> bool:
     return name.isascii() and name.isdigit() and int(name) > 0
+
+
+def read_golden_inputs(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of a golden-inputs file (numbers, or unicode text for BYTES inputs)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def _check_golden_inputs(name: str, path: Path, config: model_config_pb2.ModelConfig) -> None:
+    try:
+        arrays = read_golden_inputs(path)
+    except (OSError, ValueError) as exc:
+        raise DropRejected(name, path, "config", f"golden inputs unreadable: {exc}") from exc
+    for spec in config.input:
+        array = arrays.get(spec.name)
+        if array is None:
+            raise DropRejected(name, path, "config", f"golden inputs lack input '{spec.name}'")
+        if spec.data_type == model_config_pb2.TYPE_STRING:
+            wanted_kind = array.dtype.kind in ("U", "S")
+        else:
+            wanted_kind = array.dtype == np.dtype(
+                triton_to_np_dtype(config_datatype(spec.data_type))
+            )
+        rank = len(spec.dims) + (1 if config.max_batch_size > 0 else 0)
+        if not wanted_kind or array.ndim != rank:
+            raise DropRejected(
+                name,
+                path,
+                "config",
+                f"golden input '{spec.name}' is {array.dtype} of rank {array.ndim}; the config "
+                f"says {model_config_pb2.DataType.Name(spec.data_type)} of rank {rank}",
+            )
 
 
 def _backend(config: model_config_pb2.ModelConfig) -> str:

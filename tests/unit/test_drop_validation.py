@@ -6,13 +6,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.helper
 import pytest
 from prometheus_client import CollectorRegistry
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.repository.content import served_versions
+from gateway.repository.content import GOLDEN_INPUTS, served_versions
+from gateway.repository.golden import Tolerance, golden_case, mismatch
 from gateway.repository.metrics import RepositoryMetrics
 from gateway.repository.scanner import RepositoryScanner
 from gateway.repository.store import ContentStore
@@ -236,3 +238,34 @@ def test_a_rejected_drop_is_reported_once_and_keeps_the_last_good_content(
         "triton_gateway_model_drops_rejected_total", {"model": "m", "reason": "onnx"}
     )
     assert count == 1
+
+
+def test_golden_inputs_beside_the_model_are_checked_and_used(tmp_path: Path) -> None:
+    directory = model_dir(tmp_path)
+    provided = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.savez(directory / GOLDEN_INPUTS, INPUT=provided)
+    content = validate(directory, LIMITS)
+    assert content.golden_inputs
+    case = golden_case(content, "1")
+    assert case is not None and case.expected is not None
+    assert list(case.request.inputs[0].shape) == [2, 4]
+    np.testing.assert_array_equal(case.expected["OUTPUT"], provided)  # an Identity model
+    np.savez(directory / GOLDEN_INPUTS, INPUT=provided.astype(np.int32))
+    refusal = rejected(directory)
+    assert refusal.reason == "config" and "golden input 'INPUT'" in str(refusal)
+    np.savez(directory / GOLDEN_INPUTS, OTHER=provided)
+    assert "lack input 'INPUT'" in str(rejected(directory))
+
+
+def test_generated_golden_requests_match_the_local_session_and_catch_a_difference() -> None:
+    content = validate(MODEL_REPOSITORY / "classifier", LIMITS)
+    case = golden_case(content, "2")
+    assert case is not None and case.expected is not None
+    expected = case.expected["PROBABILITIES"]
+    response = service_pb2.ModelInferResponse(model_name="classifier", model_version="2")
+    response.outputs.add(name="PROBABILITIES", datatype="FP32", shape=list(expected.shape))
+    response.raw_output_contents.append(expected.tobytes())
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    assert mismatch(case, response, tolerance) is None
+    response.raw_output_contents[0] = (expected + 0.01).astype(np.float32).tobytes()
+    assert "max abs difference" in (mismatch(case, response, tolerance) or "")
