@@ -176,9 +176,7 @@ class FakeClock:
         return self.now
 
 
-def test_the_scanner_waits_for_a_directory_to_settle_and_ignores_dot_names(
-    tmp_path: Path,
-) -> None:
+def scanner_at(tmp_path: Path) -> tuple[Path, FakeClock, CollectorRegistry, RepositoryScanner]:
     root = tmp_path / "repo"
     root.mkdir()
     clock = FakeClock()
@@ -192,6 +190,13 @@ def test_the_scanner_waits_for_a_directory_to_settle_and_ignores_dot_names(
         clock=clock,
         wall_clock=lambda: 0.0,  # every file looks just written
     )
+    return root, clock, registry, scanner
+
+
+def test_the_scanner_waits_for_a_directory_to_settle_and_ignores_dot_names(
+    tmp_path: Path,
+) -> None:
+    root, clock, _registry, scanner = scanner_at(tmp_path)
     model_dir(root, ".staging")
     model_dir(root, "m")
     first = scanner.scan()
@@ -212,19 +217,7 @@ def test_the_scanner_waits_for_a_directory_to_settle_and_ignores_dot_names(
 def test_a_rejected_drop_is_reported_once_and_keeps_the_last_good_content(
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "repo"
-    root.mkdir()
-    clock = FakeClock()
-    registry = CollectorRegistry()
-    scanner = RepositoryScanner(
-        root,
-        ContentStore(tmp_path / "store"),
-        LIMITS,
-        settle_s=1.0,
-        metrics=RepositoryMetrics(registry),
-        clock=clock,
-        wall_clock=lambda: 0.0,
-    )
+    root, clock, registry, scanner = scanner_at(tmp_path)
     directory = model_dir(root)
     assert scanner.scan().contents == {}  # first seen now: settling
     clock.now += 2
