@@ -320,17 +320,11 @@ class RepositoryManager:
             canary=targets[0].name,
         )
         await self._withdraw_removed_versions(content)
-        for backend in targets:
-            # While it reloads, only versions whose files stay the same keep traffic there.
-            keep = self._unchanged_versions(backend.name, content, rollback_to)
-            self._admitted[(backend.name, name)] = keep
-            self._incoming[(backend.name, name)] = frozenset(content.served_versions)
-        self._pool.republish()
         pushed: list[TritonBackend] = []
         try:
-            failure = await self._push_to(targets[0], content, pushed)
+            failure = await self._push_to(targets[0], content, pushed, rollback_to)
             if failure is None and len(targets) > 1:
-                failure = await self._push_rest(targets[1:], content, pushed)
+                failure = await self._push_rest(targets[1:], content, pushed, rollback_to)
             if failure is not None:
                 await self._fail(content, failure, pushed, rollback_to, started)
                 return False
@@ -357,7 +351,6 @@ class RepositoryManager:
         name = content.name
         self._failed[name] = content.digest
         self._publish_contents()
-        self._metrics.rollouts.labels(model=name, outcome="rolled_back").inc()
         log.error(
             "model_rollout_failed",
             model=name,
@@ -368,10 +361,15 @@ class RepositoryManager:
         )
         await asyncio.gather(*(self._roll_back(b, name, rollback_to) for b in pushed))
         self._pool.republish()
+        self._metrics.rollouts.labels(model=name, outcome="rolled_back").inc()
         log.info("model_rollout_rolled_back", model=name, seconds=round(self._clock() - started, 3))
 
     async def _push_rest(
-        self, targets: list[TritonBackend], content: ModelContent, pushed: list[TritonBackend]
+        self,
+        targets: list[TritonBackend],
+        content: ModelContent,
+        pushed: list[TritonBackend],
+        previous: ModelContent | None,
     ) -> str | None:
         gate = asyncio.Semaphore(self._settings.parallelism)
         failures: list[str] = []
@@ -380,7 +378,7 @@ class RepositoryManager:
             async with gate:
                 if failures:
                     return  # the rollout already stopped
-                failure = await self._push_to(backend, content, pushed)
+                failure = await self._push_to(backend, content, pushed, previous)
                 if failure is not None:
                     failures.append(failure)
 
@@ -388,9 +386,20 @@ class RepositoryManager:
         return failures[0] if failures else None
 
     async def _push_to(
-        self, backend: TritonBackend, content: ModelContent, pushed: list[TritonBackend]
+        self,
+        backend: TritonBackend,
+        content: ModelContent,
+        pushed: list[TritonBackend],
+        previous: ModelContent | None,
     ) -> str | None:
         settings = self._settings.push
+        key = (backend.name, content.name)
+        # While it reloads, only versions whose files stay the same keep traffic there, and it
+        # leaves the latest route (it may answer with a version not proven yet). Backends not
+        # reached yet keep serving as they are.
+        self._admitted[key] = self._unchanged_versions(backend.name, content, previous)
+        self._incoming[key] = frozenset(content.served_versions)
+        self._pool.republish()
         try:
             request = await asyncio.to_thread(load_request, content, cpu_only=settings.cpu_only)
             pushed.append(backend)
