@@ -110,6 +110,12 @@ class BackendPool:
         if changed:
             self._publish()
 
+    async def poll_now(self, backend: TritonBackend) -> None:
+        """Poll one backend now: what it serves just changed (a model was pushed to it)."""
+        health = await backend.poll_health(self._poll_timeout_s, self._expected(backend.name))
+        if self._backends.get(backend.name) is backend and self._record(backend, health):
+            self._publish()
+
     def set_drained(self, names: frozenset[str]) -> None:
         """Backends that take no new requests; their calls in flight finish normally."""
         if names != self._drained:
