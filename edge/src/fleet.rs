@@ -56,6 +56,8 @@ pub struct Route {
     pub digest: Arc<LatencyDigest>,
     /// Stream answers pass through as they come (a decoupled model); others keep request order.
     pub unordered: bool,
+    /// An unversioned route's requests are sent naming this version (a rollout is half-way).
+    pub name_version: Option<Arc<str>>,
 }
 
 /// A chosen target with what its breakers admitted (None: let through by the ejection cap,
@@ -183,6 +185,11 @@ impl Fleet {
                 targets,
                 digest: self.digest(model, version),
                 unordered: snapshot.unordered.contains(&(model.clone(), version.clone())),
+                name_version: if version.is_empty() {
+                    snapshot.named_versions.get(model).cloned()
+                } else {
+                    None
+                },
             };
             routes
                 .entry(model.clone())

@@ -157,6 +157,12 @@ impl Edge {
         let Some(route) = plan.route(model, version) else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
         };
+        // Mid-rollout, an unversioned request names the fleet's latest: a backend would
+        // answer it with its own newer version.
+        let bytes = match &route.name_version {
+            Some(named) if spelled.is_empty() => wire::naming_version(reading, named),
+            _ => bytes,
+        };
         let policy = plan.policy();
         // Load shedding: refused at once, counted, never queued.
         let Some(admitted) = self

@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub routes: HashMap<(String, String), Vec<Arc<str>>>,
     /// Routes whose stream answers pass through as they come (decoupled models).
     pub unordered: HashSet<(String, String)>,
+    /// Unversioned routes whose requests are sent naming this version (see `Route`).
+    pub named_versions: HashMap<String, Arc<str>>,
     pub fallback_models: HashSet<String>,
     pub policy: Policy,
 }
@@ -88,7 +90,20 @@ impl Snapshot {
         }
         let mut routes = HashMap::with_capacity(snapshot.routes.len());
         let mut unordered = HashSet::new();
+        let mut named_versions = HashMap::new();
         for route in snapshot.routes {
+            if !route.name_version.is_empty() {
+                let canonical = !route.name_version.starts_with('0')
+                    && route.name_version.len() <= 18
+                    && route.name_version.bytes().all(|b| b.is_ascii_digit());
+                if !route.version.is_empty() || !canonical {
+                    return Err(format!(
+                        "route {}/{}: name_version {:?} must be a version number on an unversioned route",
+                        route.model, route.version, route.name_version
+                    ));
+                }
+                named_versions.insert(route.model.clone(), Arc::from(route.name_version.as_str()));
+            }
             let mut holders = Vec::with_capacity(route.backends.len());
             for name in &route.backends {
                 let Some(spec) = backends.iter().find(|b| *b.name == **name) else {
@@ -116,6 +131,7 @@ impl Snapshot {
             backends,
             routes,
             unordered,
+            named_versions,
             fallback_models: snapshot.fallback_models.into_iter().collect(),
             policy,
         })
@@ -324,6 +340,7 @@ pub mod tests {
             version: version.into(),
             backends: backends.iter().map(|b| b.to_string()).collect(),
             unordered: false,
+            name_version: String::new(),
         };
         proto::Snapshot {
             version,
@@ -387,5 +404,15 @@ pub mod tests {
         })
         .contains("negative"));
         assert!(refused(&|s| s.backends.push(s.backends[0].clone())).contains("twice"));
+        assert!(refused(&|s| s.routes[1].name_version = "1".into()).contains("name_version"));
+        assert!(refused(&|s| s.routes[0].name_version = "01".into()).contains("name_version"));
+    }
+
+    #[test]
+    fn an_unversioned_route_may_name_the_fleets_latest() {
+        let mut message = two_backends(1);
+        message.routes[0].name_version = "1".into();
+        let snapshot = Snapshot::from_proto(message).unwrap();
+        assert_eq!(snapshot.named_versions.get("m").map(|v| &**v), Some("1"));
     }
 }

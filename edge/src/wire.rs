@@ -149,6 +149,22 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// The request of `frame` (plain: read with `compression::readable`) naming `version`: the
+/// field is appended, and the last occurrence of a protobuf field is the one a parser keeps,
+/// so the rest of the message is copied unchanged. Every request the edge routes (ModelInfer,
+/// ModelReady, ModelMetadata, ModelConfig) keeps its version in field 2.
+pub fn naming_version(frame: &[u8], version: &str) -> Bytes {
+    let message = frame.get(5..).unwrap_or_default();
+    let mut out = Vec::with_capacity(frame.len() + version.len() + 2);
+    out.push(0);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(message);
+    put_bytes(&mut out, 2, version.as_bytes());
+    let length = (out.len() - 5) as u32;
+    out[1..5].copy_from_slice(&length.to_be_bytes());
+    Bytes::from(out)
+}
+
 /// A message with its gRPC prefix (not compressed).
 pub fn framed(message: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(message.len() + 5);
@@ -243,6 +259,21 @@ mod tests {
         out.extend_from_slice(&(message.len() as u32).to_be_bytes());
         out.extend_from_slice(message);
         out
+    }
+
+    #[test]
+    fn naming_a_version_keeps_the_message_and_is_what_a_parser_reads() {
+        let message = [b"\x0a\x06simple".as_slice(), b"\x1a\x02id"].concat();
+        let named = super::naming_version(&frame(&message), "12");
+        assert_eq!(model_key(&named), Some(("simple", "12")));
+        assert_eq!(super::request_id(&named), "id");
+        assert_eq!(&named[5..5 + message.len()], message.as_slice());
+        // An empty version already present: the appended one is the last, so it counts.
+        let spelled_empty = [b"\x0a\x01m\x12\x00".as_slice()].concat();
+        assert_eq!(
+            model_key(&super::naming_version(&frame(&spelled_empty), "3")),
+            Some(("m", "3"))
+        );
     }
 
     #[test]

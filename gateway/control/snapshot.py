@@ -113,6 +113,7 @@ def build(
             version=version,
             backends=[b.name for b in holders],
             unordered=any(_unordered(b, model, version, pool) for b in holders),
+            name_version="" if version else pool.table.name_version.get(model, ""),
         )
         for (model, version), holders in sorted(pool.table.candidates.items())
     ]

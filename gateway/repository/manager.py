@@ -86,9 +86,6 @@ class RepositoryManager:
         """(backend, model) -> versions that passed there. Absent: not touched yet, the
         backend's own READY versions are routed."""
         self._incoming: dict[tuple[str, str], frozenset[str]] = {}
-        self._rolling: dict[str, tuple[ModelContent, frozenset[str]]] = {}
-        """Model -> the content being rolled out and its target backends, until the rollout
-        is finished or rolled back."""
         self._failed: dict[str, str] = {}
         """Model -> content digest whose rollout failed: not tried again until it changes."""
         self._accepted_at: dict[str, float] = {}
@@ -127,27 +124,16 @@ class RepositoryManager:
 
     def pinned_latest(self) -> dict[str, str]:
         """The newest version of each model's last completed rollout: "latest" stays there
-        until the next rollout is through — or almost: once every backend of a rollout has
-        loaded it (some still being proven), the new version is latest, since Triton answers
-        unversioned requests on those backends with it anyway and the proven ones can take
-        them. A rollback puts it back at once."""
-        pins = {
+        while it is routed somewhere, until the next rollout is through."""
+        return {
             name: content.served_versions[-1]
             for name, content in self._good.items()
             if content.served_versions
         }
-        for name, (content, targets) in self._rolling.items():
-            newest = frozenset(content.served_versions)
-            if content.served_versions and all(
-                (t, name) in self._incoming or self._admitted.get((t, name)) == newest
-                for t in targets
-            ):
-                pins[name] = content.served_versions[-1]
-        return pins
 
     def incoming(self, backend: str) -> frozenset[ModelKey]:
-        """Versions being pushed to the backend: Triton may serve them to an unversioned
-        request before they are proven, so such a backend leaves that model's latest route."""
+        """Versions just loaded on the backend (the health poll may not know them yet): Triton
+        would answer unversioned requests with them, so those requests name the latest."""
         return frozenset(
             (model, version)
             for (name, model), versions in self._incoming.items()
@@ -335,7 +321,6 @@ class RepositoryManager:
         )
         await self._withdraw_removed_versions(content)
         pushed: list[TritonBackend] = []
-        self._rolling[name] = (content, frozenset(b.name for b in targets))
         try:
             failure = await self._push_to(targets[0], content, pushed, rollback_to)
             if failure is None and len(targets) > 1:
@@ -365,9 +350,7 @@ class RepositoryManager:
     ) -> None:
         name = content.name
         self._failed[name] = content.digest
-        self._rolling.pop(name, None)
         self._publish_contents()
-        self._pool.republish()  # "latest" back on the last good content at once
         log.error(
             "model_rollout_failed",
             model=name,
@@ -412,19 +395,18 @@ class RepositoryManager:
         settings = self._settings.push
         key = (backend.name, content.name)
         # While it reloads, only versions whose files stay the same keep traffic there (Triton
-        # serves them until the new ones are loaded). Backends not reached yet serve as they are.
+        # serves them until the new ones are loaded), and unversioned requests name the latest:
+        # once loaded, Triton would answer them with the new version, not proven here yet. The
+        # edge confirms before the load starts. Backends not reached yet serve as they are.
         self._admitted[key] = self._unchanged_versions(backend.name, content, previous)
+        self._incoming[key] = frozenset(content.served_versions)
         self._pool.republish()
+        if not await self._edge_sync(settings.call_timeout_s):
+            log.warning("repository_routes_unconfirmed", model=content.name, backend=backend.name)
         try:
             request = await asyncio.to_thread(load_request, content, cpu_only=settings.cpu_only)
             pushed.append(backend)
             await push(backend, request, settings.load_timeout_s)
-            # Loaded: Triton now answers an unversioned request with the new newest version,
-            # not proven here yet, so the backend leaves the latest route until it is. (Between
-            # the load's end and this line, a few milliseconds, it may already have done so:
-            # see the README.)
-            self._incoming[key] = frozenset(content.served_versions)
-            self._pool.republish()
             await self._pool.poll_now(backend)  # the versions it no longer has, at once
             await prove(backend, content, settings)
         except (PushError, OSError) as exc:
@@ -455,18 +437,13 @@ class RepositoryManager:
 
     async def _withdraw_removed_versions(self, content: ModelContent) -> None:
         """Versions the new content no longer serves leave every backend's routes now, and
-        the edge confirms it, before any backend unloads them. The exception is the current
-        latest: Triton answers unversioned requests with it until it is unloaded, so it leaves
-        each backend with that backend's push (Triton lets the calls it runs finish)."""
+        the edge confirms it, before any backend unloads them (unversioned requests then name
+        the remaining latest: see ``RouteTable.build``)."""
         served_now = set(content.served_versions)
-        latest = self.pinned_latest().get(content.name)
         withdrawn = False
         for (backend, model), versions in list(self._admitted.items()):
-            if model != content.name:
-                continue
-            leaving = versions - served_now - {latest}
-            if leaving:
-                self._admitted[(backend, model)] = frozenset(versions - leaving)
+            if model == content.name and versions - served_now:
+                self._admitted[(backend, model)] = frozenset(versions & served_now)
                 withdrawn = True
         if withdrawn:
             await self._drain()
@@ -506,7 +483,6 @@ class RepositoryManager:
         previous = self._good.get(content.name)
         self._good[content.name] = content
         self._failed.pop(content.name, None)
-        self._rolling.pop(content.name, None)
         self._publish_contents()
         self._pool.republish()
         accepted = self._accepted_at.pop(content.name, None)
@@ -555,7 +531,6 @@ class RepositoryManager:
             return True
         self._managed.discard(name)
         self._failed.pop(name, None)
-        self._rolling.pop(name, None)
         for key in [k for k in self._admitted if k[1] == name]:
             del self._admitted[key]
         if good is not None:

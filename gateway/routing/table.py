@@ -24,6 +24,8 @@ class RouteTable(Generic[B]):
 
     candidates: Mapping[ModelKey, tuple[B, ...]] = field(default_factory=dict)
     latest_version: Mapping[str, str] = field(default_factory=dict)
+    name_version: Mapping[str, str] = field(default_factory=dict)
+    """Models whose unversioned requests must name the latest version (see ``build``)."""
 
     @classmethod
     def build(
@@ -44,10 +46,10 @@ class RouteTable(Generic[B]):
         repository manager pins the last completed rollout's newest version, so "latest"
         moves only when a rollout is through, even if a backend dies half-way.
 
-        The request goes to Triton unchanged, and Triton answers an unversioned request with
-        its own newest version: so the unversioned key never goes to a backend that has (or is
-        being given) a version newer than the fleet's latest, even one not routed yet —
-        ``present`` lists those (default: ``ready_versions``).
+        Triton answers an unversioned request with its own newest READY version: where a
+        backend of the unversioned route holds (or is being given, ``present``) a version newer
+        than the fleet's latest, ``name_version`` tells the edge to send the requests naming
+        the latest; otherwise they go as they came.
         """
         by_key: dict[ModelKey, list[B]] = {}
         holders: dict[str, int] = {}
@@ -68,17 +70,17 @@ class RouteTable(Generic[B]):
         }
         candidates = {key: tuple(backends) for key, backends in by_key.items()}
         physical = present if present is not None else ready_versions
+        named: dict[str, str] = {}
         for name, version in latest.items():
+            candidates[(name, "")] = candidates[(name, version)]
             newest = _version_order(version)
-            candidates[(name, "")] = tuple(
-                b
+            if any(
+                model == name and _version_order(held) > newest
                 for b in candidates[(name, version)]
-                if not any(
-                    model == name and _version_order(held) > newest
-                    for model, held in physical.get(b, frozenset())
-                )
-            )
-        return cls(candidates=candidates, latest_version=latest)
+                for model, held in physical.get(b, frozenset())
+            ):
+                named[name] = version
+        return cls(candidates=candidates, latest_version=latest, name_version=named)
 
     def lookup(self, name: str, version: str) -> tuple[B, ...]:
         """Backends able to serve the key; ModelNotFoundError (Triton's wording) if none."""

@@ -43,15 +43,16 @@ def test_latest_stays_on_the_old_version_while_a_new_one_is_on_some_backends_onl
         }
     )
     assert table.latest_version["classifier"] == "1"
-    # "a" would answer an unversioned request with its own newest version, 2.
-    assert table.lookup("classifier", "") == ("b",)
+    assert table.lookup("classifier", "") == ("a", "b")
+    # "a" would answer an unversioned request with its own newest version, 2: name 1.
+    assert table.name_version == {"classifier": "1"}
     assert table.lookup("classifier", "2") == ("a",)
 
 
 def test_without_a_version_on_every_holder_latest_is_the_most_held_then_the_older() -> None:
     table = _table()  # classifier 1 on a and b, 2 on a, 10 on c
     assert table.latest_version["classifier"] == "1"
-    assert table.lookup("classifier", "") == ("b",)
+    assert table.lookup("classifier", "") == ("a", "b")
     one_each = RouteTable.build(
         {"a": frozenset({("classifier", "2")}), "b": frozenset({("classifier", "1")})}
     )
@@ -84,16 +85,17 @@ def test_empty_table_knows_no_model() -> None:
         table.lookup("simple", "1")
 
 
-def test_latest_never_goes_where_triton_would_answer_with_a_newer_version() -> None:
-    # Triton answers an unversioned request with its own newest version: a backend holding
-    # (or being given) a version newer than the fleet's latest must not get those requests.
+def test_unversioned_requests_name_the_latest_where_triton_would_answer_a_newer_one() -> None:
+    # Triton answers an unversioned request with its own newest version: where a backend of
+    # the route holds (or is being given) a newer one, the requests name the latest.
     ready = {
         "a": frozenset({("classifier", "2"), ("classifier", "3")}),
         "b": frozenset({("classifier", "2")}),
     }
     pinned = RouteTable.build(ready, pinned_latest={"classifier": "2"})
     assert pinned.latest_version["classifier"] == "2"
-    assert pinned.lookup("classifier", "") == ("b",)
+    assert pinned.lookup("classifier", "") == ("a", "b")
+    assert pinned.name_version == {"classifier": "2"}
     assert pinned.lookup("classifier", "3") == ("a",)
     loading = RouteTable.build(
         {"a": frozenset({("classifier", "2")}), "b": frozenset({("classifier", "2")})},
@@ -102,4 +104,7 @@ def test_latest_never_goes_where_triton_would_answer_with_a_newer_version() -> N
             "b": frozenset({("classifier", "2")}),
         },
     )
-    assert loading.lookup("classifier", "") == ("b",)
+    assert loading.lookup("classifier", "") == ("a", "b")
+    assert loading.name_version == {"classifier": "2"}
+    settled = RouteTable.build({"a": frozenset({("classifier", "3")})})
+    assert settled.name_version == {}
