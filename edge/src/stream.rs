@@ -301,15 +301,18 @@ impl Session {
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);
         };
-        let route = self
+        let (unordered, named) = self
             .edge
             .fleet
             .plan()
-            .and_then(|plan| plan.route(model, &canonical).cloned());
-        let unordered = route.as_ref().is_some_and(|route| route.unordered);
+            .and_then(|plan| {
+                plan.route(model, &canonical)
+                    .map(|route| (route.unordered, route.name_version.clone()))
+            })
+            .unwrap_or((false, None));
         // Mid-rollout, an unversioned request names the fleet's latest (see `Route`).
-        let frame = match route.as_ref().and_then(|route| route.name_version.as_ref()) {
-            Some(named) if version.is_empty() => wire::naming_version(reading, named),
+        let frame = match named {
+            Some(named) if version.is_empty() => wire::naming_version(reading, &named),
             _ => frame,
         };
         let slot = (!unordered).then(|| self.order.reserve());

@@ -7,6 +7,7 @@ and unload models on them, which the session fleet's other tests must not see.
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import time
@@ -102,6 +103,21 @@ def classify(url: str, version: str = "") -> grpcclient.InferResult:
     return client.infer(
         "classifier", classifier_input(classifier_features(batch=2)), model_version=version
     )
+
+
+def streamed_version(url: str) -> str:
+    """The version that answers one unversioned classifier request on a ModelStreamInfer."""
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer("classifier", classifier_input(classifier_features(batch=2)))
+        result, error = answers.get(timeout=10)
+    finally:
+        client.stop_stream()
+    assert error is None, error
+    assert isinstance(result, grpcclient.InferResult)
+    return str(result.get_response().model_version)
 
 
 class SteadyLoad:
@@ -401,6 +417,9 @@ def test_a_backend_dying_during_a_rollout_stops_it_and_the_previous_version_keep
         assert wait_until(
             lambda: ready_on(canary.address, "classifier", new), timeout_s=ROLLOUT_WAIT_S
         )
+        # The canary would answer an unversioned request with the new version: on a stream
+        # too, the edge sends it naming the fleet's latest.
+        assert streamed_version(gateway.url) == current
         assert other.process is not None
         other.process.kill()
         assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
