@@ -89,6 +89,8 @@ class RepositoryManager:
         self._failed: dict[str, str] = {}
         """Model -> content digest whose rollout failed: not tried again until it changes."""
         self._accepted_at: dict[str, float] = {}
+        self._rolled_out: set[str] = set()
+        """Models whose rollout pushed to every stale backend and awaits its confirmation."""
         self._settling = False
         self._reconciling = False
         self._scan_lock = asyncio.Lock()
@@ -337,6 +339,7 @@ class RepositoryManager:
             backends=[b.name for b in targets],
             seconds=round(self._clock() - started, 3),
         )
+        self._rolled_out.add(name)
         self._wake.set()  # the next pass, at once, confirms every backend and finishes
         return True
 
@@ -489,9 +492,14 @@ class RepositoryManager:
         seconds = None if accepted is None else round(self._clock() - accepted, 3)
         if previous is not None and previous.digest != content.digest:
             self._forget_content_metrics(previous)
+        if content.name not in self._rolled_out:
+            # Every backend already served this content (a gateway restarted over its fleet).
+            log.info("model_found_served", model=content.name, sha256=content.digest)
+            return
+        self._rolled_out.discard(content.name)
         if seconds is not None:
             self._metrics.rollout_seconds.labels(model=content.name).set(seconds)
-            self._metrics.rollouts.labels(model=content.name, outcome="completed").inc()
+        self._metrics.rollouts.labels(model=content.name, outcome="completed").inc()
         log.info(
             "model_rollout_completed",
             model=content.name,

@@ -437,3 +437,32 @@ def test_a_backend_dying_during_a_rollout_stops_it_and_the_previous_version_keep
     wait_idle(gateway)
     assert load.failures == []
     assert set(load.versions) == {current}
+
+
+def test_a_gateway_restarted_over_a_fleet_serving_the_repository_pushes_nothing(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    wait_idle(gateway)
+    settings = load_settings(
+        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+        metrics={"host": "127.0.0.1", "port": 0},
+        backends=[{"name": s.name, "address": s.address} for s in empty_fleet.servers.values()],
+        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
+        repository={"path": str(repository), "push": True, "cpu_only_backends": True},
+    )
+    with BackgroundGateway(Gateway(settings), start_timeout_s=60) as second:
+        wait_idle(second)
+        samples = scrape(second.gateway.metrics_port)
+        # It read back what every backend serves (the digest in each pushed config) and
+        # found the repository there: no rollout, every backend proven and routed.
+        assert total(samples, "triton_gateway_model_rollouts_total") == 0
+        holders = {
+            dict(labels)["backend"]
+            for name, labels in samples
+            if name == "triton_gateway_model_content_info" and dict(labels)["model"] == "classifier"
+        }
+        assert holders == {"drop-a", "drop-b"}
+        assert (
+            classify(second.url).get_response().model_version
+            == classify(gateway.url).get_response().model_version
+        )
