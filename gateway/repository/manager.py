@@ -31,6 +31,7 @@ from gateway.repository.content import ModelContent
 from gateway.repository.metrics import RepositoryMetrics
 from gateway.repository.push import (
     PushError,
+    PushesRefusedError,
     PushSettings,
     load_request,
     prove,
@@ -90,6 +91,8 @@ class RepositoryManager:
         """Model -> content digest whose rollout failed: not tried again until it changes."""
         self._accepted_at: dict[str, float] = {}
         self._rolled_out: set[str] = set()
+        self._met: set[str] = set()
+        """Backends seen up at least once."""
         """Models whose rollout pushed to every stale backend and awaits its confirmation."""
         self._settling = False
         self._reconciling = False
@@ -144,9 +147,13 @@ class RepositoryManager:
         )
 
     def backend_restarted(self, backend: str) -> None:
-        """It lost whatever was pushed: nothing managed is routed to it until proven again."""
-        for model in self._managed:
-            self._admitted[(backend, model)] = frozenset()
+        """A backend came up. Met for the first time, its own READY versions stay routed until
+        the gateway pushes to it; back after being down, it lost whatever was pushed, so
+        nothing managed is routed to it until proven again."""
+        if backend in self._met:
+            for model in self._managed:
+                self._admitted[(backend, model)] = frozenset()
+        self._met.add(backend)
         self.wake()
 
     def wake(self) -> None:
@@ -401,6 +408,7 @@ class RepositoryManager:
         # serves them until the new ones are loaded), and unversioned requests name the latest:
         # once loaded, Triton would answer them with the new version, not proven here yet. The
         # edge confirms before the load starts. Backends not reached yet serve as they are.
+        before = self._admitted.get(key)
         self._admitted[key] = self._unchanged_versions(backend.name, content, previous)
         self._incoming[key] = frozenset(content.served_versions)
         self._pool.republish()
@@ -409,7 +417,18 @@ class RepositoryManager:
         try:
             request = await asyncio.to_thread(load_request, content, cpu_only=settings.cpu_only)
             pushed.append(backend)
-            await push(backend, request, settings.load_timeout_s)
+            try:
+                await push(backend, request, settings.load_timeout_s)
+            except PushesRefusedError:
+                # Nothing changed there: it keeps serving what it served, routed as before.
+                pushed.remove(backend)
+                if before is None:
+                    self._admitted.pop(key, None)
+                else:
+                    self._admitted[key] = before
+                self._incoming.pop(key, None)
+                self._pool.republish()
+                raise
             await self._pool.poll_now(backend)  # the versions it no longer has, at once
             await prove(backend, content, settings)
         except (PushError, OSError) as exc:

@@ -26,6 +26,15 @@ class PushError(Exception):
     """A push or check that failed on one backend, in one line."""
 
 
+class PushesRefusedError(PushError):
+    """The backend takes no model loads at all (Triton not in EXPLICIT model-control mode):
+    nothing on it changed."""
+
+
+NO_EXPLICIT_LOADS = "explicit model load / unload is not allowed"
+"""How Triton refuses RepositoryModelLoad outside --model-control-mode=explicit."""
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """What a backend serves of one model: the content digest it was pushed (None: not one
@@ -90,6 +99,11 @@ async def push(
             request, timeout=timeout_s, metadata=backend.control_metadata
         )
     except grpc.aio.AioRpcError as exc:
+        if NO_EXPLICIT_LOADS in (exc.details() or ""):
+            raise PushesRefusedError(
+                f"{backend.name} takes no model loads ({_one_line(exc)}): run it with "
+                "--model-control-mode=explicit, or set repository.push to false"
+            ) from exc
         raise PushError(f"{backend.name} refused the load: {_one_line(exc)}") from exc
 
 

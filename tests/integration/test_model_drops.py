@@ -466,3 +466,45 @@ def test_a_gateway_restarted_over_a_fleet_serving_the_repository_pushes_nothing(
             classify(second.url).get_response().model_version
             == classify(gateway.url).get_response().model_version
         )
+
+
+def test_a_backend_that_takes_no_loads_keeps_serving_its_own_models(
+    triton_installation: TritonInstallation, tmp_path: Path
+) -> None:
+    # Triton in POLL mode refuses every RepositoryModelLoad: the rollout stops, nothing is
+    # unloaded or withdrawn there, and its own `simple` keeps answering.
+    polling = LocalFleet(
+        triton_installation,
+        MODEL_REPOSITORY,
+        tmp_path / "polling-fleet",
+        [ServerSpec("polling", models=(), extra_args=("--model-control-mode=poll",))],
+    )
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    shutil.copytree(MODEL_REPOSITORY / "simple", repository / "simple")
+    with polling:
+        server = polling.servers["polling"]
+        assert ready_on(server.address, "simple", "1")
+        settings = load_settings(
+            server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+            metrics={"host": "127.0.0.1", "port": 0},
+            backends=[{"name": "polling", "address": server.address}],
+            health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
+            repository={"path": str(repository), "push": True, "cpu_only_backends": True},
+        )
+        with BackgroundGateway(Gateway(settings), start_timeout_s=60) as checking:
+
+            def rolled_back() -> bool:
+                samples = scrape(checking.gateway.metrics_port)
+                key = "triton_gateway_model_rollouts_total"
+                return total(samples, key, model="simple", outcome="rolled_back") >= 1
+
+            assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+            assert ready_on(server.address, "simple", "1")
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(checking.url))
+            request = service_pb2.ModelInferRequest(model_name="simple")
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+                request.raw_input_contents.append(np.arange(16, dtype=np.int32).tobytes())
+            _, call = stub.ModelInfer.with_call(request, timeout=10)
+            assert ("x-gateway-served-by", "fallback") not in tuple(call.trailing_metadata() or ())
