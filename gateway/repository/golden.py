@@ -59,10 +59,10 @@ def golden_case(content: ModelContent, version: str) -> GoldenCase | None:
     request.id = "tgw-golden"
     for spec in config.input:
         array = inputs[spec.name]
-        tensor = request.inputs.add(
+        # The tensor's contents travel in raw_input_contents, in input order.
+        request.inputs.add(
             name=spec.name, datatype=config_datatype(spec.data_type), shape=list(array.shape)
         )
-        del tensor  # filled by raw_input_contents below
         request.raw_input_contents.append(_raw(array))
     for spec in config.output:
         request.outputs.add(name=spec.name)
