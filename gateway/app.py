@@ -178,7 +178,7 @@ class Gateway:
         self._runtime_dir = runtime
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
-            await self.repository.start()
+            await self.repository.start(self.settings.health.startup_wait_s)
         # The gRPC server listens only on a Unix socket in a folder only this user can open:
         # no other local process can skip the edge's checks (or forge its hand-over header).
         socket = runtime / "gateway.sock"

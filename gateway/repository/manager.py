@@ -95,6 +95,8 @@ class RepositoryManager:
         """Backends seen up at least once."""
         """Models whose rollout pushed to every stale backend and awaits its confirmation."""
         self._settling = False
+        self._first_scan = asyncio.Event()
+        self._next_scan_s = settings.rescan_interval_s
         self._reconciling = False
         self._scan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -162,14 +164,20 @@ class RepositoryManager:
     def rescan(self) -> None:
         self._scan_due.set()
 
-    async def start(self) -> None:
-        """First scan (the fallback and the first snapshot know the repository), then follow
-        the repository: file-system events, and a full rescan every ``rescan_interval_s``."""
-        await self._scan()
+    async def start(self, first_scan_wait_s: float) -> None:
+        """Follow the repository: file-system events, and a full rescan every
+        ``rescan_interval_s``. Waits up to ``first_scan_wait_s`` for the first scan, so the
+        fallback and the first snapshot know the repository; a repository of large models
+        (every file is hashed and copied) finishes it in the background instead of holding
+        up the start."""
         self._tasks = [
             asyncio.create_task(self._scan_forever(), name="repository-scan"),
             asyncio.create_task(self._watch(), name="repository-watch"),
         ]
+        try:
+            await asyncio.wait_for(self._first_scan.wait(), first_scan_wait_s)
+        except TimeoutError:
+            log.warning("repository_first_scan_slow", waited_s=first_scan_wait_s)
 
     def start_reconciling(self) -> None:
         """Keep the fleet serving the repository (``repository.push``)."""
@@ -204,12 +212,14 @@ class RepositoryManager:
 
     async def _scan_forever(self) -> None:
         while True:
+            try:
+                await self._scan()
+            except Exception:  # a scan that failed (the store's disk, say) is tried again
+                log.exception("repository_scan_failed")
+            self._first_scan.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_due.wait(), self._next_scan_s)
             self._scan_due.clear()
-            await self._scan()
-
-    _next_scan_s = 1.0
 
     async def _scan(self) -> None:
         async with self._scan_lock:
