@@ -22,12 +22,36 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import load_settings
+from gateway.settings import GatewaySettings, load_settings
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import scrape, total, wait_until
 from tests.support.models import MODEL_REPOSITORY, classifier_features, classifier_input
 
 ROLLOUT_WAIT_S = 90.0
+
+
+def pushing_settings(
+    backends: dict[str, str], repository: Path, **repository_settings: object
+) -> GatewaySettings:
+    """A gateway on free loopback ports pushing ``repository`` to ``backends`` (name: address)."""
+    return load_settings(
+        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
+        metrics={"host": "127.0.0.1", "port": 0},
+        backends=[{"name": name, "address": address} for name, address in backends.items()],
+        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
+        repository={
+            "path": str(repository),
+            "push": True,
+            "cpu_only_backends": True,
+            **repository_settings,
+        },
+    )
+
+
+def rollbacks(gateway: BackgroundGateway, model: str) -> float:
+    """Rollouts of ``model`` this gateway rolled back so far."""
+    samples = scrape(gateway.gateway.metrics_port)
+    return total(samples, "triton_gateway_model_rollouts_total", model=model, outcome="rolled_back")
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +76,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(empty_fleet: LocalFleet, repository: Path) -> Iterator[BackgroundGateway]:
-    settings = load_settings(
-        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-        metrics={"host": "127.0.0.1", "port": 0},
-        backends=[{"name": s.name, "address": s.address} for s in empty_fleet.servers.values()],
-        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
-        repository={
-            "path": str(repository),
-            "push": True,
-            "cpu_only_backends": True,
-            "settle_s": 0.3,
-            "rescan_interval_s": 0.5,
-            "reconcile_interval_s": 0.5,
-            "drain_s": 0.3,
-        },
+    settings = pushing_settings(
+        {s.name: s.address for s in empty_fleet.servers.values()},
+        repository,
+        settle_s=0.3,
+        rescan_interval_s=0.5,
+        reconcile_interval_s=0.5,
+        drain_s=0.3,
     )
     with BackgroundGateway(Gateway(settings), start_timeout_s=60) as running:
         wait_idle(running)
@@ -264,19 +281,11 @@ def test_a_load_the_canary_refuses_is_rolled_back_and_the_old_content_keeps_serv
 ) -> None:
     config = repository / "simple" / "config.pbtxt"
     original = config.read_text()
-    before = scrape(gateway.gateway.metrics_port)
+    before = rollbacks(gateway, "simple")
     # A runtime no server has: Triton refuses the load (the config itself is valid).
     config.write_text(original.replace('platform: "onnxruntime_onnx"', 'backend: "no_such"'))
     try:
-
-        def rolled_back() -> bool:
-            samples = scrape(gateway.gateway.metrics_port)
-            key = "triton_gateway_model_rollouts_total"
-            return total(samples, key, model="simple", outcome="rolled_back") > total(
-                before, key, model="simple", outcome="rolled_back"
-            )
-
-        assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+        assert wait_until(lambda: rollbacks(gateway, "simple") > before, timeout_s=ROLLOUT_WAIT_S)
         client = grpcclient.InferenceServerClient(gateway.url)
         for server in empty_fleet.servers.values():
             assert ready_on(server.address, "simple", "1"), server.name
@@ -365,29 +374,13 @@ def test_a_backend_answering_unlike_the_local_session_is_rolled_back(
     shutil.copytree(MODEL_REPOSITORY / "simple", repository / "simple")
     healthy = empty_fleet.servers["drop-a"]
     with broken:
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-            metrics={"host": "127.0.0.1", "port": 0},
-            backends=[
-                {"name": "broken", "address": broken.servers["broken"].address},
-                {"name": "drop-a", "address": healthy.address},
-            ],
-            health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
-            repository={
-                "path": str(repository),
-                "push": True,
-                "cpu_only_backends": True,
-                "reconcile_interval_s": 0.5,
-            },
+        settings = pushing_settings(
+            {"broken": broken.servers["broken"].address, "drop-a": healthy.address},
+            repository,
+            reconcile_interval_s=0.5,
         )
         with BackgroundGateway(Gateway(settings), start_timeout_s=60) as checking:
-
-            def rolled_back() -> bool:
-                samples = scrape(checking.gateway.metrics_port)
-                key = "triton_gateway_model_rollouts_total"
-                return total(samples, key, model="simple", outcome="rolled_back") >= 1
-
-            assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+            assert wait_until(lambda: rollbacks(checking, "simple") >= 1, timeout_s=ROLLOUT_WAIT_S)
             assert not ready_on(broken.servers["broken"].address, "simple", "1")
             assert ready_on(healthy.address, "simple", "1")
             client = grpcclient.InferenceServerClient(checking.url)
@@ -401,14 +394,7 @@ def test_a_backend_dying_during_a_rollout_stops_it_and_the_previous_version_keep
     current = classify(gateway.url).get_response().model_version
     new = str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) + 1)
     canary, other = empty_fleet.servers["drop-a"], empty_fleet.servers["drop-b"]
-    key = "triton_gateway_model_rollouts_total"
-    before = total(
-        scrape(gateway.gateway.metrics_port), key, model="classifier", outcome="rolled_back"
-    )
-
-    def rolled_back() -> bool:
-        samples = scrape(gateway.gateway.metrics_port)
-        return total(samples, key, model="classifier", outcome="rolled_back") > before
+    before = rollbacks(gateway, "classifier")
 
     with SteadyLoad(gateway.url) as load:
         assert wait_until(lambda: load.sent > 20, timeout_s=30)
@@ -422,7 +408,9 @@ def test_a_backend_dying_during_a_rollout_stops_it_and_the_previous_version_keep
         assert streamed_version(gateway.url) == current
         assert other.process is not None
         other.process.kill()
-        assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+        assert wait_until(
+            lambda: rollbacks(gateway, "classifier") > before, timeout_s=ROLLOUT_WAIT_S
+        )
         assert wait_until(
             lambda: not ready_on(canary.address, "classifier", new), timeout_s=ROLLOUT_WAIT_S
         )
@@ -443,12 +431,8 @@ def test_a_gateway_restarted_over_a_fleet_serving_the_repository_pushes_nothing(
     gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
 ) -> None:
     wait_idle(gateway)
-    settings = load_settings(
-        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-        metrics={"host": "127.0.0.1", "port": 0},
-        backends=[{"name": s.name, "address": s.address} for s in empty_fleet.servers.values()],
-        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
-        repository={"path": str(repository), "push": True, "cpu_only_backends": True},
+    settings = pushing_settings(
+        {s.name: s.address for s in empty_fleet.servers.values()}, repository
     )
     with BackgroundGateway(Gateway(settings), start_timeout_s=60) as second:
         wait_idle(second)
@@ -485,21 +469,9 @@ def test_a_backend_that_takes_no_loads_keeps_serving_its_own_models(
     with polling:
         server = polling.servers["polling"]
         assert ready_on(server.address, "simple", "1")
-        settings = load_settings(
-            server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-            metrics={"host": "127.0.0.1", "port": 0},
-            backends=[{"name": "polling", "address": server.address}],
-            health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
-            repository={"path": str(repository), "push": True, "cpu_only_backends": True},
-        )
+        settings = pushing_settings({"polling": server.address}, repository)
         with BackgroundGateway(Gateway(settings), start_timeout_s=60) as checking:
-
-            def rolled_back() -> bool:
-                samples = scrape(checking.gateway.metrics_port)
-                key = "triton_gateway_model_rollouts_total"
-                return total(samples, key, model="simple", outcome="rolled_back") >= 1
-
-            assert wait_until(rolled_back, timeout_s=ROLLOUT_WAIT_S)
+            assert wait_until(lambda: rollbacks(checking, "simple") >= 1, timeout_s=ROLLOUT_WAIT_S)
             assert ready_on(server.address, "simple", "1")
             stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(checking.url))
             request = service_pb2.ModelInferRequest(model_name="simple")
