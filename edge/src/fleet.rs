@@ -12,6 +12,8 @@ use crate::policy::ejection::{ejection_cap, model_ejection_cap};
 use crate::policy::latency::LatencyDigest;
 use crate::policy::retry_budget::RetryBudget;
 use crate::snapshot::{Policy, Snapshot};
+use crate::stamp::Stamp;
+use crate::traffic::{TrafficRoute, Variant};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -58,6 +60,27 @@ pub struct Route {
     pub unordered: bool,
     /// An unversioned route's requests are sent naming this version (a rollout is half-way).
     pub name_version: Option<Arc<str>>,
+    /// What its answers are stamped with when no traffic route chose it.
+    pub stamp: Arc<Stamp>,
+}
+
+/// A traffic route with the stamp of each variant (in the route's order) and of its shadow.
+pub struct TrafficPlan {
+    pub route: Arc<TrafficRoute>,
+    pub stamps: Vec<Arc<Stamp>>,
+}
+
+impl TrafficPlan {
+    /// The stamp of the variant at `index` of the route.
+    pub fn stamp(&self, variant: &Variant) -> Arc<Stamp> {
+        let index = self
+            .route
+            .variants
+            .iter()
+            .position(|v| std::ptr::eq(v, variant))
+            .unwrap_or(0);
+        self.stamps[index].clone()
+    }
 }
 
 /// A chosen target with what its breakers admitted (None: let through by the ejection cap,
@@ -88,6 +111,8 @@ pub struct Plan {
     pub snapshot: Snapshot,
     /// model → version → route: looked up with borrowed strings, no allocation per call.
     routes: HashMap<String, HashMap<String, Arc<Route>>>,
+    /// Traffic routes by the model name clients send.
+    traffic: HashMap<String, TrafficPlan>,
 }
 
 impl Plan {
@@ -96,6 +121,10 @@ impl Plan {
             .get(model)
             .and_then(|versions| versions.get(version))
             .filter(|route| !route.targets.is_empty())
+    }
+
+    pub fn traffic(&self, model: &str) -> Option<&TrafficPlan> {
+        self.traffic.get(model)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -190,14 +219,40 @@ impl Fleet {
                 } else {
                     None
                 },
+                stamp: Arc::new(route_stamp(&snapshot, model, version, "", None)),
             };
             routes
                 .entry(model.clone())
                 .or_default()
                 .insert(version.clone(), Arc::new(route));
         }
-        *current = Some(Arc::new(Plan { snapshot, routes }));
+        let traffic = snapshot
+            .traffic
+            .iter()
+            .map(|(name, route)| {
+                let stamps = route
+                    .variants
+                    .iter()
+                    .map(|v| Arc::new(route_stamp(&snapshot, &v.model, &v.version, &v.name, Some(route.revision))))
+                    .collect();
+                let plan = TrafficPlan {
+                    route: route.clone(),
+                    stamps,
+                };
+                (name.clone(), plan)
+            })
+            .collect();
+        *current = Some(Arc::new(Plan {
+            snapshot,
+            routes,
+            traffic,
+        }));
         Ok(())
+    }
+
+    /// A draw for a request with nothing to choose by (a traffic route's unkeyed requests).
+    pub fn draw(&self) -> u64 {
+        self.draws.next()
     }
 
     fn update_sequence_idle(&self, idle: Duration) {
@@ -391,6 +446,18 @@ impl Fleet {
         self.backends.lock().expect("backends lock").values().cloned().collect()
     }
 
+    /// (backend, model, version, latency estimate) of every version a backend answered.
+    pub fn latencies(&self) -> Vec<(Arc<str>, String, String, Arc<Latency>)> {
+        self.latencies
+            .lock()
+            .expect("latency lock")
+            .iter()
+            .map(|((backend, model, version), latency)| {
+                (backend.clone(), model.clone(), version.clone(), latency.clone())
+            })
+            .collect()
+    }
+
     /// (backend, model, breaker) for every model breaker.
     pub fn model_breakers(&self) -> Vec<(Arc<str>, String, Arc<Breaker>)> {
         self.model_breakers
@@ -400,4 +467,17 @@ impl Fleet {
             .map(|((backend, model), breaker)| (backend.clone(), model.clone(), breaker.clone()))
             .collect()
     }
+}
+
+/// The stamp of answers from `model` `version` ("" = its latest: the version the control plane
+/// says that route serves).
+fn route_stamp(snapshot: &Snapshot, model: &str, version: &str, variant: &str, revision: Option<u64>) -> Stamp {
+    let key = (model.to_string(), version.to_string());
+    let served = snapshot.stamps.get(&key);
+    let version = match served {
+        Some(stamp) if !stamp.version.is_empty() => stamp.version.as_str(),
+        _ => version,
+    };
+    let sha256 = served.map_or("", |stamp| stamp.sha256.as_str());
+    Stamp::new(variant, version, sha256, revision)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 /// gRPC status codes the edge answers with.
 pub mod code {
+    pub const INVALID_ARGUMENT: u32 = 3;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub model_breaker_open: IntGaugeVec,
     pub snapshot_version: IntGauge,
     pub snapshots_refused: IntCounter,
+    /// Calls of traffic routes, per route and variant (`variant` "" for calls naming a version).
+    pub route_requests: IntCounterVec,
+    pub route_latency: HistogramVec,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -156,6 +159,29 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+            route_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "route_requests_total",
+                        "Calls of a traffic route, per variant that answered and outcome.",
+                    ),
+                    &["route", "variant", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            route_latency: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        format!("{PREFIX}_route_request_duration_seconds"),
+                        "Time from receiving a call of a traffic route to its last byte, per variant.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route", "variant"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         let build = IntGaugeVec::new(opts("edge_build_info", "tgw-edge's version; always 1."), &["version"])
@@ -196,15 +222,16 @@ impl Metrics {
 
     /// (name, help, type) of every labelled family.
     fn labelled_families(&self) -> Vec<(String, String, &'static str)> {
-        let counters: [&dyn Collector; 6] = [
+        let counters: [&dyn Collector; 7] = [
             &self.requests,
             &self.retries,
             &self.hedges,
             &self.breaker_transitions,
             &self.shed,
+            &self.route_requests,
             &self.backend_breaker_open,
         ];
-        let kinds = ["counter", "counter", "counter", "counter", "counter", "gauge"];
+        let kinds = ["counter", "counter", "counter", "counter", "counter", "counter", "gauge"];
         let mut families: Vec<(String, String, &'static str)> = counters
             .iter()
             .zip(kinds)
@@ -218,7 +245,7 @@ impl Metrics {
         for desc in self.model_breaker_open.desc() {
             families.push((desc.fq_name.clone(), desc.help.clone(), "gauge"));
         }
-        for desc in self.latency.desc() {
+        for desc in self.latency.desc().into_iter().chain(self.route_latency.desc()) {
             families.push((desc.fq_name.clone(), desc.help.clone(), "histogram"));
         }
         families

@@ -4,13 +4,17 @@
 
 use crate::attempt::Attempt;
 use crate::body::Upstream;
+use crate::metrics::Metrics;
 use crate::server::ActiveCall;
 use crate::shedding::Admitted;
+use crate::stamp::Stamp;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 
 const CODES: [&str; 17] = [
     "OK",
@@ -53,6 +57,8 @@ pub struct ObservedBody {
     attempt: Option<Attempt>,
     admission: Option<Admitted>,
     call: Option<ActiveCall>,
+    stamp: Option<Arc<Stamp>>,
+    route_call: Option<RouteCall>,
 }
 
 impl From<Upstream> for ObservedBody {
@@ -62,7 +68,31 @@ impl From<Upstream> for ObservedBody {
             attempt: None,
             admission: None,
             call: None,
+            stamp: None,
+            route_call: None,
         }
+    }
+}
+
+/// A call of a traffic route, counted per variant when its status is known.
+pub struct RouteCall {
+    pub metrics: Arc<Metrics>,
+    pub route: Arc<str>,
+    pub variant: Arc<str>,
+    pub started: Instant,
+}
+
+impl RouteCall {
+    pub fn finish(self, code: &str) {
+        let labels = [&*self.route, &*self.variant];
+        self.metrics
+            .route_requests
+            .with_label_values(&[labels[0], labels[1], code])
+            .inc();
+        self.metrics
+            .route_latency
+            .with_label_values(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -81,18 +111,26 @@ impl ObservedBody {
 
     /// Wrap a backend answer whose status is still to come (in its trailers).
     pub fn settling(inner: Upstream, attempt: Attempt) -> Self {
-        ObservedBody {
-            inner,
-            attempt: Some(attempt),
-            admission: None,
-            call: None,
-        }
+        let mut body = ObservedBody::from(inner);
+        body.attempt = Some(attempt);
+        body
+    }
+
+    /// Stamp the trailers with `stamp` and count the call of its traffic route, if any, when
+    /// the status goes by.
+    pub fn stamped(mut self, stamp: Arc<Stamp>, route_call: Option<RouteCall>) -> Self {
+        self.stamp = Some(stamp);
+        self.route_call = route_call;
+        self
     }
 
     fn done(&mut self, code: &'static str, message: &str) {
         self.admission = None;
         if let Some(attempt) = self.attempt.take() {
             attempt.finish(code, message);
+        }
+        if let Some(route_call) = self.route_call.take() {
+            route_call.finish(code);
         }
     }
 }
@@ -103,10 +141,13 @@ impl Body for ObservedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_mut() {
+                    if let Some(stamp) = &this.stamp {
+                        stamp.apply(trailers);
+                    }
                     let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
                     this.done(code, message_of(trailers));
                 }

@@ -10,10 +10,12 @@ use crate::body::{Outgoing, Upstream};
 use crate::control::{proto, Controlled};
 use crate::fleet::{Choice, Fleet, Plan, Route};
 use crate::grpc::{self, code, BadHeader, Framing, Refusal};
-use crate::observed::{code_name, message_of, ObservedBody};
+use crate::observed::{code_name, message_of, ObservedBody, RouteCall};
 use crate::server::ActiveCall;
 use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
+use crate::stamp::Stamp;
+use crate::traffic::{self, Selected};
 use crate::upstream::{BackendClient, GatewayClient};
 use crate::{compression, report, stream, version, wire};
 use bytes::Bytes;
@@ -60,6 +62,48 @@ struct RoutedCall<'a> {
     bytes: Bytes,
     deadline: Option<Instant>,
     sequence: Option<wire::Sequence>,
+}
+
+/// Where the edge sends one request (see `Edge::target`).
+pub(crate) struct Target<'p> {
+    pub model: &'p str,
+    /// Canonical ("" = the model's latest).
+    pub version: &'p str,
+    /// The model name the backend must read, when not the one the client sent.
+    rename: Option<&'p str>,
+    /// The version the backend must read, when the request named none.
+    name_version: Option<&'p str>,
+    spelled_empty: bool,
+    /// The chosen variant's stamp (None: the route's own).
+    stamp: Option<Arc<Stamp>>,
+    /// (traffic route, variant) for the route's metrics.
+    variant: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl Target<'_> {
+    /// The request as the backend must read it, when it differs from what the client sent:
+    /// renamed, and naming the variant's version (or, mid-rollout, the fleet's latest).
+    pub fn rewrite(&self, reading: &[u8], rollout_version: Option<&str>) -> Option<Bytes> {
+        let version = match self.name_version {
+            Some(version) => Some(version),
+            None if self.spelled_empty => rollout_version,
+            None => None,
+        };
+        if self.rename.is_none() && version.is_none() {
+            return None;
+        }
+        Some(wire::renaming(reading, self.rename, version))
+    }
+
+    fn route_call(&self, metrics: &Arc<crate::metrics::Metrics>, started: Instant) -> Option<RouteCall> {
+        let (route, variant) = self.variant.clone()?;
+        Some(RouteCall {
+            metrics: metrics.clone(),
+            route,
+            variant,
+            started,
+        })
+    }
 }
 
 /// How one try ended.
@@ -153,16 +197,24 @@ impl Edge {
         let Some(canonical) = version::canonical(spelled) else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
         };
-        let version: &str = &canonical;
+        let sequence = if method == "ModelInfer" {
+            wire::sequence(reading)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let target = match self.target(&plan, &parts, reading, model, spelled, &canonical, sequence.as_ref()) {
+            Ok(target) => target,
+            Err(refusal) => return refusal.response(),
+        };
+        let (model, version) = (target.model, target.version);
         let Some(route) = plan.route(model, version) else {
-            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
+            let bytes = target.rewrite(reading, None).unwrap_or(bytes);
+            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
         };
-        // Mid-rollout, an unversioned request names the fleet's latest: a backend would
-        // answer it with its own newer version.
-        let bytes = match &route.name_version {
-            Some(named) if spelled.is_empty() => wire::naming_version(reading, named),
-            _ => bytes,
-        };
+        let bytes = target.rewrite(reading, route.name_version.as_deref()).unwrap_or(bytes);
+        let stamp = target.stamp.clone().unwrap_or_else(|| route.stamp.clone());
+        let route_call = target.route_call(&self.shared.metrics, started);
         let policy = plan.policy();
         // Load shedding: refused at once, counted, never queued.
         let Some(admitted) = self
@@ -182,11 +234,6 @@ impl Edge {
             .get("grpc-timeout")
             .and_then(|value| grpc::parse_timeout(value.as_bytes()))
             .and_then(|timeout| now.checked_add(timeout));
-        let sequence = if method == "ModelInfer" {
-            wire::sequence(reading)
-        } else {
-            None
-        };
         let call = RoutedCall {
             plan: plan.clone(),
             route: route.clone(),
@@ -197,8 +244,75 @@ impl Edge {
             deadline,
             sequence,
         };
-        let (head, body) = self.run(&call, route).await.into_parts();
-        Response::from_parts(head, body.holding(admitted))
+        let (mut head, body) = self.run(&call, route).await.into_parts();
+        let body = body.holding(admitted);
+        if let Some(status) = head.headers.get("grpc-status") {
+            // Trailers-only: the status and the stamp go in the headers.
+            let code = code_name(Some(status.as_bytes()));
+            stamp.apply(&mut head.headers);
+            if let Some(route_call) = route_call {
+                route_call.finish(code);
+            }
+            return Response::from_parts(head, body);
+        }
+        Response::from_parts(head, body.stamped(stamp, route_call))
+    }
+
+    /// Where a request goes: its traffic route's variant when one covers its model name, else
+    /// the model and version it names. A forced variant the route lacks is INVALID_ARGUMENT.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn target<'p>(
+        &self,
+        plan: &'p Plan,
+        parts: &Parts,
+        reading: &[u8],
+        model: &'p str,
+        spelled: &str,
+        canonical: &'p str,
+        sequence: Option<&wire::Sequence>,
+    ) -> Result<Target<'p>, Refusal> {
+        let plain = Target {
+            model,
+            version: canonical,
+            rename: None,
+            name_version: None,
+            spelled_empty: spelled.is_empty(),
+            stamp: None,
+            variant: None,
+        };
+        let Some(traffic) = plan.traffic(model) else {
+            return Ok(plain);
+        };
+        let request = traffic::Request {
+            headers: &parts.headers,
+            frame: reading,
+            version: canonical,
+            sequence_id: sequence.map(|s| s.id.as_str()),
+        };
+        match traffic.route.select(&request, || self.fleet.draw()) {
+            Selected::UnknownVariant(name) => Err(Refusal::new(
+                code::INVALID_ARGUMENT,
+                format!(
+                    "route '{model}' has no variant '{name}' (variants: {})",
+                    traffic.route.variant_names()
+                ),
+            )),
+            Selected::Versioned { model: target } => Ok(Target {
+                model: target,
+                rename: (target != model).then_some(target),
+                variant: Some((traffic.route.name.clone(), Arc::from(""))),
+                ..plain
+            }),
+            Selected::Variant(variant) => Ok(Target {
+                model: &variant.model,
+                version: &variant.version,
+                rename: (*variant.model != *model).then_some(&*variant.model),
+                name_version: (!variant.version.is_empty()).then_some(&*variant.version),
+                spelled_empty: true,
+                stamp: Some(traffic.stamp(variant)),
+                variant: Some((traffic.route.name.clone(), variant.name.clone())),
+            }),
+        }
     }
 
     /// Tries the call on the route's backends: a retry on another backend after a backend

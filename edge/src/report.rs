@@ -70,6 +70,7 @@ pub fn build(fleet: &Fleet, outcomes: &Outcomes, in_flight: i64) -> proto::EdgeR
                 breaker: state(backend.breaker.state(now)) as i32,
                 model_breakers: Vec::new(),
                 in_flight: backend.in_flight() as u64,
+                latencies: Vec::new(),
             };
             (backend.name.clone(), view)
         })
@@ -83,6 +84,19 @@ pub fn build(fleet: &Fleet, outcomes: &Outcomes, in_flight: i64) -> proto::EdgeR
             view.model_breakers.push(proto::ModelBreaker {
                 model,
                 state: state(breaker_state) as i32,
+            });
+        }
+    }
+    if let Some(plan) = fleet.plan() {
+        let balancing = &plan.policy().balancing;
+        for (backend, model, version, latency) in fleet.latencies() {
+            let (Some(view), Some(seconds)) = (views.get_mut(&backend), latency.current(balancing, now)) else {
+                continue;
+            };
+            view.latencies.push(proto::VersionLatency {
+                model,
+                version,
+                latency: prost_types::Duration::try_from(std::time::Duration::from_secs_f64(seconds)).ok(),
             });
         }
     }

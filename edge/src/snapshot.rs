@@ -6,6 +6,7 @@ use crate::balancer::LoadPolicy;
 use crate::control::proto;
 use crate::policy::breaker::BreakerPolicy;
 use crate::policy::latency::{AdaptiveTimeout, HedgePolicy};
+use crate::traffic::TrafficRoute;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +59,19 @@ pub struct Snapshot {
     pub unordered: HashSet<(String, String)>,
     /// Unversioned routes whose requests are sent naming this version (see `Route`).
     pub named_versions: HashMap<String, Arc<str>>,
+    /// (model, version) → what its answers are stamped with.
+    pub stamps: HashMap<(String, String), RouteStamp>,
+    /// Traffic routes by the name clients send.
+    pub traffic: HashMap<String, Arc<TrafficRoute>>,
     pub fallback_models: HashSet<String>,
     pub policy: Policy,
+}
+
+/// The version a route's answers come from and the sha256 of its model file ("" unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteStamp {
+    pub version: String,
+    pub sha256: String,
 }
 
 impl Snapshot {
@@ -91,6 +103,7 @@ impl Snapshot {
         let mut routes = HashMap::with_capacity(snapshot.routes.len());
         let mut unordered = HashSet::new();
         let mut named_versions = HashMap::new();
+        let mut stamps = HashMap::new();
         for route in snapshot.routes {
             if !route.name_version.is_empty() {
                 let canonical = !route.name_version.starts_with('0')
@@ -124,7 +137,22 @@ impl Snapshot {
             if route.unordered {
                 unordered.insert(key.clone());
             }
+            if !route.serves_version.is_empty() || !route.model_sha256.is_empty() {
+                let stamp = RouteStamp {
+                    version: route.serves_version,
+                    sha256: route.model_sha256,
+                };
+                stamps.insert(key.clone(), stamp);
+            }
             routes.insert(key, holders);
+        }
+        let mut traffic = HashMap::with_capacity(snapshot.traffic_routes.len());
+        for route in snapshot.traffic_routes {
+            let route = TrafficRoute::from_proto(route)?;
+            if traffic.contains_key(&*route.name) {
+                return Err(format!("traffic route {} is listed twice", route.name));
+            }
+            traffic.insert(route.name.to_string(), Arc::new(route));
         }
         Ok(Snapshot {
             version: snapshot.version,
@@ -132,6 +160,8 @@ impl Snapshot {
             routes,
             unordered,
             named_versions,
+            stamps,
+            traffic,
             fallback_models: snapshot.fallback_models.into_iter().collect(),
             policy,
         })
@@ -341,6 +371,8 @@ pub mod tests {
             backends: backends.iter().map(|b| b.to_string()).collect(),
             unordered: false,
             name_version: String::new(),
+            serves_version: String::new(),
+            model_sha256: String::new(),
         };
         proto::Snapshot {
             version,
@@ -357,6 +389,7 @@ pub mod tests {
                 versions: vec!["1".into()],
             }],
             fallback_models: vec![],
+            traffic_routes: vec![],
         }
     }
 

@@ -301,27 +301,34 @@ impl Session {
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);
         };
-        let (unordered, named) = self
-            .edge
-            .fleet
-            .plan()
-            .and_then(|plan| {
-                plan.route(model, &canonical)
-                    .map(|route| (route.unordered, route.name_version.clone()))
-            })
-            .unwrap_or((false, None));
-        // Mid-rollout, an unversioned request names the fleet's latest (see `Route`).
-        let frame = match named {
-            Some(named) if version.is_empty() => wire::naming_version(reading, &named),
-            _ => frame,
+        let sequence = wire::sequence(reading);
+        let Some(plan) = self.edge.fleet.plan() else {
+            let slot = Some(self.order.reserve());
+            return self.hand_over(frame, &[], slot);
         };
+        let target = match self
+            .edge
+            .target(&plan, &self.parts, reading, model, version, &canonical, sequence.as_ref())
+        {
+            Ok(target) => target,
+            Err(refusal) => {
+                let slot = Some(self.order.reserve());
+                return self.answer_error(&refusal.message, wire::request_id(reading), slot);
+            }
+        };
+        let route = plan.route(target.model, target.version);
+        let unordered = route.is_some_and(|route| route.unordered);
+        // A traffic route's variant, or mid-rollout the fleet's latest (see `Route`).
+        let named = route.and_then(|route| route.name_version.as_deref());
+        let frame = target.rewrite(reading, named).unwrap_or(frame);
+        let (model, canonical) = (target.model.to_string(), target.version.to_string());
         let slot = (!unordered).then(|| self.order.reserve());
         let request = StreamRequest {
             slot,
-            model: model.to_string(),
-            version: canonical.into_owned(),
+            model,
+            version: canonical,
             id: wire::request_id(reading).to_string(),
-            sequence: wire::sequence(reading),
+            sequence,
             frame,
             tried: Vec::new(),
         };

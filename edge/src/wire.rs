@@ -149,20 +149,54 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-/// The request of `frame` (plain: read with `compression::readable`) naming `version`: the
-/// field is appended, and the last occurrence of a protobuf field is the one a parser keeps,
-/// so the rest of the message is copied unchanged. Every request the edge routes (ModelInfer,
-/// ModelReady, ModelMetadata, ModelConfig) keeps its version in field 2.
-pub fn naming_version(frame: &[u8], version: &str) -> Bytes {
+/// The request of `frame` (plain: read with `compression::readable`) naming model `name`
+/// (field 1) and `version` (field 2), where given: the fields are appended, and the last
+/// occurrence of a protobuf field is the one a parser keeps, so the rest of the message is
+/// copied unchanged. Every request the edge routes (ModelInfer, ModelReady, ModelMetadata,
+/// ModelConfig) keeps its name in field 1 and its version in field 2.
+pub fn renaming(frame: &[u8], name: Option<&str>, version: Option<&str>) -> Bytes {
     let message = frame.get(5..).unwrap_or_default();
-    let mut out = Vec::with_capacity(frame.len() + version.len() + 2);
+    let extra = name.map_or(0, |n| n.len() + 11) + version.map_or(0, |v| v.len() + 11);
+    let mut out = Vec::with_capacity(frame.len() + extra);
     out.push(0);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(message);
-    put_bytes(&mut out, 2, version.as_bytes());
+    if let Some(name) = name {
+        put_bytes(&mut out, 1, name.as_bytes());
+    }
+    if let Some(version) = version {
+        put_bytes(&mut out, 2, version.as_bytes());
+    }
     let length = (out.len() - 5) as u32;
     out[1..5].copy_from_slice(&length.to_be_bytes());
     Bytes::from(out)
+}
+
+/// The string value of request parameter `key` (ModelInferRequest.parameters, field 4), when
+/// the frame has it as a `string_param`.
+pub fn string_parameter<'a>(frame: &'a [u8], key: &str) -> Option<&'a str> {
+    let message = message_of(frame)?;
+    let mut found = None;
+    for (field, wire, from, to) in fields(message)? {
+        if field != 4 || wire != 2 {
+            continue;
+        }
+        let entry = &message[from..to];
+        let (mut entry_key, mut value) = (None, None);
+        for (entry_field, _, s, e) in fields(entry)? {
+            match entry_field {
+                1 => entry_key = Some(&entry[s..e]),
+                2 => value = Some(&entry[s..e]),
+                _ => {}
+            }
+        }
+        if entry_key != Some(key.as_bytes()) {
+            continue;
+        }
+        // A map's last entry for a key wins, as protobuf parsers read it.
+        found = value.and_then(|value| string_field(value, 3));
+    }
+    found
 }
 
 /// A message with its gRPC prefix (not compressed).
@@ -264,16 +298,18 @@ mod tests {
     #[test]
     fn naming_a_version_keeps_the_message_and_is_what_a_parser_reads() {
         let message = [b"\x0a\x06simple".as_slice(), b"\x1a\x02id"].concat();
-        let named = super::naming_version(&frame(&message), "12");
+        let named = super::renaming(&frame(&message), None, Some("12"));
         assert_eq!(model_key(&named), Some(("simple", "12")));
         assert_eq!(super::request_id(&named), "id");
         assert_eq!(&named[5..5 + message.len()], message.as_slice());
         // An empty version already present: the appended one is the last, so it counts.
         let spelled_empty = [b"\x0a\x01m\x12\x00".as_slice()].concat();
         assert_eq!(
-            model_key(&super::naming_version(&frame(&spelled_empty), "3")),
+            model_key(&super::renaming(&frame(&spelled_empty), None, Some("3"))),
             Some(("m", "3"))
         );
+        let aliased = super::renaming(&frame(&message), Some("real"), Some("2"));
+        assert_eq!(model_key(&aliased), Some(("real", "2")));
     }
 
     #[test]
