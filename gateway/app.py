@@ -25,7 +25,11 @@ from watchfiles import awatch
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+from gateway._protos.tgw.admin.v1 import admin_pb2_grpc
 from gateway._protos.tgw.control.v1 import control_pb2
+from gateway.admin.auth import TokenInterceptor, admin_token
+from gateway.admin.fleet import AdminFleet
+from gateway.admin.service import AdminMetrics, AdminServicer
 from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
@@ -52,6 +56,9 @@ from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings, load_settings
+from gateway.traffic.routes import edge_route
+from gateway.traffic.state import TrafficState
+from gateway.traffic.store import FileRouteStore
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +112,7 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         config_path: Path | None = None,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
@@ -159,6 +167,13 @@ class Gateway:
         self._runtime_dir: Path | None = None
         self._fresh_runtime = False
         self._edge_breakers: dict[str, control_pb2.BackendView] = {}
+        self._wall_clock = wall_clock
+        self.traffic: TrafficState | None = None
+        """Routes and drains set through the admin service (set at start)."""
+        self._admin_server: grpc.aio.Server | None = None
+        self.admin_port = 0
+        self._contents: dict[str, ModelContent] = {}
+        self._config_drained = frozenset(b.name for b in settings.backends if b.drained)
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
@@ -176,6 +191,14 @@ class Gateway:
         )
         runtime, self._fresh_runtime = prepare_runtime_dir(configured)
         self._runtime_dir = runtime
+        state_dir = self.settings.admin.state_dir or runtime
+        self.traffic = TrafficState(
+            FileRouteStore(state_dir / "traffic.json"),
+            self.settings.traffic,
+            self._servable,
+            self._traffic_changed,
+            clock=self._wall_clock,
+        )
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
             await self.repository.start(self.settings.health.startup_wait_s)
@@ -194,7 +217,7 @@ class Gateway:
             self._metrics_server = server
             self.metrics_port = server.server_port
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
-        self.pool.set_drained(frozenset(b.name for b in self.settings.backends if b.drained))
+        self._apply_drains()
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)
         if self._config_path is not None:
             self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
@@ -221,9 +244,12 @@ class Gateway:
         self.pool.on_change(lambda table: self.edge.publish() if self.edge else None)
         if self.repository is not None and self.settings.repository.push:
             self.repository.start_reconciling()
+        if self.settings.admin.enabled:
+            await self._start_admin(state_dir)
         log.info(
             "gateway_started",
             port=self.port,
+            admin_port=self.admin_port,
             edge_pid=self.edge.pid,
             backends=[b.name for b in self.pool.backends],
             ready=[b.name for b in self.pool.ready_backends],
@@ -237,6 +263,8 @@ class Gateway:
             self._config_watch.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._admin_server is not None:
+            await self._admin_server.stop(1.0)
         if self.edge is not None:
             await self.edge.stop(grace)
         log.info("draining_calls", in_flight=self._gate.in_flight, grace_s=grace)
@@ -303,7 +331,8 @@ class Gateway:
                 )
                 if self.edge is not None:
                     self.edge.publish()
-            self.pool.set_drained(frozenset(b.name for b in settings.backends if b.drained))
+            self._config_drained = frozenset(b.name for b in settings.backends if b.drained)
+            self._apply_drains()
             log.info("config_reloaded", path=str(path), policy_changed=changed)
 
     def _build_server(self) -> grpc.aio.Server:
@@ -330,6 +359,54 @@ class Gateway:
             server,
         )
         return server
+
+    async def _start_admin(self, state_dir: Path) -> None:
+        """The admin service on its own port (localhost by default), every call token-checked."""
+        admin = self.settings.admin
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(admin_token(admin, state_dir))],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        assert self.traffic is not None
+        fleet = AdminFleet(
+            self.pool,
+            self.dataplane,
+            lambda: self._edge_breakers,
+            self._is_managed,
+        )
+        servicer = AdminServicer(self.traffic, fleet, AdminMetrics(self.registry))
+        admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        address = f"{admin.host}:{admin.listen_port(self.settings.server.port)}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address} (admin service): is the port taken?")
+        await server.start()
+        self._admin_server = server
+        self.admin_port = port
+
+    def _is_managed(self, model: str) -> bool:
+        return self.settings.repository.push and model in self._contents
+
+    def _servable(self, model: str, version: str) -> bool:
+        if (model, version) in self.pool.table.candidates:
+            return True
+        if self.fallback is None or model not in self.fallback.models():
+            return False
+        content = self._contents.get(model)
+        return not version or (content is not None and version in content.served_versions)
+
+    def _apply_drains(self) -> None:
+        drained = self.traffic.drained() if self.traffic is not None else frozenset()
+        self.pool.set_drained(self._config_drained | drained)
+
+    def _traffic_changed(self) -> None:
+        self._apply_drains()
+        if self.edge is not None:
+            self.edge.publish()
+
+    def _model_sha256(self, model: str, version: str) -> str:
+        content = self._contents.get(model)
+        return content.model_file_sha256(version) if content is not None and version else ""
 
     def _repository_manager(self, store_dir: Path) -> RepositoryManager | None:
         config = self.settings.repository
@@ -381,6 +458,7 @@ class Gateway:
         return await self.edge.sync(timeout_s) if self.edge is not None else True
 
     def _repository_contents(self, contents: dict[str, ModelContent]) -> None:
+        self._contents = contents
         if self.fallback is not None:
             self.fallback.follow(contents)
             if self.settings.fallback.preload:
@@ -390,7 +468,14 @@ class Gateway:
 
     def _snapshot(self) -> control_pb2.Snapshot:
         served = self.fallback.models() if self.fallback is not None else ()
-        return snapshot.build(self.settings, self.pool, served)
+        routes = self.traffic.routes() if self.traffic is not None else []
+        return snapshot.build(
+            self.settings,
+            self.pool,
+            served,
+            [edge_route(route, self.settings.traffic) for route in routes],
+            self._model_sha256,
+        )
 
     def _edge_report(self, report: control_pb2.EdgeReport) -> None:
         """A backend whose faults grew since the last report is polled now: a dead server or

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.admin import ctl
+from gateway.admin.auth import AdminTokenError
 from gateway.app import Gateway
 from gateway.control.errors import ControlError
 from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
 from gateway.devfleet.fleet import stop_detached
 from gateway.observability.logging import configure_logging
 from gateway.settings import GatewaySettings, load_settings
+from gateway.traffic.store import RouteStoreError
 
 DEFAULT_TRITON_HOME = Path(os.environ.get("GATEWAY_TRITON_HOME", ".triton"))
 DEFAULT_FLEET_DIR = Path(".fleet")
@@ -25,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except (FleetError, ControlError) as exc:
+    except (FleetError, ControlError, ctl.CtlError, RouteStoreError, AdminTokenError) as exc:
         print(f"triton-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -64,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="gateway listen address")
     demo.add_argument("--port", type=int, default=8001, help="gateway gRPC port")
     demo.set_defaults(run=_demo)
+
+    ctl.add_parser(commands)
     return parser
 
 

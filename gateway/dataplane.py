@@ -221,38 +221,54 @@ class DataPlane:
         """Load on one backend, then on the others one by one; routes refreshed after."""
         name = request.model_name
         self._authorize("RepositoryModelLoad", name, context, parameters=sorted(request.parameters))
-
-        async def load(backend: TritonBackend) -> None:
-            await backend.stub.RepositoryModelLoad(
-                request, timeout=_deadline(context), metadata=backend.control_metadata
-            )
-
-        changed = await self._change_fleet("RepositoryModelLoad", name, load)
-        log.info("fleet_model_loaded", model=name, backends=changed)
+        await self.load_everywhere(request, _deadline(context))
         return service_pb2.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: service_pb2.RepositoryModelUnloadRequest, context: CallContext
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        """Unload on one backend, then on the others one by one, each time returning once the
-        backend no longer holds the model.
+        """Unload on one backend, then on the others one by one (see ``unload_everywhere``)."""
+        name = request.model_name
+        self._authorize("RepositoryModelUnload", name, context)
+        await self.unload_everywhere(request, _deadline(context))
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    async def load_everywhere(
+        self, request: service_pb2.RepositoryModelLoadRequest, timeout_s: float | None
+    ) -> list[str]:
+        """Load on one backend, then on the others one by one; routes refreshed after. The
+        backends changed; FleetChangeError at the first that fails (the rest untouched)."""
+        name = request.model_name
+
+        async def load(backend: TritonBackend) -> None:
+            await backend.stub.RepositoryModelLoad(
+                request, timeout=timeout_s, metadata=backend.control_metadata
+            )
+
+        changed = await self._change_fleet("RepositoryModelLoad", name, load)
+        log.info("fleet_model_loaded", model=name, backends=changed)
+        return changed
+
+    async def unload_everywhere(
+        self, request: service_pb2.RepositoryModelUnloadRequest, timeout_s: float | None
+    ) -> list[str]:
+        """Unload as ``load_everywhere`` loads, each time returning once the backend no longer
+        holds the model.
 
         Triton answers an unload before the model is gone; a load sent right after would race
         the unload and lose. Waiting here makes "unload, then load" through the gateway work.
         """
         name = request.model_name
-        self._authorize("RepositoryModelUnload", name, context)
 
         async def unload(backend: TritonBackend) -> None:
-            timeout = _deadline(context)
             await backend.stub.RepositoryModelUnload(
-                request, timeout=timeout, metadata=backend.control_metadata
+                request, timeout=timeout_s, metadata=backend.control_metadata
             )
-            await _wait_unloaded(backend, name, self._clock, timeout)
+            await _wait_unloaded(backend, name, self._clock, timeout_s)
 
         changed = await self._change_fleet("RepositoryModelUnload", name, unload)
         log.info("fleet_model_unloaded", model=name, backends=changed)
-        return service_pb2.RepositoryModelUnloadResponse()
+        return changed
 
     def _authorize(
         self, method: str, model: str, context: CallContext, parameters: Sequence[str] = ()
@@ -323,6 +339,7 @@ class DataPlane:
                     f"changed before it: {', '.join(changed) or 'none'}; left untouched: "
                     f"{', '.join(untouched) or 'none'}",
                     backend.name,
+                    tuple(changed),
                 )
         finally:
             # Even a partial change changed some backends: re-read them all now.

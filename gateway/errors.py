@@ -84,9 +84,13 @@ class FleetChangeError(GatewayError):
     """A fleet change failed on one backend and was not applied to the ones after it; the
     message names the backend, never the server's paths (the full detail is logged)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, backend: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, backend: str, changed: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message, code=code)
         self.backend = backend
+        self.changed = changed
+        """The backends changed before it failed."""
 
 
 class UnsupportedMethodError(GatewayError):

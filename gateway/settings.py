@@ -323,6 +323,45 @@ class SecuritySettings(_Frozen):
         return None if key is None else ProtocolKey.parse(key.get_secret_value()).metadata
 
 
+class AdminSettings(_Frozen):
+    """The admin service (routes, drains, fleet loads) and ``triton-gateway ctl``'s defaults."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Localhost by default: only this machine may change routes."""
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """None: the public port + 2 (8003 by default; a free port when the public one is 0)."""
+    token: SecretStr | None = None
+    """Bearer token every admin call must carry (env: GATEWAY_ADMIN__TOKEN)."""
+    token_file: Path | None = None
+    """A file holding the token (its first line), read at start. With neither set, the
+    gateway makes one at ``<state_dir>/admin.token`` (owner-only), kept across restarts."""
+    state_dir: Path | None = None
+    """Where routes and drains are kept across restarts (``traffic.json``). None: the runtime
+    folder (kept across restarts of the gateway for a fixed public port, a fresh temporary
+    one for port 0)."""
+
+    def listen_port(self, public_port: int) -> int:
+        if self.port is not None:
+            return self.port
+        return public_port + 2 if public_port else 0
+
+
+class TrafficSettings(_Frozen):
+    """Defaults of traffic routes (each route may set its own key and shadow tolerance)."""
+
+    key_header: str = Field(default="x-gateway-routing-key", pattern=r"^[a-z0-9_.-]+$")
+    """Request header holding a client's routing key (sticky variant)."""
+    key_parameter: str = Field(default="gateway_routing_key", min_length=1)
+    """String request parameter holding it, for clients that cannot set headers."""
+    shadow_max_in_flight: int = Field(default=64, ge=1)
+    """Shadow calls in flight at once on the edge; a copy past it is skipped and counted."""
+    shadow_max_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Request bytes of the shadow calls in flight; a copy past it is skipped and counted."""
+    shadow_atol: float = Field(default=1e-4, ge=0)
+    shadow_rtol: float = Field(default=1e-3, ge=0)
+
+
 class MetricsSettings(_Frozen):
     enabled: bool = True
     """Serve Prometheus metrics over HTTP at /metrics."""
@@ -369,6 +408,8 @@ class GatewaySettings(BaseSettings):
     repository: RepositorySettings = RepositorySettings()
     fallback: FallbackSettings = FallbackSettings()
     security: SecuritySettings = SecuritySettings()
+    admin: AdminSettings = AdminSettings()
+    traffic: TrafficSettings = TrafficSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -233,7 +233,15 @@ impl Fleet {
                 let stamps = route
                     .variants
                     .iter()
-                    .map(|v| Arc::new(route_stamp(&snapshot, &v.model, &v.version, &v.name, Some(route.revision))))
+                    .map(|v| {
+                        Arc::new(route_stamp(
+                            &snapshot,
+                            &v.model,
+                            &v.version,
+                            &v.name,
+                            Some(route.revision),
+                        ))
+                    })
                     .collect();
                 let plan = TrafficPlan {
                     route: route.clone(),

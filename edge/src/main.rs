@@ -14,6 +14,7 @@
 mod attempt;
 mod balancer;
 mod body;
+mod compare;
 mod compression;
 mod control;
 mod faults;

@@ -231,7 +231,9 @@ impl Metrics {
             &self.route_requests,
             &self.backend_breaker_open,
         ];
-        let kinds = ["counter", "counter", "counter", "counter", "counter", "counter", "gauge"];
+        let kinds = [
+            "counter", "counter", "counter", "counter", "counter", "counter", "gauge",
+        ];
         let mut families: Vec<(String, String, &'static str)> = counters
             .iter()
             .zip(kinds)

@@ -306,10 +306,15 @@ impl Session {
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);
         };
-        let target = match self
-            .edge
-            .target(&plan, &self.parts, reading, model, version, &canonical, sequence.as_ref())
-        {
+        let target = match self.edge.target(
+            &plan,
+            &self.parts,
+            reading,
+            model,
+            version,
+            &canonical,
+            sequence.as_ref(),
+        ) {
             Ok(target) => target,
             Err(refusal) => {
                 let slot = Some(self.order.reserve());

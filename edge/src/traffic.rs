@@ -112,7 +112,7 @@ impl TrafficRoute {
         };
         let shadow = match route.shadow {
             Some(shadow) if shadow.fraction > 0.0 => {
-                if !(shadow.fraction <= 1.0) {
+                if shadow.fraction > 1.0 {
                     return Err(at("shadow.fraction must be in [0, 1]".into()));
                 }
                 let check = |value: f64, field: &str| {
@@ -122,8 +122,8 @@ impl TrafficRoute {
                         Err(at(format!("shadow.{field} must be a non-negative number")))
                     }
                 };
-                let target = self::variant(shadow.target.ok_or_else(|| at("shadow has no target".into()))?, 0)
-                    .map_err(at)?;
+                let target =
+                    self::variant(shadow.target.ok_or_else(|| at("shadow has no target".into()))?, 0).map_err(at)?;
                 Some(Shadow {
                     target,
                     fraction: shadow.fraction,
@@ -295,7 +295,10 @@ mod tests {
         let headers = HeaderMap::new();
         for key in 0..5_000 {
             let mut keyed = headers.clone();
-            keyed.insert("x-gateway-routing-key", HeaderValue::from_str(&key.to_string()).unwrap());
+            keyed.insert(
+                "x-gateway-routing-key",
+                HeaderValue::from_str(&key.to_string()).unwrap(),
+            );
             let (Selected::Variant(was), Selected::Variant(now)) =
                 (select(&before, &keyed, &[], 0), select(&after, &keyed, &[], 0))
             else {
@@ -345,7 +348,10 @@ mod tests {
             version: "2",
             sequence_id: None,
         };
-        assert_eq!(alias.select(&request, || 0), Selected::Versioned { model: "classifier" });
+        assert_eq!(
+            alias.select(&request, || 0),
+            Selected::Versioned { model: "classifier" }
+        );
         alias.versioned_model = Some(Arc::from("real"));
         assert_eq!(alias.select(&request, || 0), Selected::Versioned { model: "real" });
     }

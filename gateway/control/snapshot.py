@@ -7,7 +7,7 @@ restarts needs nothing but the latest.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.backends.pool import BackendPool
@@ -95,9 +95,14 @@ def server_identity(pool: BackendPool) -> control_pb2.ServerIdentity:
 
 
 def build(
-    settings: GatewaySettings, pool: BackendPool, fallback_models: Iterable[str]
+    settings: GatewaySettings,
+    pool: BackendPool,
+    fallback_models: Iterable[str],
+    traffic_routes: Iterable[control_pb2.TrafficRoute] = (),
+    model_sha256: Callable[[str, str], str] = lambda model, version: "",
 ) -> control_pb2.Snapshot:
-    """The current snapshot (version 0: the supervisor numbers it)."""
+    """The current snapshot (version 0: the supervisor numbers it). ``model_sha256``: the
+    sha256 of a model version's file, stamped on its answers ("" when unknown)."""
     backends = [
         control_pb2.Backend(
             name=b.name,
@@ -114,6 +119,8 @@ def build(
             backends=[b.name for b in holders],
             unordered=any(_unordered(b, model, version, pool) for b in holders),
             name_version="" if version else pool.table.name_version.get(model, ""),
+            serves_version=_served(model, version, pool),
+            model_sha256=model_sha256(model, _served(model, version, pool)),
         )
         for (model, version), holders in sorted(pool.table.candidates.items())
     ]
@@ -131,7 +138,13 @@ def build(
             for name, versions in sorted(known.items())
         ],
         fallback_models=sorted(fallback_models),
+        traffic_routes=traffic_routes,
     )
+
+
+def _served(model: str, version: str, pool: BackendPool) -> str:
+    # An unversioned request is answered by the fleet's latest version.
+    return version or pool.table.latest_version.get(model, "")
 
 
 def _unordered(backend: TritonBackend, model: str, version: str, pool: BackendPool) -> bool:

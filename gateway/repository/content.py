@@ -63,6 +63,13 @@ class ModelContent:
                 hasher.update(f"{item.path}\0{item.sha256}\n".encode())
         return hasher.hexdigest()
 
+    def model_file_sha256(self, version: str) -> str:
+        """The sha256 of the version's model file (``default_model_filename``, else
+        ``model.onnx``); "" when the version has no such file."""
+        filename = self.config.default_model_filename or "model.onnx"
+        wanted = f"{version}/{filename}"
+        return next((item.sha256 for item in self.files if item.path == wanted), "")
+
     def file_digests(self) -> Mapping[str, str]:
         return {item.path: item.sha256 for item in self.files}
 

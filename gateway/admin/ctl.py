@@ -1,0 +1,381 @@
+"""``triton-gateway ctl``: every admin call from the command line.
+
+Readable tables by default, ``--json`` for scripts. The admin address and token come from
+flags, else the environment (GATEWAY_ADMIN_ADDRESS, GATEWAY_ADMIN__TOKEN,
+GATEWAY_ADMIN__TOKEN_FILE), else the gateway's settings (``--config``) and the token file the
+gateway keeps in its state folder. Changes are read-modify-write against the revision read:
+when someone else changed the route in between, the call is refused (ABORTED) rather than
+overwriting their change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
+from gateway.admin.auth import TOKEN_FILE, read_token
+from gateway.control.runtime import default_runtime_dir
+from gateway.settings import load_settings
+from gateway.traffic.routes import variant_name
+
+Printer = Callable[[str], None]
+
+
+class CtlError(Exception):
+    """What the operator is told, in one line."""
+
+
+def add_parser(commands: Any) -> None:
+    ctl = commands.add_parser("ctl", help="change routes, drains and models of a running gateway")
+    ctl.add_argument("--address", help="admin address host:port (default: from the settings)")
+    ctl.add_argument(
+        "--token", help="admin token (default: GATEWAY_ADMIN__TOKEN or the token file)"
+    )
+    ctl.add_argument("--token-file", type=Path, help="file holding the admin token")
+    ctl.add_argument("--config", type=Path, help="the gateway's settings file")
+    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ctl.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    actions = ctl.add_subparsers(required=True, metavar="ACTION")
+
+    def action(
+        name: str, help_text: str, run: Callable[[Admin, argparse.Namespace], Any]
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser.set_defaults(run=lambda args: _run(args, run))
+        return parser
+
+    action("routes", "list the routes with their revisions", lambda a, _: a.list_routes())
+    action("route", "show one route", lambda a, args: a.route(args.model)).add_argument("model")
+    split = action("split", "set a route's weights: ctl split classifier 1=90 2=10", _split)
+    split.add_argument("model")
+    split.add_argument(
+        "weights",
+        nargs="+",
+        metavar="[MODEL:]VERSION=WEIGHT",
+        help="VERSION 'latest' for the latest",
+    )
+    key = action("key", "set where a route reads its sticky routing key", _key)
+    key.add_argument("model")
+    key.add_argument("--header", help="request header holding the key")
+    key.add_argument("--parameter", help="string request parameter holding it")
+    key.add_argument("--salt", help="hash salt (changing it reshuffles every key)")
+    shadow = action("shadow", "mirror a share of a route's requests to a variant", _shadow)
+    shadow.add_argument("model")
+    shadow.add_argument("--to", metavar="[MODEL:]VERSION", help="the variant mirrored to")
+    shadow.add_argument("--percent", type=float, help="share of requests mirrored, 0-100")
+    shadow.add_argument("--atol", type=float, default=0.0)
+    shadow.add_argument("--rtol", type=float, default=0.0)
+    shadow.add_argument("--off", action="store_true", help="stop mirroring")
+    action("unroute", "remove a route (Triton's latest again)", _unroute).add_argument("model")
+    action("backends", "list the backends", lambda a, _: a.backends())
+    drain = action(
+        "drain", "stop sending new calls to a backend", lambda a, args: a.drain(args.name, True)
+    )
+    drain.add_argument("name")
+    undrain = action(
+        "undrain", "send calls to a backend again", lambda a, args: a.drain(args.name, False)
+    )
+    undrain.add_argument("name")
+    load = action(
+        "load",
+        "load a model on every backend, one first",
+        lambda a, args: a.fleet(args.model, True),
+    )
+    load.add_argument("model")
+    unload = action(
+        "unload",
+        "unload a model from every backend, one first",
+        lambda a, args: a.fleet(args.model, False),
+    )
+    unload.add_argument("model")
+
+
+class Admin:
+    """One connection to the admin service."""
+
+    def __init__(
+        self, address: str, token: str, timeout_s: float, as_json: bool, out: Printer
+    ) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.GatewayAdminStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout_s
+        self._json = as_json
+        self._out = out
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def call(self, method: str, request: Message) -> Any:
+        return getattr(self._stub, method)(request, timeout=self._timeout, metadata=self._metadata)
+
+    def get_route(self, name: str) -> admin_pb2.Route | None:
+        try:
+            route: admin_pb2.Route = self.call("GetRoute", admin_pb2.GetRouteRequest(name=name))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return route
+
+    def set_route(self, route: admin_pb2.Route, revision: int) -> None:
+        request = admin_pb2.SetRouteRequest(route=route, expected_revision=revision)
+        self._show_route(self.call("SetRoute", request))
+
+    def list_routes(self) -> None:
+        routes = self.call("ListRoutes", admin_pb2.ListRoutesRequest()).routes
+        if self._json:
+            self._print_json([_as_dict(r) for r in routes])
+            return
+        rows = [["ROUTE", "REVISION", "VARIANTS", "KEY", "SHADOW"]]
+        rows += [
+            [r.name, str(r.revision), _variants(r), _key_text(r), _shadow_text(r)] for r in routes
+        ]
+        self._table(rows)
+
+    def route(self, name: str) -> None:
+        route = self.get_route(name)
+        if route is None:
+            raise CtlError(f"model '{name}' has no route")
+        self._show_route(route)
+
+    def backends(self) -> None:
+        backends = self.call("ListBackends", admin_pb2.ListBackendsRequest()).backends
+        if self._json:
+            self._print_json([_as_dict(b) for b in backends])
+            return
+        rows = [
+            ["BACKEND", "ADDRESS", "READY", "DRAINED", "BREAKER", "IN FLIGHT", "LATENCY", "MODELS"]
+        ]
+        for b in backends:
+            latency_ms = b.latency.ToNanoseconds() / 1e6
+            rows.append(
+                [
+                    b.name,
+                    b.address,
+                    "yes" if b.ready else "no",
+                    "yes" if b.drained else "no",
+                    _breaker(b),
+                    str(b.in_flight),
+                    f"{latency_ms:.2f} ms" if latency_ms else "-",
+                    str(len(b.ready_models)),
+                ]
+            )
+        self._table(rows)
+
+    def drain(self, name: str, drained: bool) -> None:
+        method = "DrainBackend" if drained else "UndrainBackend"
+        backend = self.call(method, admin_pb2.BackendRequest(name=name))
+        if self._json:
+            self._print_json(_as_dict(backend))
+        else:
+            self._out(f"{backend.name}: {'drained' if backend.drained else 'taking calls'}")
+
+    def fleet(self, model: str, load: bool) -> int:
+        method = "LoadModel" if load else "UnloadModel"
+        result = self.call(method, admin_pb2.FleetModelRequest(name=model))
+        if self._json:
+            self._print_json(_as_dict(result))
+        else:
+            for item in result.results:
+                self._out(f"{item.backend}: {'ok' if item.ok else 'FAILED: ' + item.message}")
+            verb = "loaded" if load else "unloaded"
+            self._out(
+                f"{model}: {verb} everywhere"
+                if result.completed
+                else f"{model}: stopped at the first failure"
+            )
+        return 0 if result.completed else 1
+
+    def _show_route(self, route: admin_pb2.Route) -> None:
+        if self._json:
+            self._print_json(_as_dict(route))
+            return
+        self._out(f"route {route.name}  revision {route.revision}")
+        total = sum(v.weight for v in route.variants) or 1
+        rows = [["VARIANT", "MODEL", "VERSION", "WEIGHT", "SHARE"]]
+        rows += [
+            [
+                v.name,
+                v.model,
+                v.version or "latest",
+                str(v.weight),
+                f"{100 * v.weight / total:.1f}%",
+            ]
+            for v in route.variants
+        ]
+        self._table(rows)
+        self._out(f"key: {_key_text(route)}")
+        self._out(f"shadow: {_shadow_text(route)}")
+
+    def _table(self, rows: list[list[str]]) -> None:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self._out(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+
+    def _print_json(self, value: Any) -> None:
+        self._out(json.dumps(value, indent=2))
+
+
+def parse_variant(route: str, text: str) -> admin_pb2.Variant:
+    """``[MODEL:]VERSION`` ('latest' or '' for the latest version)."""
+    model, _, version = text.rpartition(":")
+    model = model or route
+    version = "" if version in ("", "latest") else version
+    return admin_pb2.Variant(name=variant_name(route, model, version), model=model, version=version)
+
+
+def parse_weight(route: str, text: str) -> admin_pb2.Variant:
+    target, sep, weight = text.rpartition("=")
+    if not sep or not target:
+        raise CtlError(f"'{text}' is not [MODEL:]VERSION=WEIGHT (for example 2=10)")
+    try:
+        value = int(weight)
+    except ValueError:
+        raise CtlError(f"weight '{weight}' of '{text}' is not a whole number") from None
+    if value < 0:
+        raise CtlError(f"weight {value} of '{text}' is negative: weights are 0 or more")
+    variant = parse_variant(route, target)
+    variant.weight = value
+    return variant
+
+
+def _split(admin: Admin, args: argparse.Namespace) -> None:
+    current = admin.get_route(args.model)
+    route = admin_pb2.Route()
+    if current is not None:
+        route.CopyFrom(current)
+    del route.variants[:]
+    route.name = args.model
+    route.variants.extend(parse_weight(args.model, text) for text in args.weights)
+    admin.set_route(route, current.revision if current is not None else 0)
+
+
+def _key(admin: Admin, args: argparse.Namespace) -> None:
+    current = _existing(admin, args.model)
+    if args.header is not None:
+        current.key.header = args.header
+    if args.parameter is not None:
+        current.key.parameter = args.parameter
+    if args.salt is not None:
+        current.key.salt = args.salt
+    admin.set_route(current, current.revision)
+
+
+def _shadow(admin: Admin, args: argparse.Namespace) -> None:
+    current = _existing(admin, args.model)
+    if args.off:
+        current.ClearField("shadow")
+    else:
+        if args.to is None or args.percent is None:
+            raise CtlError("say where to mirror and how much: --to VERSION --percent P (or --off)")
+        current.shadow.CopyFrom(
+            admin_pb2.Shadow(
+                target=parse_variant(args.model, args.to),
+                percent=args.percent,
+                atol=args.atol,
+                rtol=args.rtol,
+            )
+        )
+    admin.set_route(current, current.revision)
+
+
+def _unroute(admin: Admin, args: argparse.Namespace) -> None:
+    current = _existing(admin, args.model)
+    admin.call(
+        "DeleteRoute",
+        admin_pb2.DeleteRouteRequest(name=args.model, expected_revision=current.revision),
+    )
+    if not admin._json:
+        admin._out(f"route {args.model} removed")
+
+
+def _existing(admin: Admin, name: str) -> admin_pb2.Route:
+    route = admin.get_route(name)
+    if route is None:
+        raise CtlError(
+            f"model '{name}' has no route: create one with 'ctl split {name} VERSION=WEIGHT ...'"
+        )
+    return route
+
+
+def _run(args: argparse.Namespace, run: Callable[[Admin, argparse.Namespace], Any]) -> int:
+    address, token = _connection(args)
+    admin = Admin(address, token, args.timeout, args.json, print)
+    try:
+        result = run(admin, args)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CtlError(
+                f"cannot reach the admin service at {address}: {exc.details()}"
+            ) from None
+        raise CtlError(f"{code.name}: {exc.details()}") from None
+    finally:
+        admin.close()
+    return result if isinstance(result, int) else 0
+
+
+def _connection(args: argparse.Namespace) -> tuple[str, str]:
+    try:
+        settings = load_settings(args.config)
+    except (OSError, ValueError) as exc:
+        raise CtlError(f"cannot read the settings: {exc}".splitlines()[0]) from None
+    admin = settings.admin
+    port = admin.listen_port(settings.server.port)
+    address = args.address or os.environ.get("GATEWAY_ADMIN_ADDRESS") or f"{admin.host}:{port}"
+    if args.token:
+        return address, args.token
+    token_file = args.token_file or admin.token_file
+    if admin.token is not None and args.token_file is None:
+        return address, admin.token.get_secret_value()
+    if token_file is None:
+        state_dir = admin.state_dir or default_runtime_dir(settings.server.port)
+        if state_dir is None:
+            raise CtlError("no admin token: pass --token or --token-file")
+        token_file = state_dir / TOKEN_FILE
+    try:
+        return address, read_token(token_file)
+    except Exception as exc:
+        raise CtlError(f"{exc}: pass --token or --token-file") from None
+
+
+def _as_dict(message: Message) -> Any:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _variants(route: admin_pb2.Route) -> str:
+    return " ".join(f"{v.name}={v.weight}" for v in route.variants)
+
+
+def _key_text(route: admin_pb2.Route) -> str:
+    return f"header {route.key.header}, parameter {route.key.parameter}, salt {route.key.salt!r}"
+
+
+def _shadow_text(route: admin_pb2.Route) -> str:
+    if not route.HasField("shadow"):
+        return "off"
+    shadow = route.shadow
+    return (
+        f"{shadow.percent:g}% to {shadow.target.name} (atol {shadow.atol:g}, rtol {shadow.rtol:g})"
+    )
+
+
+def _breaker(backend: admin_pb2.Backend) -> str:
+    state = admin_pb2.BreakerState.Name(backend.breaker).removeprefix("BREAKER_STATE_").lower()
+    open_models = [b.model for b in backend.model_breakers]
+    return state + (f" ({', '.join(open_models)} open)" if open_models else "")

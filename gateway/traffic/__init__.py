@@ -1,0 +1,1 @@
+"""Traffic routes: the admin state (splits, sticky keys, shadow), its store, and its edge form."""

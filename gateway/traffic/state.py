@@ -1,0 +1,142 @@
+"""The admin state: traffic routes and drains, changed atomically, checked against the
+revision the caller read, saved before anyone sees it, and announced to the edge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import structlog
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.settings import TrafficSettings
+from gateway.traffic.routes import AdminError, normalized, targets
+from gateway.traffic.store import RouteStore, RouteStoreError
+
+log = structlog.get_logger(__name__)
+
+Servable = Callable[[str, str], bool]
+"""(model, version "" for its latest) -> whether a backend holds it READY or the fallback
+serves it."""
+
+
+class TrafficState:
+    def __init__(
+        self,
+        store: RouteStore,
+        defaults: TrafficSettings,
+        servable: Servable,
+        on_change: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._defaults = defaults
+        self._servable = servable
+        self._on_change = on_change
+        self._clock = clock
+        self._state = store.load()
+        self._lock = asyncio.Lock()
+
+    @property
+    def revision(self) -> int:
+        return int(self._state.revision)
+
+    def routes(self) -> list[admin_pb2.Route]:
+        return sorted(self._state.routes, key=lambda r: r.name)
+
+    def route(self, name: str) -> admin_pb2.Route | None:
+        return next((r for r in self._state.routes if r.name == name), None)
+
+    def drained(self) -> frozenset[str]:
+        return frozenset(self._state.drained_backends)
+
+    async def set_route(self, route: admin_pb2.Route, expected_revision: int) -> admin_pb2.Route:
+        """Create or replace a route whole; its new revision is the state's next one."""
+        filled = normalized(route, self._defaults)
+        async with self._lock:
+            current = self.route(filled.name)
+            self._check_revision(filled.name, current, expected_revision)
+            missing = [
+                f"{model} version {version}" if version else f"{model} (latest)"
+                for model, version in targets(filled)
+                if not self._servable(model, version)
+            ]
+            if missing:
+                raise AdminError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"route '{filled.name}' names what no backend holds READY and the fallback "
+                    f"does not serve: {', '.join(missing)}",
+                )
+            state = self._next()
+            filled.revision = state.revision
+            filled.updated.FromNanoseconds(int(self._clock() * 1e9))
+            kept = [r for r in state.routes if r.name != filled.name]
+            del state.routes[:]
+            state.routes.extend([*kept, filled])
+            await self._commit(state)
+        log.info(
+            "route_set",
+            route=filled.name,
+            revision=filled.revision,
+            variants={v.name: v.weight for v in filled.variants},
+            shadow=filled.shadow.target.name if filled.HasField("shadow") else None,
+        )
+        return filled
+
+    async def delete_route(self, name: str, expected_revision: int) -> None:
+        async with self._lock:
+            current = self.route(name)
+            if current is None:
+                raise AdminError(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no route")
+            self._check_revision(name, current, expected_revision)
+            state = self._next()
+            kept = [r for r in state.routes if r.name != name]
+            del state.routes[:]
+            state.routes.extend(kept)
+            await self._commit(state)
+        log.info("route_deleted", route=name, revision=self.revision)
+
+    async def set_drained(self, backend: str, drained: bool) -> None:
+        async with self._lock:
+            if (backend in self.drained()) == drained:
+                return
+            state = self._next()
+            names = set(state.drained_backends)
+            if drained:
+                names.add(backend)
+            else:
+                names.discard(backend)
+            del state.drained_backends[:]
+            state.drained_backends.extend(sorted(names))
+            await self._commit(state)
+        log.info("backend_drain_set", backend=backend, drained=drained, revision=self.revision)
+
+    def _check_revision(
+        self, name: str, current: admin_pb2.Route | None, expected_revision: int
+    ) -> None:
+        now = 0 if current is None else current.revision
+        if expected_revision != now:
+            raise AdminError(
+                grpc.StatusCode.ABORTED,
+                f"route '{name}' is at revision {now}, not {expected_revision}: someone changed "
+                "it since you read it; read it again and retry"
+                if now
+                else f"route '{name}' does not exist (expected revision {expected_revision}): "
+                "create it with revision 0",
+            )
+
+    def _next(self) -> admin_pb2.State:
+        state = admin_pb2.State()
+        state.CopyFrom(self._state)
+        state.revision += 1
+        return state
+
+    async def _commit(self, state: admin_pb2.State) -> None:
+        # Durable before visible: a crash right after the answer keeps the change.
+        try:
+            await asyncio.to_thread(self._store.save, state)
+        except RouteStoreError as exc:
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        self._state = state
+        self._on_change()

@@ -1,0 +1,104 @@
+"""Where the admin state (routes, drains) is kept across restarts and crashes.
+
+``RouteStore`` is the interface; ``FileRouteStore`` keeps one JSON document (protobuf JSON of
+``tgw.admin.v1.State``) and a second copy of it, each written atomically (temporary file,
+fsync, rename, fsync of the folder): a crash leaves the old or the new state, never half of
+one. A document that cannot be read is reported and the good copy is used; with no good copy
+left the gateway refuses to start rather than silently forget every split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from google.protobuf import json_format
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class RouteStoreError(Exception):
+    """The state cannot be read or written; the message says what to do."""
+
+
+class RouteStore(Protocol):
+    def load(self) -> admin_pb2.State:
+        """The last saved state (empty when none was ever saved)."""
+        ...
+
+    def save(self, state: admin_pb2.State) -> None:
+        """Durably, before returning."""
+        ...
+
+
+class FileRouteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.copy = path.with_name(path.name + ".bak")
+
+    def load(self) -> admin_pb2.State:
+        problems: list[str] = []
+        for candidate in (self.path, self.copy):
+            try:
+                text = candidate.read_text()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(f"{candidate}: {exc.strerror or exc}")
+                continue
+            try:
+                state = json_format.Parse(text, admin_pb2.State())
+            except json_format.ParseError as exc:
+                problems.append(f"{candidate}: {exc}")
+                log.error("route_state_corrupt", path=str(candidate), error=str(exc))
+                self._keep_aside(candidate)
+                continue
+            if problems:
+                log.warning("route_state_recovered", path=str(candidate), revision=state.revision)
+            return state
+        if problems:
+            raise RouteStoreError(
+                "the route state cannot be read (" + "; ".join(problems) + "): restore it from "
+                f"a backup or remove {self.path} to start with no routes"
+            )
+        return admin_pb2.State()
+
+    def save(self, state: admin_pb2.State) -> None:
+        text = json_format.MessageToJson(state, indent=1, preserving_proto_field_name=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(self.path, text)
+            _write_atomically(self.copy, text)
+        except OSError as exc:
+            raise RouteStoreError(f"cannot write the route state to {self.path}: {exc}") from exc
+
+    def _keep_aside(self, path: Path) -> None:
+        # The unreadable file is kept for inspection; the next save writes a good one.
+        with contextlib.suppress(OSError):
+            path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
