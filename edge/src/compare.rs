@@ -7,9 +7,6 @@
 //! grpc_service.proto spells it) and their elements are converted one at a time, so comparing
 //! a large answer costs a walk over it rather than a copy of it.
 
-// The shadow path uses this module; until it is wired in, its API is reached from tests only.
-#![allow(dead_code)]
-
 /// How far a shadow element may stray from the primary's and still be the same answer: an
 /// element agrees when `|shadow - primary| <= atol + rtol * |primary|` (numpy's `isclose`, with
 /// the primary as the reference since it is the answer clients get). Both terms are needed:

@@ -449,6 +449,20 @@ impl Fleet {
         })
     }
 
+    /// A backend of `route` for a shadow call: drawn among those whose breakers admit, without
+    /// taking a half-open trial (a shadow's outcome teaches the breakers nothing: it must never
+    /// decide whether the primary's backends take calls).
+    pub fn choose_for_shadow(&self, route: &Route, now: Instant) -> Option<(Arc<BackendState>, InFlight)> {
+        let admitted = |t: &&Target| t.backend.breaker.admits(now) && t.model_breaker.admits(now);
+        let count = route.targets.iter().filter(admitted).count();
+        if count == 0 {
+            return None;
+        }
+        let index = (self.draws.next() % count as u64) as usize;
+        let target = route.targets.iter().filter(admitted).nth(index)?;
+        Some((target.backend.clone(), start(&target.backend)))
+    }
+
     /// Every backend's state, for reports.
     pub fn backends(&self) -> Vec<Arc<BackendState>> {
         self.backends.lock().expect("backends lock").values().cloned().collect()

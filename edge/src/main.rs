@@ -28,6 +28,7 @@ mod policy;
 mod proxy;
 mod report;
 mod server;
+mod shadow;
 mod shedding;
 mod snapshot;
 mod stamp;
@@ -104,6 +105,7 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
         }),
         shedder: shedding::Shedder::default(),
         ready,
+        shadows: Arc::default(),
     });
     let (shutdown, mut shutdown_asked) = watch::channel(None::<Duration>);
     let identity = control::Identity {

@@ -35,6 +35,100 @@ pub struct Metrics {
     /// Calls of traffic routes, per route and variant (`variant` "" for calls naming a version).
     pub route_requests: IntCounterVec,
     pub route_latency: HistogramVec,
+    pub shadow: ShadowMetrics,
+}
+
+/// Shadow traffic: the calls, the copies skipped, and how their answers compare with the
+/// primary's, per (route, variant, output).
+pub struct ShadowMetrics {
+    pub requests: IntCounterVec,
+    pub skipped: IntCounterVec,
+    pub comparisons: IntCounterVec,
+    pub max_abs_diff: HistogramVec,
+    pub max_rel_diff: HistogramVec,
+    pub argmax_rows: IntCounterVec,
+    pub argmax_agreeing: IntCounterVec,
+    pub non_finite: IntCounterVec,
+}
+
+/// Decades from 1e-9 to 1e3: differences from float noise to a different answer.
+const DIFF_BUCKETS: [f64; 13] = [
+    1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0,
+];
+const OUTPUT_LABELS: [&str; 3] = ["route", "variant", "output"];
+
+impl ShadowMetrics {
+    fn new(registry: &Registry) -> ShadowMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str| {
+            register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(format!("{PREFIX}_{name}"), help).buckets(DIFF_BUCKETS.to_vec()),
+                    &OUTPUT_LABELS,
+                )
+                .expect("valid metric"),
+            )
+        };
+        ShadowMetrics {
+            requests: counter(
+                "shadow_requests_total",
+                "Shadow calls sent, by the status the shadow variant answered with.",
+                &["route", "variant", "code"],
+            ),
+            skipped: counter(
+                "shadow_skipped_total",
+                "Shadow copies not sent or not compared: over the concurrency or byte budget, no backend, or the primary failed.",
+                &["route", "variant", "reason"],
+            ),
+            comparisons: counter(
+                "shadow_comparisons_total",
+                "Shadow outputs compared with the primary's: agree (within atol/rtol), disagree, or nonconforming (datatype or shape differ, or missing).",
+                &["route", "variant", "output", "result"],
+            ),
+            max_abs_diff: histogram(
+                "shadow_max_abs_diff",
+                "Largest |shadow - primary| over an output's elements, per comparison.",
+            ),
+            max_rel_diff: histogram(
+                "shadow_max_rel_diff",
+                "Largest |shadow - primary| / |primary| over an output's elements, per comparison.",
+            ),
+            argmax_rows: counter(
+                "shadow_argmax_rows_total",
+                "Rows (last dimension >= 2) whose argmax was compared.",
+                &OUTPUT_LABELS,
+            ),
+            argmax_agreeing: counter(
+                "shadow_argmax_agreeing_total",
+                "Rows whose argmax is the same in the shadow's and the primary's answer.",
+                &OUTPUT_LABELS,
+            ),
+            non_finite: counter(
+                "shadow_non_finite_total",
+                "NaN and Inf elements in compared outputs, by side (primary or shadow) and kind.",
+                &["route", "variant", "output", "side", "kind"],
+            ),
+        }
+    }
+
+    fn families(&self) -> Vec<(&dyn Collector, &'static str)> {
+        vec![
+            (&self.requests, "counter"),
+            (&self.skipped, "counter"),
+            (&self.comparisons, "counter"),
+            (&self.max_abs_diff, "histogram"),
+            (&self.max_rel_diff, "histogram"),
+            (&self.argmax_rows, "counter"),
+            (&self.argmax_agreeing, "counter"),
+            (&self.non_finite, "counter"),
+        ]
+    }
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -182,6 +276,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            shadow: ShadowMetrics::new(&registry),
             registry,
         };
         let build = IntGaugeVec::new(opts("edge_build_info", "tgw-edge's version; always 1."), &["version"])
@@ -249,6 +344,11 @@ impl Metrics {
         }
         for desc in self.latency.desc().into_iter().chain(self.route_latency.desc()) {
             families.push((desc.fq_name.clone(), desc.help.clone(), "histogram"));
+        }
+        for (collector, kind) in self.shadow.families() {
+            for desc in collector.desc() {
+                families.push((desc.fq_name.clone(), desc.help.clone(), kind));
+            }
         }
         families
     }

@@ -6,6 +6,7 @@ use crate::attempt::Attempt;
 use crate::body::Upstream;
 use crate::metrics::Metrics;
 use crate::server::ActiveCall;
+use crate::shadow::Tee;
 use crate::shedding::Admitted;
 use crate::stamp::Stamp;
 use bytes::Bytes;
@@ -58,7 +59,9 @@ pub struct ObservedBody {
     admission: Option<Admitted>,
     call: Option<ActiveCall>,
     stamp: Option<Arc<Stamp>>,
-    route_call: Option<RouteCall>,
+    // Boxed: only calls of traffic routes carry them, and every call carries this body.
+    route_call: Option<Box<RouteCall>>,
+    tee: Option<Box<Tee>>,
 }
 
 impl From<Upstream> for ObservedBody {
@@ -70,6 +73,7 @@ impl From<Upstream> for ObservedBody {
             call: None,
             stamp: None,
             route_call: None,
+            tee: None,
         }
     }
 }
@@ -83,7 +87,7 @@ pub struct RouteCall {
 }
 
 impl RouteCall {
-    pub fn finish(self, code: &str) {
+    pub fn finish(&self, code: &str) {
         let labels = [&*self.route, &*self.variant];
         self.metrics
             .route_requests
@@ -120,12 +124,21 @@ impl ObservedBody {
     /// the status goes by.
     pub fn stamped(mut self, stamp: Arc<Stamp>, route_call: Option<RouteCall>) -> Self {
         self.stamp = Some(stamp);
-        self.route_call = route_call;
+        self.route_call = route_call.map(Box::new);
+        self
+    }
+
+    /// Hand the answer to a shadow comparison when its status is OK.
+    pub fn teeing(mut self, tee: Tee) -> Self {
+        self.tee = Some(Box::new(tee));
         self
     }
 
     fn done(&mut self, code: &'static str, message: &str) {
         self.admission = None;
+        if let Some(mut tee) = self.tee.take() {
+            tee.finish(code == "OK");
+        }
         if let Some(attempt) = self.attempt.take() {
             attempt.finish(code, message);
         }
@@ -144,6 +157,9 @@ impl Body for ObservedBody {
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(tee), Some(data)) = (this.tee.as_mut(), frame.data_ref()) {
+                    tee.data(data);
+                }
                 if let Some(trailers) = frame.trailers_mut() {
                     if let Some(stamp) = &this.stamp {
                         stamp.apply(trailers);

@@ -12,10 +12,11 @@ use crate::fleet::{Choice, Fleet, Plan, Route};
 use crate::grpc::{self, code, BadHeader, Framing, Refusal};
 use crate::observed::{code_name, message_of, ObservedBody, RouteCall};
 use crate::server::ActiveCall;
+use crate::shadow::{self, Shadows, Tee};
 use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
 use crate::stamp::Stamp;
-use crate::traffic::{self, Selected};
+use crate::traffic::{self, Selected, Shadow};
 use crate::upstream::{BackendClient, GatewayClient};
 use crate::{compression, report, stream, version, wire};
 use bytes::Bytes;
@@ -50,6 +51,7 @@ pub struct Edge {
     pub shedder: Shedder,
     /// Turns true when the first snapshot is applied: the public port accepts from then on.
     pub ready: watch::Sender<bool>,
+    pub shadows: Arc<Shadows>,
 }
 
 /// A routed call as the edge tries it, once or several times.
@@ -78,6 +80,10 @@ pub(crate) struct Target<'p> {
     stamp: Option<Arc<Stamp>>,
     /// (traffic route, variant) for the route's metrics.
     variant: Option<(Arc<str>, Arc<str>)>,
+    /// The route's shadow, for a request its split chose a variant for.
+    shadow: Option<&'p Shadow>,
+    /// The model name the client sent.
+    client_model: &'p str,
 }
 
 impl Target<'_> {
@@ -245,7 +251,7 @@ impl Edge {
             sequence,
         };
         let (mut head, body) = self.run(&call, route).await.into_parts();
-        let body = body.holding(admitted);
+        let mut body = body.holding(admitted);
         if let Some(status) = head.headers.get("grpc-status") {
             // Trailers-only: the status and the stamp go in the headers.
             let code = code_name(Some(status.as_bytes()));
@@ -255,7 +261,67 @@ impl Edge {
             }
             return Response::from_parts(head, body);
         }
+        if let (Some(shadow), None) = (target.shadow, &call.sequence) {
+            if method == "ModelInfer" {
+                let encoding = head.headers.get("grpc-encoding").cloned();
+                if let Some(tee) = self.mirror(&call, &target, shadow, reading, encoding) {
+                    body = body.teeing(tee);
+                }
+            }
+        }
         Response::from_parts(head, body.stamped(stamp, route_call))
+    }
+
+    /// Sends a copy of the call to the route's shadow variant, for its share of the calls and
+    /// within the shadow budget; the tee hands it the primary's answer to compare with.
+    fn mirror(
+        &self,
+        call: &RoutedCall<'_>,
+        target: &Target<'_>,
+        shadow: &Shadow,
+        reading: &[u8],
+        encoding: Option<HeaderValue>,
+    ) -> Option<Tee> {
+        // 53 random bits as a fraction in [0, 1).
+        let draw = (self.fleet.draw() >> 11) as f64 / (1u64 << 53) as f64;
+        if draw >= shadow.fraction {
+            return None;
+        }
+        let (route, _) = target.variant.clone()?;
+        let permit = match self.shadows.try_reserve(shadow, reading.len()) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                self.shared
+                    .metrics
+                    .shadow
+                    .skipped
+                    .with_label_values(&[&*route, &*shadow.target.name, reason])
+                    .inc();
+                return None;
+            }
+        };
+        let limit = call.plan.policy().max_message_bytes;
+        let (tee, primary) = shadow::tee(encoding, limit);
+        let mut parts = copy_parts(&call.parts);
+        // The copy goes out plain, on its own clock.
+        parts.headers.remove("grpc-timeout");
+        parts.headers.remove("grpc-encoding");
+        let job = shadow::Job {
+            client: self.backends.clone(),
+            fleet: self.fleet.clone(),
+            plan: call.plan.clone(),
+            metrics: self.shared.metrics.clone(),
+            shadows: self.shadows.clone(),
+            permit,
+            route,
+            shadow: shadow.clone(),
+            parts,
+            bytes: shadow::shadow_request(reading, target.client_model, shadow),
+            primary,
+            request_id: wire::request_id(reading).to_string(),
+        };
+        tokio::spawn(job.run());
+        Some(tee)
     }
 
     /// Where a request goes: its traffic route's variant when one covers its model name, else
@@ -279,6 +345,8 @@ impl Edge {
             spelled_empty: spelled.is_empty(),
             stamp: None,
             variant: None,
+            shadow: None,
+            client_model: model,
         };
         let Some(traffic) = plan.traffic(model) else {
             return Ok(plain);
@@ -311,6 +379,8 @@ impl Edge {
                 spelled_empty: true,
                 stamp: Some(traffic.stamp(variant)),
                 variant: Some((traffic.route.name.clone(), variant.name.clone())),
+                shadow: traffic.route.shadow.as_ref(),
+                client_model: model,
             }),
         }
     }

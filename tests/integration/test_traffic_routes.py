@@ -12,113 +12,21 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
+from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.cli import main
 from gateway.devfleet import LocalFleet
 from gateway.traffic.routes import bucket
 from gateway.traffic.store import RouteStoreError
 from tests.support.background import BackgroundGateway
-from tests.support.models import MODEL_REPOSITORY, classifier_features
-from tests.support.settings import gateway_settings
-
-INFER = "/inference.GRPCInferenceService/ModelInfer"
-TOKEN = "test-admin-token"
-AUTH = (("authorization", f"Bearer {TOKEN}"),)
-WINDOW = 64
-
-
-class Routed:
-    """A gateway with its admin stub and an inference channel."""
-
-    def __init__(self, running: BackgroundGateway) -> None:
-        self.running = running
-        gateway = running.gateway
-        self.admin_channel = grpc.insecure_channel(f"127.0.0.1:{gateway.admin_port}")
-        self.admin = admin_pb2_grpc.GatewayAdminStub(self.admin_channel)
-        self.channel = grpc.insecure_channel(running.url)
-        self.infer = self.channel.unary_unary(INFER)
-
-    def close(self) -> None:
-        self.admin_channel.close()
-        self.channel.close()
-
-    def split(self, name: str, weights: dict[str, int], **route: object) -> admin_pb2.Route:
-        current = self.route(name)
-        message = admin_pb2.Route(
-            name=name,
-            variants=[admin_pb2.Variant(version=v, weight=w) for v, w in weights.items()],
-            **route,  # type: ignore[arg-type]
-        )
-        request = admin_pb2.SetRouteRequest(
-            route=message, expected_revision=current.revision if current else 0
-        )
-        result: admin_pb2.Route = self.admin.SetRoute(request, metadata=AUTH, timeout=10)
-        self.running.run(self.running.gateway.edge.sync(5.0))  # type: ignore[union-attr]
-        return result
-
-    def route(self, name: str) -> admin_pb2.Route | None:
-        try:
-            found: admin_pb2.Route = self.admin.GetRoute(
-                admin_pb2.GetRouteRequest(name=name), metadata=AUTH, timeout=10
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return found
-
-    def unroute(self, name: str) -> None:
-        current = self.route(name)
-        if current is not None:
-            request = admin_pb2.DeleteRouteRequest(name=name, expected_revision=current.revision)
-            self.admin.DeleteRoute(request, metadata=AUTH, timeout=10)
-            self.running.run(self.running.gateway.edge.sync(5.0))  # type: ignore[union-attr]
-
-    def stamps(
-        self, request: bytes, metadata: tuple[tuple[str, str], ...] = ()
-    ) -> tuple[service_pb2.ModelInferResponse, dict[str, str]]:
-        answer, call = self.infer.with_call(request, metadata=metadata, timeout=10)
-        trailers = {k: v for k, v in call.trailing_metadata() if isinstance(v, str)}
-        return service_pb2.ModelInferResponse.FromString(answer), trailers
-
-    def variants_of(self, requests: list[tuple[bytes, tuple[tuple[str, str], ...]]]) -> list[str]:
-        """The stamped variant of each request's answer, sent WINDOW at a time."""
-        found: list[str] = []
-        for start in range(0, len(requests), WINDOW):
-            futures = [
-                self.infer.future(body, metadata=metadata, timeout=30)
-                for body, metadata in requests[start : start + WINDOW]
-            ]
-            for future in futures:
-                future.result()
-                trailers = dict(future.trailing_metadata())
-                found.append(str(trailers.get("x-gateway-variant", "")))
-        return found
-
-
-def classifier_request(model: str = "classifier", version: str = "", key: str = "") -> bytes:
-    x = classifier_features(batch=1, seed=3)
-    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-    request.inputs.add(name="INPUT", datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.tobytes())
-    if key:
-        request.parameters["gateway_routing_key"].string_param = key
-    return request.SerializeToString()
-
-
-def _settings(fleet: LocalFleet, state_dir: Path, **admin: object) -> object:
-    return gateway_settings(
-        fleet,
-        admin={"port": 0, "token": TOKEN, "state_dir": str(state_dir), **admin},
-        health={"poll_interval_s": 0.2},
-    )
+from tests.support.models import MODEL_REPOSITORY
+from tests.support.traffic import AUTH, TOKEN, Routed, classifier_request, routed_settings
 
 
 @pytest.fixture(scope="module")
 def routed(fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
-    settings = _settings(fleet, tmp_path_factory.mktemp("traffic-state"))
-    with BackgroundGateway(Gateway(settings)) as running:  # type: ignore[arg-type]
+    settings = routed_settings(fleet, tmp_path_factory.mktemp("traffic-state"))
+    with BackgroundGateway(Gateway(settings)) as running:
         client = Routed(running)
         try:
             yield client
@@ -173,7 +81,7 @@ def test_two_gateways_pick_the_same_variant_per_key(
 ) -> None:
     routed.split("classifier", {"1": 50, "2": 50})
     requests = [(classifier_request(), (("x-gateway-routing-key", f"k{i}"),)) for i in range(400)]
-    with BackgroundGateway(Gateway(_settings(fleet, tmp_path))) as second:  # type: ignore[arg-type]
+    with BackgroundGateway(Gateway(routed_settings(fleet, tmp_path))) as second:
         other = Routed(second)
         try:
             other.split("classifier", {"1": 50, "2": 50})
@@ -332,7 +240,7 @@ def test_a_restart_keeps_the_splits_and_a_corrupt_state_keeps_the_last_good(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
     def start() -> BackgroundGateway:
-        return BackgroundGateway(Gateway(_settings(fleet, tmp_path)))  # type: ignore[arg-type]
+        return BackgroundGateway(Gateway(routed_settings(fleet, tmp_path)))
 
     with start() as running:
         client = Routed(running)

@@ -1,0 +1,150 @@
+"""Shadow traffic through tgw-edge: copies of a route's requests sent to a candidate variant,
+compared with the primary's answers output by output, never in the primary's way."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, TritonInstallation
+from tests.support.background import BackgroundGateway
+from tests.support.fleet import fleet_behind_gateway
+from tests.support.metrics import scrape_with_edge, total, wait_until
+from tests.support.models import classifier_features, reference_classifier
+from tests.support.traffic import TOKEN, Routed, routed_settings
+
+OUTPUT = "PROBABILITIES"
+
+
+def _request(x: np.ndarray) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="classifier")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype(np.float32).tobytes())
+    return request.SerializeToString()
+
+
+def _shadow(version: str, percent: float = 100, model: str = "") -> admin_pb2.Shadow:
+    return admin_pb2.Shadow(target=admin_pb2.Variant(model=model, version=version), percent=percent)
+
+
+@pytest.fixture(scope="module")
+def routed(fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
+    settings = routed_settings(fleet, tmp_path_factory.mktemp("shadow-state"))
+    with BackgroundGateway(Gateway(settings)) as running:
+        client = Routed(running)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _compared(port: int, variant: str, expected: int) -> dict[str, float]:
+    """The shadow figures of ``variant`` once ``expected`` comparisons are counted."""
+    labels = {"route": "classifier", "variant": variant, "output": OUTPUT}
+    assert wait_until(
+        lambda: (
+            total(scrape_with_edge(port), "triton_gateway_shadow_comparisons_total", **labels)
+            >= expected
+        ),
+        timeout_s=20,
+    )
+    samples = scrape_with_edge(port)
+    return {
+        name: total(samples, f"triton_gateway_{name}", **labels)
+        for name in (
+            "shadow_comparisons_total",
+            "shadow_max_abs_diff_sum",
+            "shadow_max_abs_diff_count",
+            "shadow_argmax_rows_total",
+            "shadow_argmax_agreeing_total",
+        )
+    } | {
+        result: total(samples, "triton_gateway_shadow_comparisons_total", result=result, **labels)
+        for result in ("agree", "disagree", "nonconforming")
+    }
+
+
+def test_the_comparison_shows_the_real_difference_between_versions(routed: Routed) -> None:
+    routed.split("classifier", {"1": 100}, shadow=_shadow("2"))
+    x = classifier_features(batch=4, seed=11)
+    body = _request(x)
+    for _ in range(20):
+        answer, stamps = routed.stamps(body)
+        assert answer.model_version == "1" and stamps["x-gateway-variant"] == "1"
+    v1, v2 = reference_classifier(1, x), reference_classifier(2, x)
+    figures = _compared(routed.running.gateway.metrics_port, "2", 20)
+    print(f"shadow v2 against v1 over 20 requests: {figures}")
+    assert figures["shadow_comparisons_total"] == 20
+    assert figures["disagree"] == 20
+    # Each comparison saw the largest difference the references show (float32 noise aside).
+    mean_abs = figures["shadow_max_abs_diff_sum"] / figures["shadow_max_abs_diff_count"]
+    assert mean_abs == pytest.approx(float(np.max(np.abs(v2 - v1))), rel=1e-4, abs=1e-6)
+    agreeing = int(np.sum(np.argmax(v1, axis=1) == np.argmax(v2, axis=1)))
+    assert figures["shadow_argmax_rows_total"] == 20 * len(x)
+    assert figures["shadow_argmax_agreeing_total"] == 20 * agreeing
+
+
+def test_identical_variants_agree(routed: Routed) -> None:
+    routed.split("classifier", {"1": 100}, shadow=_shadow("1", model="classifier"))
+    body = _request(classifier_features(batch=2, seed=12))
+    for _ in range(10):
+        routed.stamps(body)
+    figures = _compared(routed.running.gateway.metrics_port, "1", 10)
+    assert figures["agree"] == 10 and figures["disagree"] == 0
+    assert figures["shadow_max_abs_diff_sum"] == 0
+
+
+def test_a_failing_or_hung_shadow_never_touches_the_primary(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    state = tmp_path_factory.mktemp("shadow-own-state")
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        {"main": ("classifier",), "side": ("simple",)},
+        admin={"port": 0, "token": TOKEN, "state_dir": str(state)},
+    ) as (fleet, running):
+        client = Routed(running)
+        try:
+            # Mirrored to a model that refuses the classifier's inputs: every copy fails.
+            client.split("classifier", {"1": 100}, shadow=_shadow("1", model="simple"))
+            x = classifier_features(batch=1, seed=13)
+            body, expected = _request(x), reference_classifier(1, x)
+            for _ in range(30):
+                answer, _ = client.stamps(body)
+                got = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
+                np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5)
+            port = running.gateway.metrics_port
+            labels = {"route": "classifier", "variant": "simple:1"}
+
+            def failed_copies() -> float:
+                samples = scrape_with_edge(port)
+                sent = total(samples, "triton_gateway_shadow_requests_total", **labels)
+                return sent - total(
+                    samples, "triton_gateway_shadow_requests_total", code="OK", **labels
+                )
+
+            assert wait_until(lambda: failed_copies() == 30, timeout_s=20)
+            # The shadow's server hangs: its copies wait, the primaries do not.
+            side = fleet.servers["side"].pid
+            os.kill(side, signal.SIGSTOP)
+            try:
+                for _ in range(100):
+                    answer, _ = client.stamps(body)  # each within the stamps() timeout (10 s)
+                    assert answer.model_version == "1"
+                samples = scrape_with_edge(port)
+                skipped = total(samples, "triton_gateway_shadow_skipped_total", **labels)
+                print(f"copies skipped while the shadow's server hung: {skipped}")
+                # At most 64 copies (traffic.shadow_max_in_flight) wait at once.
+                assert skipped >= 100 - 64
+            finally:
+                os.kill(side, signal.SIGCONT)
+        finally:
+            client.close()
