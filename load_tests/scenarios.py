@@ -4,7 +4,11 @@
     .venv/bin/python -m load_tests.scenarios ramp   --target localhost:8001 --rate 50 --peak 600
     .venv/bin/python -m load_tests.scenarios spike  --target localhost:8001 --rate 200 --peak 1500
     .venv/bin/python -m load_tests.scenarios ab     --target localhost:8001 --model classifier \\
-        --expect 1=0.5,2=0.5
+        --split 1=90,2=10 [--admin 127.0.0.1:8003 --admin-token-file FILE]
+
+``ab --split`` sets the route's split through the gateway's admin service first (as
+``triton-gateway ctl split`` does), then checks the versions that answered against it;
+``--expect 1=0.5,2=0.5`` checks shares without setting anything.
 
 All are open loop (latency from intended send times), bounded by --duration and
 --max-requests. Fault scenarios (a backend killed, hung, unloaded; the gateway stopped) are
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import cli
 from load_tests import loadgen
 
 
@@ -70,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--expect", default="", help="ab: expected shares, e.g. 1=0.9,2=0.1")
+    parser.add_argument("--split", default="", help="ab: set this split first, e.g. 1=90,2=10")
+    parser.add_argument("--admin", help="ab --split: admin address (default: ctl's)")
+    parser.add_argument("--admin-token", help="ab --split: admin token (default: ctl's)")
+    parser.add_argument("--admin-token-file", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
@@ -85,6 +94,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_s=args.timeout,
     )
     extra: dict[str, Any] = {"scenario": args.scenario}
+    if args.scenario == "ab" and args.split:
+        weights = [item.strip() for item in args.split.split(",") if item.strip()]
+        ctl_args = ["ctl", "split", args.model, *weights]
+        if args.admin:
+            ctl_args[1:1] = ["--address", args.admin]
+        if args.admin_token:
+            ctl_args[1:1] = ["--token", args.admin_token]
+        if args.admin_token_file:
+            ctl_args[1:1] = ["--token-file", str(args.admin_token_file)]
+        if cli.main(ctl_args) != 0:
+            return 1
+        total = sum(int(item.rpartition("=")[2]) for item in weights) or 1
+        args.expect = ",".join(
+            f"{item.rpartition('=')[0].rpartition(':')[2]}={int(item.rpartition('=')[2]) / total}"
+            for item in weights
+        )
+        extra["split"] = weights
     schedule = {
         "ramp": lambda: ramp(args.rate, args.peak, args.duration),
         "spike": lambda: spike(args.rate, args.peak, args.duration),

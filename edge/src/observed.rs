@@ -78,20 +78,28 @@ impl From<Upstream> for ObservedBody {
     }
 }
 
-/// A call of a traffic route, counted per variant when its status is known.
+/// A call of a traffic route, counted per variant once, when dropped: with the code it was
+/// finished with, else `unfinished` (how the path it took ends a call it never settled).
 pub struct RouteCall {
     pub metrics: Arc<Metrics>,
     pub route: Arc<str>,
     pub variant: Arc<str>,
     pub started: Instant,
+    pub unfinished: &'static str,
 }
 
 impl RouteCall {
-    pub fn finish(&self, code: &str) {
+    pub fn finish(mut self, code: &'static str) {
+        self.unfinished = code;
+    }
+}
+
+impl Drop for RouteCall {
+    fn drop(&mut self) {
         let labels = [&*self.route, &*self.variant];
         self.metrics
             .route_requests
-            .with_label_values(&[labels[0], labels[1], code])
+            .with_label_values(&[labels[0], labels[1], self.unfinished])
             .inc();
         self.metrics
             .route_latency

@@ -101,14 +101,26 @@ impl Target<'_> {
         Some(wire::renaming(reading, self.rename, version))
     }
 
-    fn route_call(&self, metrics: &Arc<crate::metrics::Metrics>, started: Instant) -> Option<RouteCall> {
+    /// The call's count on its traffic route; `unfinished`: its code if never settled.
+    pub fn route_call(
+        &self,
+        metrics: &Arc<crate::metrics::Metrics>,
+        started: Instant,
+        unfinished: &'static str,
+    ) -> Option<RouteCall> {
         let (route, variant) = self.variant.clone()?;
         Some(RouteCall {
             metrics: metrics.clone(),
             route,
             variant,
             started,
+            unfinished,
         })
+    }
+
+    /// What answers to it are stamped with (None: the route's own stamp).
+    pub fn variant_stamp(&self) -> Option<Arc<Stamp>> {
+        self.stamp.clone()
     }
 }
 
@@ -220,7 +232,7 @@ impl Edge {
         };
         let bytes = target.rewrite(reading, route.name_version.as_deref()).unwrap_or(bytes);
         let stamp = target.stamp.clone().unwrap_or_else(|| route.stamp.clone());
-        let route_call = target.route_call(&self.shared.metrics, started);
+        let route_call = target.route_call(&self.shared.metrics, started, "CANCELLED");
         let policy = plan.policy();
         // Load shedding: refused at once, counted, never queued.
         let Some(admitted) = self

@@ -17,9 +17,10 @@ use crate::attempt::Attempt;
 use crate::body::{Outgoing, Upstream};
 use crate::compression;
 use crate::grpc::{self, code};
-use crate::observed::{code_name, message_of};
+use crate::observed::{code_name, message_of, RouteCall};
 use crate::proxy::{copy_parts, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
 use crate::shedding::Admitted;
+use crate::stamp::Stamp;
 use crate::{version, wire};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -74,6 +75,9 @@ struct StreamRequest {
     /// Its place in the order of the client's answers (None: a decoupled model's answers
     /// pass through as they come).
     slot: Option<u64>,
+    /// A traffic route's variant: its answer is stamped (in its parameters) and counted.
+    stamp: Option<Arc<Stamp>>,
+    route_call: Option<RouteCall>,
 }
 
 /// A request sent to a backend and not answered yet.
@@ -327,6 +331,9 @@ impl Session {
         let named = route.and_then(|route| route.name_version.as_deref());
         let frame = target.rewrite(reading, named).unwrap_or(frame);
         let (model, canonical) = (target.model.to_string(), target.version.to_string());
+        // A message the edge answers with an error (or cannot deliver) counts as UNAVAILABLE.
+        let route_call = target.route_call(&self.edge.shared.metrics, Instant::now(), "UNAVAILABLE");
+        let stamp = target.variant_stamp();
         let slot = (!unordered).then(|| self.order.reserve());
         let request = StreamRequest {
             slot,
@@ -336,6 +343,8 @@ impl Session {
             sequence,
             frame,
             tried: Vec::new(),
+            stamp,
+            route_call,
         };
         self.dispatch(request);
     }
@@ -345,10 +354,10 @@ impl Session {
     /// model, else answered with an error in the stream.
     fn dispatch(&mut self, request: StreamRequest) {
         let Some(plan) = self.edge.fleet.plan() else {
-            return self.hand_over(request.frame, &request.tried, request.slot);
+            return self.hand_over_request(request);
         };
         let Some(route) = plan.route(&request.model, &request.version) else {
-            return self.hand_over(request.frame, &request.tried, request.slot);
+            return self.hand_over_request(request);
         };
         let policy = plan.policy();
         let model = request.model.as_str();
@@ -390,7 +399,7 @@ impl Session {
             // Breakers have every holder out, or every holder failed it: the fallback answers
             // when it serves the model (never a sequence's request: its state is on a backend).
             if request.sequence.is_none() && plan.fallback_serves(model) {
-                return self.hand_over(request.frame, &request.tried, request.slot);
+                return self.hand_over_request(request);
             }
             let message = match request.tried.last() {
                 Some(backend) if request.sequence.is_some() => format!(
@@ -516,7 +525,7 @@ impl Session {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Answer { upstream, frame } => {
+            Event::Answer { upstream, mut frame } => {
                 let mut slot = None;
                 if let Some(stream) = self.upstream_mut(upstream) {
                     // The request it answers: Triton echoes the request's id and names the
@@ -526,9 +535,19 @@ impl Session {
                         (id.is_empty() || pending.request.id == id)
                             && (model.is_empty() || pending.request.model == model)
                     });
-                    if let Some(pending) = position.and_then(|i| stream.pending.remove(i)) {
+                    if let Some(mut pending) = position.and_then(|i| stream.pending.remove(i)) {
                         slot = pending.request.slot;
                         pending.attempt.finish("OK", "");
+                        if let Some(stamp) = &pending.request.stamp {
+                            frame = stamp.stream_answer(frame);
+                        }
+                        if let Some(route_call) = pending.request.route_call.take() {
+                            route_call.finish(if wire::stream_response_failed(&frame) {
+                                "ERROR"
+                            } else {
+                                "OK"
+                            });
+                        }
                     }
                 }
                 self.deliver(slot, frame);
@@ -600,7 +619,7 @@ impl Session {
                     .inc();
                 self.dispatch(request);
             } else if scope.is_fault() && request.sequence.is_none() && self.fallback_serves(&request.model) {
-                self.hand_over(request.frame, &request.tried, request.slot);
+                self.hand_over_request(request);
             } else {
                 self.answer_error(&error, &request.id, request.slot);
             }
@@ -644,6 +663,14 @@ impl Session {
 
     /// To the gateway as a unary ModelInfer: its answer (the fallback's, or Triton's error for
     /// a model no route covers) comes back as a stream message.
+    /// A routed request to the gateway (counted on its traffic route as handed over).
+    fn hand_over_request(&mut self, mut request: StreamRequest) {
+        if let Some(route_call) = request.route_call.take() {
+            route_call.finish("HANDED_OVER");
+        }
+        self.hand_over(request.frame, &request.tried, request.slot)
+    }
+
     fn hand_over(&mut self, frame: Bytes, tried: &[Arc<str>], slot: Option<u64>) {
         let mut parts = copy_parts(&self.parts);
         parts.uri = http::Uri::from_static(PATH_INFER);

@@ -101,6 +101,15 @@ pub fn stream_response_key(frame: &[u8]) -> (&str, &str) {
     )
 }
 
+/// Whether a ModelStreamInferResponse frame reports a failed request (`error_message`, field 1).
+pub fn stream_response_failed(frame: &[u8]) -> bool {
+    message_of(frame).and_then(fields).is_some_and(|found| {
+        found
+            .iter()
+            .any(|(field, wire, from, to)| *field == 1 && *wire == 2 && to > from)
+    })
+}
+
 /// A ModelStreamInferResponse frame wrapping a ModelInferResponse message (a unary answer's
 /// payload, without its 5-byte prefix).
 pub fn stream_response(infer_response: &[u8]) -> Bytes {
@@ -135,7 +144,7 @@ fn string_field(message: &[u8], number: u64) -> Option<&str> {
     std::str::from_utf8(&message[from..to]).ok()
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u64, value: &[u8]) {
+pub fn put_bytes(out: &mut Vec<u8>, field: u64, value: &[u8]) {
     put_varint(out, (field << 3) | 2);
     put_varint(out, value.len() as u64);
     out.extend_from_slice(value);
@@ -170,6 +179,33 @@ pub fn renaming(frame: &[u8], name: Option<&str>, version: Option<&str>) -> Byte
     let length = (out.len() - 5) as u32;
     out[1..5].copy_from_slice(&length.to_be_bytes());
     Bytes::from(out)
+}
+
+/// The frame's message with `suffix` (encoded fields) appended, re-framed (not compressed).
+pub fn appending(frame: &[u8], suffix: &[u8]) -> Bytes {
+    let message = message_of(frame).unwrap_or_default();
+    let mut out = Vec::with_capacity(message.len() + suffix.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&((message.len() + suffix.len()) as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.extend_from_slice(suffix);
+    Bytes::from(out)
+}
+
+/// A string parameter of a ModelStreamInferResponse frame's `infer_response` (every
+/// occurrence of the field merged, as parsers read it).
+#[cfg(test)]
+pub fn stream_answer_parameter(frame: &[u8], key: &str) -> Option<String> {
+    let message = message_of(frame)?;
+    let mut found = None;
+    for (field, wire, from, to) in fields(message)? {
+        if field == 2 && wire == 2 {
+            if let Some(value) = string_parameter(&framed(&message[from..to]), key) {
+                found = Some(value.to_string());
+            }
+        }
+    }
+    found
 }
 
 /// The string value of request parameter `key` (ModelInferRequest.parameters, field 4), when

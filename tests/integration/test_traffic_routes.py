@@ -263,3 +263,28 @@ def test_a_restart_keeps_the_splits_and_a_corrupt_state_keeps_the_last_good(
         (tmp_path / name).write_text("garbage")
     with pytest.raises(RouteStoreError, match="cannot be read"):
         start().__enter__()
+
+
+def test_stream_messages_follow_the_split_and_carry_the_stamp(routed: Routed) -> None:
+    route = routed.split("classifier", {"1": 0, "2": 100})
+    stream = routed.channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    requests = []
+    for i in range(4):
+        request = service_pb2.ModelInferRequest.FromString(classifier_request())
+        request.id = f"r{i}"
+        if i == 3:
+            request.model_version = "1"  # naming a version bypasses the split
+        requests.append(request.SerializeToString())
+    answers = [
+        service_pb2.ModelStreamInferResponse.FromString(raw)
+        for raw in stream(iter(requests), timeout=30)
+    ]
+    assert [a.error_message for a in answers] == [""] * 4
+    by_id = {a.infer_response.id: a.infer_response for a in answers}
+    for i in range(3):
+        answer = by_id[f"r{i}"]
+        assert answer.model_version == "2"
+        stamps = {k: v.string_param for k, v in answer.parameters.items()}
+        assert stamps["x-gateway-variant"] == "2"
+        assert stamps["x-gateway-route-revision"] == str(route.revision)
+    assert by_id["r3"].model_version == "1"
