@@ -120,12 +120,14 @@ class Gateway:
             Endpoint(name=b.name, address=b.address) for b in settings.backends
         )
         backend_metadata = settings.security.backend_metadata()
+        backend_credentials = settings.backend_tls.channel_credentials()
         self.pool = BackendPool(
             lambda endpoint: TritonBackend(
                 endpoint.name,
                 endpoint.address,
                 max_message_bytes=max_bytes,
                 control_metadata=backend_metadata,
+                credentials=backend_credentials,
             ),
             poll_interval_s=settings.health.poll_interval_s,
             poll_timeout_s=settings.health.poll_timeout_s,
@@ -377,7 +379,11 @@ class Gateway:
         servicer = AdminServicer(self.traffic, fleet, AdminMetrics(self.registry))
         admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         address = f"{admin.host}:{admin.listen_port(self.settings.server.port)}"
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, admin.tls.server_credentials())
+            if admin.tls.enabled
+            else server.add_insecure_port(address)
+        )
         if port == 0:
             raise OSError(f"cannot listen on {address} (admin service): is the port taken?")
         await server.start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,6 +20,70 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsSettings(_Frozen):
+    """TLS of a port the gateway serves: certificate chain and key (PEM); with a client CA,
+    mutual TLS (clients must show a certificate that chains to it)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set cert_file and key_file together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        for path in (self.cert_file, self.key_file, self.client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        assert self.cert_file is not None and self.key_file is not None
+        ca = self.client_ca_file.read_bytes() if self.client_ca_file is not None else None
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+class BackendTlsSettings(_Frozen):
+    """TLS to the Triton backends (their ``--grpc-use-ssl``), for tgw-edge and the gateway's
+    own calls (health polls, pushes, index)."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    """CA the backends' certificates must chain to; None: the system's trust store."""
+    cert_file: Path | None = None
+    """Client certificate for backends that ask for one (``--grpc-use-ssl-mutual``)."""
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> BackendTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set cert_file and key_file together")
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """None: plain connections."""
+        if not self.enabled:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+        )
 
 
 class ServerSettings(_Frozen):
@@ -29,6 +94,8 @@ class ServerSettings(_Frozen):
     max_message_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Largest request or response message accepted, in bytes, on both hops."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    tls: TlsSettings = TlsSettings()
+    """TLS of the public port (served by tgw-edge); none by default."""
     """How long in-flight calls may finish after SIGTERM before they are cancelled."""
 
 
@@ -341,6 +408,9 @@ class AdminSettings(_Frozen):
     folder (kept across restarts of the gateway for a fixed public port, a fresh temporary
     one for port 0)."""
 
+    tls: TlsSettings = TlsSettings()
+    """TLS of the admin port; none by default (it listens on localhost)."""
+
     def listen_port(self, public_port: int) -> int:
         if self.port is not None:
             return self.port
@@ -408,6 +478,7 @@ class GatewaySettings(BaseSettings):
     repository: RepositorySettings = RepositorySettings()
     fallback: FallbackSettings = FallbackSettings()
     security: SecuritySettings = SecuritySettings()
+    backend_tls: BackendTlsSettings = BackendTlsSettings()
     admin: AdminSettings = AdminSettings()
     traffic: TrafficSettings = TrafficSettings()
     metrics: MetricsSettings = MetricsSettings()

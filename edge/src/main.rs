@@ -33,6 +33,7 @@ mod shedding;
 mod snapshot;
 mod stamp;
 mod stream;
+mod tls;
 mod traffic;
 mod upstream;
 mod version;
@@ -48,6 +49,7 @@ use tokio::sync::watch;
 const EXIT_RUNTIME: i32 = 1;
 const EXIT_PUBLIC_PORT: i32 = 3;
 const EXIT_CONTROL_SOCKET: i32 = 4;
+const EXIT_TLS: i32 = 5;
 
 fn main() {
     let options = Options::parse();
@@ -93,10 +95,18 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
             return EXIT_CONTROL_SOCKET;
         }
     };
+    let (acceptor, backend_tls) = match tls_settings(&options) {
+        Ok(found) => found,
+        Err(reason) => {
+            log::error("edge_not_started", &[("reason", &reason)]);
+            return EXIT_TLS;
+        }
+    };
     let window = options.upstream_stream_window_bytes;
     let (ready, mut first_snapshot) = watch::channel(false);
     let edge = Arc::new(proxy::Edge {
-        backends: upstream::backend_client(window),
+        backend_scheme: if options.backend_tls { "https" } else { "http" },
+        backends: upstream::backend_client(window, backend_tls),
         gateway: upstream::gateway_client(options.gateway_socket.clone(), window),
         fleet: Arc::new(fleet::Fleet::new(options.seed.unwrap_or_else(time_seed))),
         shared: Arc::new(attempt::Shared {
@@ -135,6 +145,7 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let (stop, stopping) = watch::channel(false);
     let mut serving = tokio::spawn(server::serve(
         listener,
+        acceptor,
         server::http2_builder(&options),
         limits,
         edge,
@@ -148,6 +159,25 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(grace, serving).await;
     stopped(&options)
+}
+
+/// The public port's TLS acceptor (None: plain HTTP/2) and the backends' client configuration.
+fn tls_settings(options: &Options) -> Result<(Option<tokio_rustls::TlsAcceptor>, rustls::ClientConfig), String> {
+    let acceptor = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            cert,
+            key,
+            options.tls_client_ca.as_deref(),
+        )?)),
+        _ => None,
+    };
+    let backends = if options.backend_tls {
+        let identity = options.backend_cert.as_deref().zip(options.backend_key.as_deref());
+        tls::client_config(options.backend_ca.as_deref(), identity)?
+    } else {
+        tls::unused_client_config()
+    };
+    Ok((acceptor, backends))
 }
 
 /// The public listener: the inherited socket when one is given, else a fresh bind.

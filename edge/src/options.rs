@@ -104,6 +104,34 @@ pub struct Options {
     /// stalled stream never stalls the others sharing that connection.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub upstream_stream_window_bytes: u32,
+
+    /// Serve the public port over TLS with this certificate chain (PEM); with `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: clients must show a certificate that chains to this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Connect to the backends over TLS.
+    #[arg(long)]
+    pub backend_tls: bool,
+
+    /// The CA (PEM) backend certificates must chain to (default: the system's trust store).
+    #[arg(long, requires = "backend_tls")]
+    pub backend_ca: Option<std::path::PathBuf>,
+
+    /// A client certificate (PEM) shown to backends that ask for one; with `--backend-key`.
+    #[arg(long, requires_all = ["backend_tls", "backend_key"])]
+    pub backend_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--backend-cert`.
+    #[arg(long, requires = "backend_cert")]
+    pub backend_key: Option<std::path::PathBuf>,
 }
 
 impl Options {

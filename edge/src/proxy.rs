@@ -45,6 +45,8 @@ const METADATA_PER_TRY: Duration = Duration::from_secs(1);
 
 pub struct Edge {
     pub backends: BackendClient,
+    /// "https" when the backends are reached over TLS.
+    pub backend_scheme: &'static str,
     pub gateway: GatewayClient,
     pub fleet: Arc<Fleet>,
     pub shared: Arc<attempt::Shared>,
@@ -320,6 +322,7 @@ impl Edge {
         parts.headers.remove("grpc-encoding");
         let job = shadow::Job {
             client: self.backends.clone(),
+            scheme: self.backend_scheme,
             fleet: self.fleet.clone(),
             plan: call.plan.clone(),
             metrics: self.shared.metrics.clone(),
@@ -621,7 +624,7 @@ impl Edge {
     }
 
     async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<Incoming>, String> {
-        let request = with_authority(request, address).map_err(|refusal| refusal.message)?;
+        let request = with_address(request, self.backend_scheme, address).map_err(|refusal| refusal.message)?;
         self.backends
             .request(request)
             .await
@@ -737,12 +740,17 @@ fn classify(path: &str) -> Call {
         .map_or(Call::OtherUnary, |routed| Call::Routed(routed))
 }
 
-/// The request with its URI pointed at `authority` (the path as the client sent it).
+/// The request with its URI pointed at `authority` (the path as the client sent it), plain.
 pub fn with_authority<B>(request: Request<B>, authority: &str) -> Result<Request<B>, Refusal> {
+    with_address(request, "http", authority)
+}
+
+/// The request with its URI pointed at `scheme://authority` ("https": over TLS).
+pub fn with_address<B>(request: Request<B>, scheme: &str, authority: &str) -> Result<Request<B>, Refusal> {
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a connection told to go away (GOAWAY) may take to finish before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -113,6 +114,7 @@ impl Drop for ActiveCall {
 /// Each call is answered by `edge`; its error resets the stream (RST_STREAM INTERNAL_ERROR).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
     edge: Arc<Edge>,
@@ -141,8 +143,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (builder, limits, edge, stop) = (builder.clone(), limits.clone(), edge.clone(), stop.clone());
+        let tls = tls.clone();
         connections.spawn(async move {
-            serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await;
+            match tls {
+                None => serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await,
+                Some(acceptor) => {
+                    // The TLS handshake counts against the handshake timeout too.
+                    let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await;
+                    }
+                }
+            }
             drop(slot);
         });
         // Reap finished connections so the set does not grow.
@@ -151,13 +163,15 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(
-    io: TokioIo<tokio::net::TcpStream>,
+async fn serve_connection<I>(
+    io: TokioIo<I>,
     builder: http2::Builder<TokioExecutor>,
     limits: ConnectionLimits,
     edge: Arc<Edge>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         started: Instant::now(),
         calls: AtomicUsize::new(0),

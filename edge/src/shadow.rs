@@ -114,6 +114,7 @@ impl Tee {
 /// One shadow call, ready to run.
 pub struct Job {
     pub client: BackendClient,
+    pub scheme: &'static str,
     pub fleet: Arc<Fleet>,
     pub plan: Arc<Plan>,
     pub metrics: Arc<Metrics>,
@@ -163,7 +164,8 @@ impl Job {
         let limit = self.plan.policy().max_message_bytes;
         let request = Request::from_parts(self.parts, Outgoing::Buffered(Some(self.bytes)));
         let sent = async {
-            let request = crate::proxy::with_authority(request, &backend.address).map_err(|_| "UNAVAILABLE")?;
+            let request =
+                crate::proxy::with_address(request, self.scheme, &backend.address).map_err(|_| "UNAVAILABLE")?;
             let response = self.client.request(request).await.map_err(|_| "UNAVAILABLE")?;
             read_answer(response, limit).await
         };

@@ -18,7 +18,7 @@ use crate::body::{Outgoing, Upstream};
 use crate::compression;
 use crate::grpc::{self, code};
 use crate::observed::{code_name, message_of, RouteCall};
-use crate::proxy::{copy_parts, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
+use crate::proxy::{copy_parts, with_address, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
 use crate::shedding::Admitted;
 use crate::stamp::Stamp;
 use crate::{version, wire};
@@ -492,7 +492,11 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
         }
-        let request = with_authority(Request::from_parts(parts, Outgoing::Routed(messages)), address);
+        let request = with_address(
+            Request::from_parts(parts, Outgoing::Routed(messages)),
+            self.edge.backend_scheme,
+            address,
+        );
         let client = self.edge.backends.clone();
         let events = self.events_in.clone();
         let name = backend.clone();

@@ -7,6 +7,7 @@
 //! stream window of buffered bytes and never stalls the other calls sharing the connection.
 
 use crate::body::Outgoing;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,7 +21,7 @@ use std::time::Duration;
 /// The HTTP/2 connection window: 2^31 - 1, the protocol's largest.
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
-pub type BackendClient = Client<HttpConnector, Outgoing>;
+pub type BackendClient = Client<HttpsConnector<HttpConnector>, Outgoing>;
 pub type GatewayClient = Client<UnixConnector, Outgoing>;
 
 /// `stream_window_bytes`: the flow-control window of one stream.
@@ -42,11 +43,17 @@ fn builder(stream_window_bytes: u32) -> hyper_util::client::legacy::Builder {
     builder
 }
 
-pub fn backend_client(stream_window_bytes: u32) -> BackendClient {
+/// `tls`: how backends addressed as https are checked (plain http ones ignore it).
+pub fn backend_client(stream_window_bytes: u32, tls: rustls::ClientConfig) -> BackendClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.enforce_http(true);
+    connector.enforce_http(false);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(connector);
     builder(stream_window_bytes).build(connector)
 }
 

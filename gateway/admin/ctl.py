@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway.admin.auth import TOKEN_FILE, read_token
 from gateway.control.runtime import default_runtime_dir
-from gateway.settings import load_settings
+from gateway.settings import GatewaySettings, load_settings
 from gateway.traffic.routes import variant_name
 
 Printer = Callable[[str], None]
@@ -42,6 +42,13 @@ def add_parser(commands: Any) -> None:
     )
     ctl.add_argument("--token-file", type=Path, help="file holding the admin token")
     ctl.add_argument("--config", type=Path, help="the gateway's settings file")
+    ctl.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA of a TLS admin port (default: admin.tls.cert_file of the settings)",
+    )
+    ctl.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
+    ctl.add_argument("--key-file", type=Path, help="client key (mutual TLS)")
     ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ctl.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     actions = ctl.add_subparsers(required=True, metavar="ACTION")
@@ -103,10 +110,20 @@ class Admin:
     """One connection to the admin service."""
 
     def __init__(
-        self, address: str, token: str, timeout_s: float, as_json: bool, out: Printer
+        self,
+        address: str,
+        token: str,
+        timeout_s: float,
+        as_json: bool,
+        out: Printer,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (
+            grpc.insecure_channel(address)
+            if credentials is None
+            else grpc.secure_channel(address, credentials)
+        )
         self._stub = admin_pb2_grpc.GatewayAdminStub(self._channel)  # type: ignore[no-untyped-call]
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout_s
@@ -314,8 +331,8 @@ def _existing(admin: Admin, name: str) -> admin_pb2.Route:
 
 
 def _run(args: argparse.Namespace, run: Callable[[Admin, argparse.Namespace], Any]) -> int:
-    address, token = _connection(args)
-    admin = Admin(address, token, args.timeout, args.json, print)
+    address, token, credentials = _connection(args)
+    admin = Admin(address, token, args.timeout, args.json, print, credentials)
     try:
         result = run(admin, args)
     except grpc.RpcError as exc:
@@ -330,7 +347,7 @@ def _run(args: argparse.Namespace, run: Callable[[Admin, argparse.Namespace], An
     return result if isinstance(result, int) else 0
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, str]:
+def _connection(args: argparse.Namespace) -> tuple[str, str, grpc.ChannelCredentials | None]:
     try:
         settings = load_settings(args.config)
     except (OSError, ValueError) as exc:
@@ -338,18 +355,41 @@ def _connection(args: argparse.Namespace) -> tuple[str, str]:
     admin = settings.admin
     port = admin.listen_port(settings.server.port)
     address = args.address or os.environ.get("GATEWAY_ADMIN_ADDRESS") or f"{admin.host}:{port}"
+    return address, _token(args, settings), _credentials(args, settings)
+
+
+def _credentials(
+    args: argparse.Namespace, settings: GatewaySettings
+) -> grpc.ChannelCredentials | None:
+    ca = args.ca_file or settings.admin.tls.cert_file
+    if ca is None and args.cert_file is None:
+        return None
+    if (args.cert_file is None) != (args.key_file is None):
+        raise CtlError("pass --cert-file and --key-file together")
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes() if ca else None,
+            private_key=args.key_file.read_bytes() if args.key_file else None,
+            certificate_chain=args.cert_file.read_bytes() if args.cert_file else None,
+        )
+    except OSError as exc:
+        raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+
+def _token(args: argparse.Namespace, settings: GatewaySettings) -> str:
+    admin = settings.admin
     if args.token:
-        return address, args.token
+        return str(args.token)
     token_file = args.token_file or admin.token_file
     if admin.token is not None and args.token_file is None:
-        return address, admin.token.get_secret_value()
+        return admin.token.get_secret_value()
     if token_file is None:
         state_dir = admin.state_dir or default_runtime_dir(settings.server.port)
         if state_dir is None:
             raise CtlError("no admin token: pass --token or --token-file")
         token_file = state_dir / TOKEN_FILE
     try:
-        return address, read_token(token_file)
+        return read_token(token_file)
     except Exception as exc:
         raise CtlError(f"{exc}: pass --token or --token-file") from None
 

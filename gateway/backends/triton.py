@@ -80,14 +80,18 @@ class TritonBackend:
         *,
         max_message_bytes: int,
         control_metadata: tuple[tuple[str, str], ...] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.name = name
         self.address = address
         self.control_metadata = control_metadata
         """Header of the gateway's own calls to this server (``security.backend_key``)."""
         self._restriction_reported = False
-        self._channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes)
+        options = channel_options(max_message_bytes)
+        self._channel = (
+            grpc.aio.insecure_channel(address, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(address, credentials, options=options)
         )
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.unary = {

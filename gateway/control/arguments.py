@@ -68,4 +68,17 @@ def edge_arguments(settings: GatewaySettings) -> list[str]:
         "--upstream-stream-window-bytes",
         str(edge.upstream_stream_window_bytes),
     ]
+    tls = settings.server.tls
+    if tls.cert_file is not None and tls.key_file is not None:
+        arguments += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
+        if tls.client_ca_file is not None:
+            arguments += ["--tls-client-ca", str(tls.client_ca_file)]
+    backend = settings.backend_tls
+    if backend.enabled:
+        arguments.append("--backend-tls")
+        if backend.ca_file is not None:
+            arguments += ["--backend-ca", str(backend.ca_file)]
+        if backend.cert_file is not None and backend.key_file is not None:
+            arguments += ["--backend-cert", str(backend.cert_file)]
+            arguments += ["--backend-key", str(backend.key_file)]
     return arguments

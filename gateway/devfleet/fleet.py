@@ -43,6 +43,26 @@ class ServerSpec:
     """Models loaded at start; None loads every model of the repository."""
     extra_args: tuple[str, ...] = ()
     """More tritonserver arguments, e.g. ``--grpc-restricted-protocol=model-repository:k=v``."""
+    tls: ServerTls | None = None
+    """Serve gRPC over TLS (tritonserver ``--grpc-use-ssl``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """A server's TLS: its certificate and key, and the CA that signed it (also what the fleet
+    trusts when it waits for the server to be ready)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    def arguments(self) -> tuple[str, ...]:
+        return (
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={self.cert_file}",
+            f"--grpc-server-key={self.key_file}",
+            f"--grpc-root-cert={self.ca_file}",
+        )
 
 
 @dataclass(slots=True)
@@ -110,6 +130,7 @@ class LocalFleet:
         self._source_repository = model_repository
         self._work_dir = work_dir.resolve()
         self._specs = list(specs)
+        self._specs_tls = {spec.name: spec.tls for spec in specs if spec.tls is not None}
         self._ready_timeout_s = ready_timeout_s
         self._stop_grace_s = stop_grace_s
         self._detached = detached
@@ -182,7 +203,11 @@ class LocalFleet:
         old.remove_shared_memory()
         _wait_port_free(old.grpc_port, timeout_s=self._stop_grace_s)
         spec = ServerSpec(
-            name=name, grpc_port=old.grpc_port, models=old.models, extra_args=old.extra_args
+            name=name,
+            grpc_port=old.grpc_port,
+            models=old.models,
+            extra_args=old.extra_args,
+            tls=self._specs_tls.get(name),
         )
         server = self._launch(spec)
         self.servers[name] = server
@@ -236,6 +261,7 @@ class LocalFleet:
             # the regions a killed predecessor of the same name left in /dev/shm.
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             *spec.extra_args,
+            *(spec.tls.arguments() if spec.tls is not None else ()),
         ]
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = self._installation.library_path()
@@ -264,7 +290,15 @@ class LocalFleet:
 
     def _wait_ready(self, server: TritonServer) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
-        with grpc.insecure_channel(server.address) as channel:
+        tls = self._specs_tls.get(server.name)
+        channel = (
+            grpc.insecure_channel(server.address)
+            if tls is None
+            else grpc.secure_channel(
+                server.address, grpc.ssl_channel_credentials(tls.ca_file.read_bytes())
+            )
+        )
+        with channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
                 if not server.is_running():
