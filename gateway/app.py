@@ -375,6 +375,7 @@ class Gateway:
             self.dataplane,
             lambda: self._edge_breakers,
             self._is_managed,
+            lambda: self.repository.status() if self.repository is not None else [],
         )
         servicer = AdminServicer(self.traffic, fleet, AdminMetrics(self.registry))
         admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
@@ -449,6 +450,7 @@ class Gateway:
             edge_sync=self._edge_sync,
             on_contents=self._repository_contents,
             clock=self._clock,
+            wall_clock=self._wall_clock,
         )
         if config.push:
             self.pool.manage_models(

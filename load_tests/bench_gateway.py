@@ -313,6 +313,7 @@ def h2load_round(
     concurrency: int,
     args: argparse.Namespace,
     log_file: Path,
+    headers: tuple[str, ...] = (),
 ) -> tuple[int, int, float, np.ndarray, str]:
     """One closed-loop round: (answered OK, errors, seconds, latencies in µs, note).
 
@@ -328,6 +329,7 @@ def h2load_round(
         "-D", f"{max(1, round(args.duration * 1000))}ms",
         "-H", "content-type: application/grpc",
         "-H", "te: trailers",
+        *itertools.chain.from_iterable(("-H", header) for header in headers),
         "-d", str(frame_file),
         "--log-file", str(log_file),
         f"http://{target.address}{INFER}",

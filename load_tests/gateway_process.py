@@ -27,6 +27,7 @@ def start_gateway(
     log_level: str = "warning",
     metrics_port: int = 0,
     port: int = 0,
+    admin_port: int = 0,
     sections: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A gateway (tgw-edge on a free loopback port, the Python control plane behind it) in
@@ -41,6 +42,8 @@ def start_gateway(
         "health": {"poll_interval_s": poll_interval_s},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": log_level, "format": "json"},
+        # Its own free port: the default (public port + 2) may be taken on a busy machine.
+        "admin": {"port": admin_port or free_port()},
     }
     for section, overrides in (sections or {}).items():
         settings[section] = {**settings.get(section, {}), **overrides}

@@ -420,6 +420,8 @@ class Target:
     triton: dict[str, str]
     """Backend name → address."""
     workdir: Path
+    admin_port: int = 0
+    """The admin service (localhost, token-protected): a listener on purpose."""
 
     @property
     def public_port(self) -> int:
@@ -906,7 +908,7 @@ def unix_listeners(pid: int) -> list[dict[str, Any]]:
 
 
 def handover_port(target: Target, params: Params) -> Finding:
-    known = {target.public_port, target.metrics_port}
+    known = {target.public_port, target.metrics_port, target.admin_port}
     extra = {
         name: [port for port in tcp_listeners(pid) if port not in known]
         for name, pid in target.pids().items()
@@ -920,7 +922,17 @@ def handover_port(target: Target, params: Params) -> Finding:
                 address, INFER, infer_request(), metadata=forged, timeout_s=params.call_timeout_s
             )[0]
     if not outcomes:
-        outcomes["private_tcp_port"] = Outcome("none", "no TCP listener besides public and metrics")
+        outcomes["private_tcp_port"] = Outcome(
+            "none", "no TCP listener besides the public, metrics and admin ports"
+        )
+    # The admin port takes no inference and no admin call without the token.
+    admin = f"127.0.0.1:{target.admin_port}"
+    outcomes["admin_infer"] = unary(
+        admin, INFER, infer_request(), metadata=forged, timeout_s=params.call_timeout_s
+    )[0]
+    outcomes["admin_without_token"] = unary(
+        admin, "/tgw.admin.v1.GatewayAdmin/ListRoutes", b"", timeout_s=params.call_timeout_s
+    )[0]
     details = {
         "extra_tcp_listeners": extra,
         "unix_listeners": {name: unix_listeners(pid) for name, pid in target.pids().items()},
@@ -1121,11 +1133,12 @@ class Bench:
         if self._process is not None:
             _stop(self._process)
         self._starts += 1
-        metrics_port = free_port()
+        metrics_port, admin_port = free_port(), free_port()
         self._process, address = start_gateway(
             [(s.name, s.address) for s in self._fleet.servers.values()],
             self._workdir,
             metrics_port=metrics_port,
+            admin_port=admin_port,
             sections=self._sections,
             name=f"gateway-{self._starts}",
         )
@@ -1136,6 +1149,7 @@ class Bench:
             metrics_port=metrics_port,
             triton={s.name: s.address for s in self._fleet.servers.values()},
             workdir=self._workdir,
+            admin_port=admin_port,
         )
         return self.target
 

@@ -84,6 +84,12 @@ def add_parser(commands: Any) -> None:
     shadow.add_argument("--off", action="store_true", help="stop mirroring")
     action("unroute", "remove a route (Triton's latest again)", _unroute).add_argument("model")
     action("backends", "list the backends", lambda a, _: a.backends())
+    models = action(
+        "models",
+        "models published from the repository: what serves where, rollouts",
+        lambda a, args: a.models(args.model),
+    )
+    models.add_argument("model", nargs="?", default="", help="one model, with its history")
     drain = action(
         "drain", "stop sending new calls to a backend", lambda a, args: a.drain(args.name, True)
     )
@@ -189,6 +195,47 @@ class Admin:
                 ]
             )
         self._table(rows)
+
+    def models(self, name: str) -> None:
+        found = self.call("ListModels", admin_pb2.ListModelsRequest(name=name)).models
+        if self._json:
+            self._print_json([_as_dict(m) for m in found])
+            return
+        if not name:
+            rows = [["MODEL", "STATE", "VERSIONS", "SHA256", "BACKENDS", "LAST ROLLOUT"]]
+            for m in found:
+                last = m.history[-1] if m.history else None
+                rows.append(
+                    [
+                        m.name,
+                        m.state,
+                        ",".join(m.served_versions) or "-",
+                        m.sha256[:12] or "-",
+                        ", ".join(f"{b.backend}:{','.join(b.versions) or '-'}" for b in m.backends),
+                        f"{last.event} {_when(last.at)}" if last else "-",
+                    ]
+                )
+            self._table(rows)
+            return
+        for m in found:
+            self._out(f"model {m.name}  {m.state}  sha256 {m.sha256 or '-'}")
+            rows = [["BACKEND", "VERSIONS", "SHA256"]]
+            rows += [
+                [b.backend, ",".join(b.versions) or "-", b.sha256[:12] or "-"] for b in m.backends
+            ]
+            self._table(rows)
+            rows = [["WHEN", "EVENT", "SHA256", "SECONDS", "DETAIL"]]
+            rows += [
+                [
+                    _when(e.at),
+                    e.event,
+                    e.sha256[:12],
+                    f"{e.duration.ToNanoseconds() / 1e9:.1f}" if e.HasField("duration") else "-",
+                    e.detail,
+                ]
+                for e in m.history
+            ]
+            self._table(rows)
 
     def drain(self, name: str, drained: bool) -> None:
         method = "DrainBackend" if drained else "UndrainBackend"
@@ -396,6 +443,10 @@ def _token(args: argparse.Namespace, settings: GatewaySettings) -> str:
 
 def _as_dict(message: Message) -> Any:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _when(at: Any) -> str:
+    return str(at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")) + " UTC"
 
 
 def _variants(route: admin_pb2.Route) -> str:

@@ -13,6 +13,7 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.backends.pool import BackendPool
 from gateway.dataplane import DataPlane
+from gateway.repository.manager import ModelStatus
 
 _LOAD_TIMEOUT_S = 600.0
 """A fleet load waits this long per backend (large models on a busy server take minutes)."""
@@ -25,11 +26,13 @@ class AdminFleet:
         dataplane: DataPlane,
         edge_views: Callable[[], Mapping[str, control_pb2.BackendView]],
         is_managed: Callable[[str], bool],
+        published: Callable[[], list[ModelStatus]],
     ) -> None:
         self._pool = pool
         self._dataplane = dataplane
         self._edge_views = edge_views
         self.is_managed = is_managed
+        self._published = published
 
     def has_backend(self, name: str) -> bool:
         return any(b.name == name for b in self._pool.backends)
@@ -69,6 +72,9 @@ class AdminFleet:
             found.append(entry)
         return found
 
+    def models(self, name: str) -> list[admin_pb2.PublishedModel]:
+        return [_published(s) for s in self._published() if not name or s.name == name]
+
     async def load(self, name: str) -> list[str]:
         request = service_pb2.RepositoryModelLoadRequest(model_name=name)
         return await self._dataplane.load_everywhere(request, _LOAD_TIMEOUT_S)
@@ -83,3 +89,33 @@ def _state(state: int) -> admin_pb2.BreakerState:
     return cast(
         admin_pb2.BreakerState, admin_pb2.BreakerState.Value(control_pb2.BreakerState.Name(state))
     )
+
+
+def _published(status: ModelStatus) -> admin_pb2.PublishedModel:
+    if not status.sha256:
+        state = "removed"
+    elif status.rolling_out:
+        state = "rolling_out"
+    elif status.failed:
+        state = "failed"
+    else:
+        state = "serving"
+    model = admin_pb2.PublishedModel(
+        name=status.name,
+        sha256=status.sha256,
+        serving_sha256=status.serving_sha256,
+        served_versions=status.served_versions,
+        state=state,
+        backends=[
+            admin_pb2.BackendContent(backend=b.backend, versions=b.versions, sha256=b.sha256)
+            for b in status.backends
+        ],
+    )
+    for event in status.history:
+        entry = model.history.add(
+            event=event.event, sha256=event.sha256, backends=event.backends, detail=event.detail
+        )
+        entry.at.FromNanoseconds(int(event.at * 1e9))
+        if event.seconds is not None:
+            entry.duration.FromNanoseconds(int(event.seconds * 1e9))
+    return model

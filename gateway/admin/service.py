@@ -97,6 +97,17 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
             "unload", context, lambda: self._fleet_change(request.name, False)
         )
 
+    async def ListModels(
+        self, request: admin_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListModelsResponse:
+        models = self._fleet.models(request.name)
+        if request.name and not models:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model '{request.name}' is not published from the gateway's repository",
+            )
+        return admin_pb2.ListModelsResponse(models=models)
+
     async def _drain(self, name: str, drained: bool) -> admin_pb2.Backend:
         if not self._fleet.has_backend(name):
             known = ", ".join(b.name for b in self._fleet.backends()) or "none"

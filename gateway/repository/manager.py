@@ -28,6 +28,7 @@ from watchfiles import awatch
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.repository.content import ModelContent
+from gateway.repository.history import RolloutEvent, RolloutLog
 from gateway.repository.metrics import RepositoryMetrics
 from gateway.repository.push import (
     PushError,
@@ -58,6 +59,34 @@ class ManagerSettings:
     push: PushSettings
 
 
+@dataclass(frozen=True, slots=True)
+class BackendServing:
+    backend: str
+    versions: tuple[str, ...]
+    """Versions with traffic there (proven)."""
+    sha256: str
+    """Digest of the content proven there ("" before any)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    name: str
+    sha256: str
+    """The repository's content ("" once removed)."""
+    serving_sha256: str
+    """The content of the last completed rollout."""
+    served_versions: tuple[str, ...]
+    rolling_out: bool
+    failed: bool
+    """The repository's content failed its rollout (the previous one keeps serving)."""
+    backends: tuple[BackendServing, ...]
+    history: tuple[RolloutEvent, ...]
+
+
+def _numeric(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
 class RepositoryManager:
     def __init__(
         self,
@@ -70,6 +99,7 @@ class RepositoryManager:
         edge_sync: EdgeSync,
         on_contents: Callable[[dict[str, ModelContent]], None] = lambda contents: None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._scanner = scanner
         self._store = store
@@ -80,6 +110,9 @@ class RepositoryManager:
         self._on_contents = on_contents
         self._clock = clock
         self._desired: dict[str, ModelContent] = {}
+        self.rollouts = RolloutLog(wall_clock)
+        self._serving: dict[tuple[str, str], str] = {}
+        """(backend, model) -> digest of the content proven there."""
         self._good: dict[str, ModelContent] = {}
         """Per model: the content that last completed a rollout (what a rollback puts back)."""
         self._managed: set[str] = set()
@@ -106,6 +139,36 @@ class RepositoryManager:
         """Set whenever a reconcile pass left nothing to do (tests and the CLI wait on it)."""
 
     # -- wiring --------------------------------------------------------------------------------
+
+    def status(self) -> list[ModelStatus]:
+        """Every model of the repository (and those being retired): what should serve, what
+        serves where, and its rollout history."""
+        found = []
+        for name in sorted(set(self._desired) | self._managed):
+            desired = self._desired.get(name)
+            good = self._good.get(name)
+            backends = tuple(
+                BackendServing(
+                    backend=backend,
+                    versions=tuple(sorted(versions, key=_numeric)),
+                    sha256=self._serving.get((backend, model), ""),
+                )
+                for (backend, model), versions in sorted(self._admitted.items())
+                if model == name
+            )
+            found.append(
+                ModelStatus(
+                    name=name,
+                    sha256=desired.digest if desired is not None else "",
+                    serving_sha256=good.digest if good is not None else "",
+                    served_versions=desired.served_versions if desired is not None else (),
+                    rolling_out=name in self.rollouts.in_progress,
+                    failed=name in self._failed,
+                    backends=backends,
+                    history=tuple(self.rollouts.history(name)),
+                )
+            )
+        return found
 
     def gate(self, backend: str, models: frozenset[ModelKey]) -> frozenset[ModelKey]:
         """The READY versions of ``backend`` that may get traffic."""
@@ -338,6 +401,13 @@ class RepositoryManager:
             backends=[b.name for b in targets],
             canary=targets[0].name,
         )
+        self.rollouts.record(
+            name,
+            "started",
+            content.digest,
+            tuple(b.name for b in targets),
+            f"canary {targets[0].name}",
+        )
         await self._withdraw_removed_versions(content)
         pushed: list[TritonBackend] = []
         try:
@@ -382,7 +452,11 @@ class RepositoryManager:
         await asyncio.gather(*(self._roll_back(b, name, rollback_to) for b in pushed))
         self._pool.republish()
         self._metrics.rollouts.labels(model=name, outcome="rolled_back").inc()
-        log.info("model_rollout_rolled_back", model=name, seconds=round(self._clock() - started, 3))
+        seconds = round(self._clock() - started, 3)
+        self.rollouts.record(
+            name, "rolled_back", content.digest, tuple(b.name for b in pushed), failure, seconds
+        )
+        log.info("model_rollout_rolled_back", model=name, seconds=seconds)
 
     async def _push_rest(
         self,
@@ -502,6 +576,7 @@ class RepositoryManager:
         )
 
     def _admit(self, backend: str, content: ModelContent) -> None:
+        self._serving[(backend, content.name)] = content.digest
         versions = frozenset(content.served_versions)
         if self._admitted.get((backend, content.name)) != versions:
             self._admitted[(backend, content.name)] = versions
@@ -524,11 +599,21 @@ class RepositoryManager:
         if content.name not in self._rolled_out:
             # Every backend already served this content (a gateway restarted over its fleet).
             log.info("model_found_served", model=content.name, sha256=content.digest)
+            self.rollouts.record(
+                content.name, "found_served", content.digest, tuple(b.name for b in backends)
+            )
             return
         self._rolled_out.discard(content.name)
         if seconds is not None:
             self._metrics.rollout_seconds.labels(model=content.name).set(seconds)
         self._metrics.rollouts.labels(model=content.name, outcome="completed").inc()
+        self.rollouts.record(
+            content.name,
+            "completed",
+            content.digest,
+            tuple(b.name for b in backends),
+            seconds=seconds,
+        )
         log.info(
             "model_rollout_completed",
             model=content.name,

@@ -198,6 +198,9 @@ def test_the_handover_to_the_gateway_is_no_tcp_port_and_is_owner_only(
     report = attack("handover_port", target)
     details = report.finding.details
     assert details["extra_tcp_listeners"] == {"gateway": [], "edge": []}
+    # The admin port is the only other listener, and it wants its token first.
+    assert report.finding.gateway["admin_infer"].code == "UNAUTHENTICATED"
+    assert report.finding.gateway["admin_without_token"].code == "UNAUTHENTICATED"
     for name, sockets in details["unix_listeners"].items():
         for listener in sockets:
             assert listener["mode"] is not None, (name, listener)

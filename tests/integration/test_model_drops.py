@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.settings import GatewaySettings, load_settings
@@ -217,6 +218,57 @@ def test_a_new_version_dropped_under_load_is_served_once_rolled_out_with_no_fail
     for server in empty_fleet.servers.values():
         assert ready_on(server.address, "classifier", new)
         assert not ready_on(server.address, "classifier", previous)
+
+
+def test_a_new_version_of_a_routed_model_gets_only_the_weight_its_route_gives(
+    gateway: BackgroundGateway, empty_fleet: LocalFleet, repository: Path
+) -> None:
+    traffic = gateway.gateway.traffic
+    assert traffic is not None
+    model_dir = repository / "classifier"
+    current = str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()))
+    new = str(int(current) + 1)
+    route = admin_pb2.Route(
+        name="classifier", variants=[admin_pb2.Variant(version=current, weight=100)]
+    )
+    created = gateway.run(traffic.set_route(route, 0))
+    try:
+        gateway.run(gateway.gateway.edge.sync(5.0))  # type: ignore[union-attr]
+        with SteadyLoad(gateway.url) as load:
+            assert wait_until(lambda: load.sent > 10, timeout_s=30)
+            drop(model_dir / current, model_dir / new)
+            assert wait_until(
+                lambda: all(
+                    ready_on(s.address, "classifier", new) for s in empty_fleet.servers.values()
+                ),
+                timeout_s=ROLLOUT_WAIT_S,
+            )
+            wait_idle(gateway)
+            sent = load.sent
+            assert wait_until(lambda: load.sent > sent + 30, timeout_s=30)
+        print(f"routed model, new version {new} rolled out under load: {load.versions}")
+        (status,) = [m for m in gateway.gateway.repository.status() if m.name == "classifier"]  # type: ignore[union-attr]
+        assert new in status.served_versions and not status.rolling_out
+        assert {b.backend for b in status.backends} == {"drop-a", "drop-b"}
+        assert all(b.sha256 == status.sha256 for b in status.backends)
+        assert status.history[-1].event == "completed"
+        assert status.history[-2].event == "started"
+        assert load.failures == []
+        assert set(load.versions) == {current}, "the route gives the new version no weight"
+        assert classify(gateway.url, version=new).get_response().model_version == new
+        # The split's weights are kept until an operator moves them.
+        kept = traffic.route("classifier")
+        assert kept is not None and kept.revision == created.revision
+        moved = admin_pb2.Route(
+            name="classifier", variants=[admin_pb2.Variant(version=new, weight=100)]
+        )
+        gateway.run(traffic.set_route(moved, created.revision))
+        gateway.run(gateway.gateway.edge.sync(5.0))  # type: ignore[union-attr]
+        assert classify(gateway.url).get_response().model_version == new
+    finally:
+        current_route = traffic.route("classifier")
+        if current_route is not None:
+            gateway.run(traffic.delete_route("classifier", current_route.revision))
 
 
 def test_a_brand_new_model_is_served_seconds_after_its_rename(

@@ -149,6 +149,7 @@ def test_admin_calls_need_the_token(routed: Routed) -> None:
         ("UndrainBackend", admin_pb2.BackendRequest(name="triton-a")),
         ("LoadModel", admin_pb2.FleetModelRequest(name="simple")),
         ("UnloadModel", admin_pb2.FleetModelRequest(name="simple")),
+        ("ListModels", admin_pb2.ListModelsRequest()),
     ]
     assert len(calls) == len(admin_pb2.DESCRIPTOR.services_by_name["GatewayAdmin"].methods)
     for method, request in calls:
@@ -234,6 +235,10 @@ def test_ctl_sets_and_shows_splits(routed: Routed, capsys: pytest.CaptureFixture
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert main([*base, "backends"]) == 0
     assert "triton-a" in capsys.readouterr().out
+    assert main([*base, "models"]) == 0
+    assert "classifier" in capsys.readouterr().out
+    assert main([*base, "models", "no-such-model"]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
 
 
 def test_a_restart_keeps_the_splits_and_a_corrupt_state_keeps_the_last_good(
