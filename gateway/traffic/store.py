@@ -10,6 +10,7 @@ left the gateway refuses to start rather than silently forget every split.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -54,8 +55,8 @@ class FileRouteStore:
                 problems.append(f"{candidate}: {exc.strerror or exc}")
                 continue
             try:
-                state = json_format.Parse(text, admin_pb2.State())
-            except json_format.ParseError as exc:
+                state = _parse(text)
+            except ValueError as exc:
                 problems.append(f"{candidate}: {exc}")
                 log.error("route_state_corrupt", path=str(candidate), error=str(exc))
                 self._keep_aside(candidate)
@@ -83,6 +84,20 @@ class FileRouteStore:
         # The unreadable file is kept for inspection; the next save writes a good one.
         with contextlib.suppress(OSError):
             path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+
+
+def _parse(text: str) -> admin_pb2.State:
+    """A document this store wrote: a JSON object with a positive revision (every save has
+    one), else ValueError — an empty or foreign file must not pass for "no routes"."""
+    try:
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not a JSON object")
+        state = json_format.Parse(text, admin_pb2.State())
+    except (json.JSONDecodeError, json_format.ParseError) as exc:
+        raise ValueError(str(exc)) from exc
+    if state.revision <= 0:
+        raise ValueError("no revision: not a state this gateway wrote")
+    return state
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,134 @@
+"""Traffic routes as the admin service keeps them: defaults, checks, revisions, the store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.settings import TrafficSettings
+from gateway.traffic.routes import AdminError, bucket, edge_route, normalized
+from gateway.traffic.state import TrafficState
+from gateway.traffic.store import FileRouteStore, RouteStoreError
+
+DEFAULTS = TrafficSettings()
+
+
+def route(name: str = "classifier", **weights: int) -> admin_pb2.Route:
+    return admin_pb2.Route(
+        name=name,
+        variants=[admin_pb2.Variant(version=v.lstrip("v"), weight=w) for v, w in weights.items()],
+    )
+
+
+def test_the_bucket_is_the_edges() -> None:
+    # The edge's unit test pins sha256(b"s\x00k")[:8] = 0x85e238288c85c328.
+    assert hashlib.sha256(b"s\x00k").digest()[:8].hex() == "85e238288c85c328"
+    assert bucket("s", "k") == 0x85E238288C85C328 % 10_000
+
+
+def test_defaults_are_filled_in() -> None:
+    filled = normalized(route(v1=90, v2=10), DEFAULTS)
+    assert [(v.name, v.model, v.version) for v in filled.variants] == [
+        ("1", "classifier", "1"),
+        ("2", "classifier", "2"),
+    ]
+    assert (filled.key.header, filled.key.parameter, filled.key.salt) == (
+        "x-gateway-routing-key",
+        "gateway_routing_key",
+        "classifier",
+    )
+    assert not filled.HasField("shadow")
+    alias = admin_pb2.Route(
+        name="prod", variants=[admin_pb2.Variant(model="classifier", version="2", weight=1)]
+    )
+    filled = normalized(alias, DEFAULTS)
+    assert filled.variants[0].name == "classifier:2"
+    assert edge_route(filled, DEFAULTS).versioned_model == "classifier"
+    assert edge_route(normalized(route(v1=1), DEFAULTS), DEFAULTS).versioned_model == ""
+
+
+def test_a_shadow_gets_the_default_tolerance_and_budget() -> None:
+    shadowed = route(v1=1)
+    shadowed.shadow.CopyFrom(admin_pb2.Shadow(target=admin_pb2.Variant(version="2"), percent=25))
+    edge = edge_route(normalized(shadowed, DEFAULTS), DEFAULTS)
+    assert edge.shadow.fraction == 0.25
+    assert (edge.shadow.atol, edge.shadow.rtol) == (DEFAULTS.shadow_atol, DEFAULTS.shadow_rtol)
+    assert edge.shadow.max_in_flight == DEFAULTS.shadow_max_in_flight
+    assert edge.shadow.target.name == "2"
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (route(v1=0, v2=0), "sum to zero"),
+        (admin_pb2.Route(name="m"), "at least one variant"),
+        (route(v01=1), "version number"),
+        (
+            admin_pb2.Route(
+                name="m",
+                variants=[admin_pb2.Variant(name="a", weight=1), admin_pb2.Variant(name="a")],
+            ),
+            "twice",
+        ),
+        (admin_pb2.Route(variants=[admin_pb2.Variant(weight=1)]), "model name"),
+    ],
+)
+def test_bad_routes_are_invalid_arguments(bad: admin_pb2.Route, says: str) -> None:
+    with pytest.raises(AdminError) as refused:
+        normalized(bad, DEFAULTS)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in refused.value.message
+
+
+def _state(path: Path, servable: set[tuple[str, str]] | None = None) -> TrafficState:
+    changes: list[int] = []
+    return TrafficState(
+        FileRouteStore(path),
+        DEFAULTS,
+        lambda model, version: servable is None or (model, version) in servable,
+        lambda: changes.append(1),
+        clock=lambda: 1_700_000_000.0,
+    )
+
+
+def test_changes_carry_revisions_and_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "traffic.json"
+    state = _state(path)
+    created = asyncio.run(state.set_route(route(v1=90, v2=10), 0))
+    assert created.revision == 1 and created.updated.seconds == 1_700_000_000
+    with pytest.raises(AdminError) as stale:
+        asyncio.run(state.set_route(route(v1=80, v2=20), 0))
+    assert stale.value.code == grpc.StatusCode.ABORTED
+    moved = asyncio.run(state.set_route(route(v1=80, v2=20), created.revision))
+    asyncio.run(state.set_drained("triton-a", True))
+    again = _state(path)
+    assert again.route("classifier") == moved
+    assert again.drained() == {"triton-a"}
+    assert again.revision == 3
+
+
+def test_targets_must_be_servable(tmp_path: Path) -> None:
+    state = _state(tmp_path / "traffic.json", servable={("classifier", "1")})
+    with pytest.raises(AdminError) as missing:
+        asyncio.run(state.set_route(route(v1=1, v7=1), 0))
+    assert missing.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "classifier version 7" in missing.value.message
+    assert state.route("classifier") is None
+
+
+def test_a_corrupt_state_file_falls_back_to_its_copy_then_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "traffic.json"
+    state = _state(path)
+    created = asyncio.run(state.set_route(route(v1=1), 0))
+    path.write_text("{")
+    assert _state(path).route("classifier") == created
+    assert list(tmp_path.glob("traffic.json.corrupt-*"))
+    path.write_text("{")
+    (tmp_path / "traffic.json.bak").write_text("[]")
+    with pytest.raises(RouteStoreError, match=r"remove .*traffic\.json"):
+        _state(path)
