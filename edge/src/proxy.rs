@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
+const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 const ROUTED_METHODS: [&str; 4] = ["ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig"];
 const STREAMING_METHODS: [&str; 1] = ["ModelStreamInfer"];
 /// Set by the edge on a call it hands over after backends failed it (the backends, comma
@@ -83,7 +84,7 @@ pub(crate) struct Target<'p> {
     /// (traffic route, variant) for the route's metrics.
     variant: Option<(Arc<str>, Arc<str>)>,
     /// The route's shadow, for a request its split chose a variant for.
-    shadow: Option<&'p Shadow>,
+    pub shadow: Option<&'p Shadow>,
     /// The model name the client sent.
     client_model: &'p str,
 }
@@ -296,6 +297,25 @@ impl Edge {
         reading: &[u8],
         encoding: Option<HeaderValue>,
     ) -> Option<Tee> {
+        let primary = self.start_shadow(&call.plan, target, shadow, reading, &call.parts)?;
+        Some(shadow::Tee::new(
+            primary,
+            encoding,
+            call.plan.policy().max_message_bytes,
+        ))
+    }
+
+    /// A shadow copy of `reading` (a plain ModelInferRequest frame) on its way, for the
+    /// route's share of the calls and within the shadow budget: the sender takes the
+    /// primary's answer (a gRPC frame of a ModelInferResponse) when it is OK.
+    pub(crate) fn start_shadow(
+        &self,
+        plan: &Arc<Plan>,
+        target: &Target<'_>,
+        shadow: &Shadow,
+        reading: &[u8],
+        parts: &Parts,
+    ) -> Option<shadow::PrimarySender> {
         // 53 random bits as a fraction in [0, 1).
         let draw = (self.fleet.draw() >> 11) as f64 / (1u64 << 53) as f64;
         if draw >= shadow.fraction {
@@ -314,17 +334,17 @@ impl Edge {
                 return None;
             }
         };
-        let limit = call.plan.policy().max_message_bytes;
-        let (tee, primary) = shadow::tee(encoding, limit);
-        let mut parts = copy_parts(&call.parts);
-        // The copy goes out plain, on its own clock.
+        let (sender, primary) = tokio::sync::oneshot::channel();
+        let mut parts = copy_parts(parts);
+        // The copy is a unary ModelInfer (a stream's message too), plain, on its own clock.
+        parts.uri = Uri::from_static(INFER_PATH);
         parts.headers.remove("grpc-timeout");
         parts.headers.remove("grpc-encoding");
         let job = shadow::Job {
             client: self.backends.clone(),
             scheme: self.backend_scheme,
             fleet: self.fleet.clone(),
-            plan: call.plan.clone(),
+            plan: plan.clone(),
             metrics: self.shared.metrics.clone(),
             shadows: self.shadows.clone(),
             permit,
@@ -336,7 +356,7 @@ impl Edge {
             request_id: wire::request_id(reading).to_string(),
         };
         tokio::spawn(job.run());
-        Some(tee)
+        Some(sender)
     }
 
     /// Where a request goes: its traffic route's variant when one covers its model name, else

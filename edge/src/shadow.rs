@@ -78,6 +78,9 @@ impl Shadows {
     }
 }
 
+/// Takes the primary's answer (its gRPC frame, and its grpc-encoding) for the comparison.
+pub type PrimarySender = oneshot::Sender<(Bytes, Option<HeaderValue>)>;
+
 /// The primary's answer as it streams to the client: its data kept (reference-counted, not
 /// copied) and handed to the comparison when its status is OK, dropped otherwise.
 pub struct Tee {
@@ -85,10 +88,20 @@ pub struct Tee {
     size: usize,
     limit: usize,
     encoding: Option<HeaderValue>,
-    sender: Option<oneshot::Sender<(Bytes, Option<HeaderValue>)>>,
+    sender: Option<PrimarySender>,
 }
 
 impl Tee {
+    pub fn new(sender: PrimarySender, encoding: Option<HeaderValue>, limit: usize) -> Tee {
+        Tee {
+            data: Vec::new(),
+            size: 0,
+            limit: limit.saturating_add(5),
+            encoding,
+            sender: Some(sender),
+        }
+    }
+
     pub fn data(&mut self, chunk: &Bytes) {
         self.size += chunk.len();
         if self.size > self.limit {
@@ -127,19 +140,6 @@ pub struct Job {
     pub bytes: Bytes,
     pub primary: oneshot::Receiver<(Bytes, Option<HeaderValue>)>,
     pub request_id: String,
-}
-
-/// A tee for the primary's answer and the receiver its comparison waits on.
-pub fn tee(encoding: Option<HeaderValue>, limit: usize) -> (Tee, oneshot::Receiver<(Bytes, Option<HeaderValue>)>) {
-    let (sender, receiver) = oneshot::channel();
-    let tee = Tee {
-        data: Vec::new(),
-        size: 0,
-        limit: limit.saturating_add(5),
-        encoding,
-        sender: Some(sender),
-    };
-    (tee, receiver)
 }
 
 impl Job {
@@ -395,12 +395,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_tee_hands_over_only_an_ok_answer() {
-        let (mut tee, receiver) = tee(None, 100);
+        let (sender, receiver) = oneshot::channel();
+        let mut tee = Tee::new(sender, None, 100);
         tee.data(&Bytes::from_static(b"ab"));
         tee.data(&Bytes::from_static(b"cd"));
         tee.finish(true);
         assert_eq!(receiver.await.unwrap().0, Bytes::from_static(b"abcd"));
-        let (mut failed, receiver) = super::tee(None, 100);
+        let (sender, receiver) = oneshot::channel();
+        let mut failed = Tee::new(sender, None, 100);
         failed.data(&Bytes::from_static(b"ab"));
         failed.finish(false);
         assert!(receiver.await.is_err());

@@ -19,6 +19,7 @@ use crate::compression;
 use crate::grpc::{self, code};
 use crate::observed::{code_name, message_of, RouteCall};
 use crate::proxy::{copy_parts, with_address, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
+use crate::shadow::PrimarySender;
 use crate::shedding::Admitted;
 use crate::stamp::Stamp;
 use crate::{version, wire};
@@ -78,6 +79,8 @@ struct StreamRequest {
     /// A traffic route's variant: its answer is stamped (in its parameters) and counted.
     stamp: Option<Arc<Stamp>>,
     route_call: Option<RouteCall>,
+    /// Takes its answer for the comparison with its shadow copy.
+    shadow: Option<PrimarySender>,
 }
 
 /// A request sent to a backend and not answered yet.
@@ -334,6 +337,11 @@ impl Session {
         // A message the edge answers with an error (or cannot deliver) counts as UNAVAILABLE.
         let route_call = target.route_call(&self.edge.shared.metrics, Instant::now(), "UNAVAILABLE");
         let stamp = target.variant_stamp();
+        // Mirrored like a unary call (never a sequence's, nor a decoupled model's).
+        let shadow = match (target.shadow, &sequence, unordered) {
+            (Some(shadow), None, false) => self.edge.start_shadow(&plan, &target, shadow, reading, &self.parts),
+            _ => None,
+        };
         let slot = (!unordered).then(|| self.order.reserve());
         let request = StreamRequest {
             slot,
@@ -345,6 +353,7 @@ impl Session {
             tried: Vec::new(),
             stamp,
             route_call,
+            shadow,
         };
         self.dispatch(request);
     }
@@ -542,6 +551,12 @@ impl Session {
                     if let Some(mut pending) = position.and_then(|i| stream.pending.remove(i)) {
                         slot = pending.request.slot;
                         pending.attempt.finish("OK", "");
+                        let failed = wire::stream_response_failed(&frame);
+                        if let (Some(sender), false) = (pending.request.shadow.take(), failed) {
+                            if let Some(answer) = wire::stream_infer_response(&frame) {
+                                let _ = sender.send((wire::framed(answer), None));
+                            }
+                        }
                         if let Some(stamp) = &pending.request.stamp {
                             frame = stamp.stream_answer(frame);
                         }

@@ -101,6 +101,19 @@ pub fn stream_response_key(frame: &[u8]) -> (&str, &str) {
     )
 }
 
+/// The `infer_response` (a ModelInferResponse message) of a plain ModelStreamInferResponse
+/// frame; None when compressed or absent.
+pub fn stream_infer_response(frame: &[u8]) -> Option<&[u8]> {
+    if frame.first() != Some(&0) {
+        return None;
+    }
+    let message = message_of(frame)?;
+    let (_, _, from, to) = fields(message)?
+        .into_iter()
+        .find(|(field, wire, _, _)| *field == 2 && *wire == 2)?;
+    Some(&message[from..to])
+}
+
 /// Whether a ModelStreamInferResponse frame reports a failed request (`error_message`, field 1).
 pub fn stream_response_failed(frame: &[u8]) -> bool {
     message_of(frame).and_then(fields).is_some_and(|found| {

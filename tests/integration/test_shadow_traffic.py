@@ -148,3 +148,24 @@ def test_a_failing_or_hung_shadow_never_touches_the_primary(
                 os.kill(side, signal.SIGCONT)
         finally:
             client.close()
+
+
+def test_stream_messages_are_mirrored_and_compared_too(routed: Routed) -> None:
+    routed.split("classifier", {"1": 100}, shadow=_shadow("2"))
+    port = routed.running.gateway.metrics_port
+    labels = {"route": "classifier", "variant": "2", "output": OUTPUT}
+    before = total(scrape_with_edge(port), "triton_gateway_shadow_comparisons_total", **labels)
+    stream = routed.channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    body = _request(classifier_features(batch=2, seed=14))
+    answers = [
+        service_pb2.ModelStreamInferResponse.FromString(raw)
+        for raw in stream(iter([body] * 5), timeout=30)
+    ]
+    assert [a.infer_response.model_version for a in answers] == ["1"] * 5
+    assert wait_until(
+        lambda: (
+            total(scrape_with_edge(port), "triton_gateway_shadow_comparisons_total", **labels)
+            == before + 5
+        ),
+        timeout_s=20,
+    )
