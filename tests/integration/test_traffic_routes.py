@@ -19,6 +19,7 @@ from gateway.devfleet import LocalFleet
 from gateway.traffic.routes import bucket
 from gateway.traffic.store import RouteStoreError
 from tests.support.background import BackgroundGateway
+from tests.support.metrics import scrape, scrape_with_edge, total
 from tests.support.models import MODEL_REPOSITORY
 from tests.support.traffic import AUTH, TOKEN, Routed, classifier_request, routed_settings
 
@@ -41,10 +42,21 @@ def _no_routes_left(routed: Routed) -> Iterator[None]:
         routed.unroute(name)
 
 
+def _route_calls(routed: Routed, variant: str) -> float:
+    samples = scrape_with_edge(routed.running.gateway.metrics_port)
+    name = "triton_gateway_route_requests_total"
+    return total(samples, name, route="classifier", variant=variant, code="OK")
+
+
 def test_unkeyed_requests_follow_the_weights(routed: Routed) -> None:
     routed.split("classifier", {"1": 90, "2": 10})
     body = classifier_request()
+    before = {v: _route_calls(routed, v) for v in ("1", "2")}
     counts = Counter(routed.variants_of([(body, ())] * 10_000))
+    # Counted per route and variant as each call ends.
+    assert {v: _route_calls(routed, v) - before[v] for v in ("1", "2")} == {
+        v: float(counts[v]) for v in ("1", "2")
+    }
     share = counts["2"] / 10_000
     print(f"90/10 over 10,000 unkeyed requests: {dict(counts)}; treatment share {share:.4f}")
     # Binomial 3 sigma at p = 0.1, n = 10,000 is 0.9 points: within one point.
@@ -228,7 +240,14 @@ def test_ctl_sets_and_shows_splits(routed: Routed, capsys: pytest.CaptureFixture
     assert '"weight": 90' in capsys.readouterr().out
     assert main([*base, "split", "classifier", "1=-1"]) == 2
     assert "negative" in capsys.readouterr().err
+    samples = scrape(routed.running.gateway.metrics_port)
+    refusals = total(samples, "triton_gateway_admin_changes_total", outcome="FAILED_PRECONDITION")
     assert main([*base, "split", "classifier", "9=1"]) == 2
+    samples = scrape(routed.running.gateway.metrics_port)
+    assert (
+        total(samples, "triton_gateway_admin_changes_total", outcome="FAILED_PRECONDITION")
+        == refusals + 1
+    )
     error = capsys.readouterr().err
     assert error.startswith("triton-gateway: FAILED_PRECONDITION") and error.count("\n") == 1
     assert main(["ctl", "--address", address, "--token", "wrong", "routes"]) == 2
