@@ -7,6 +7,8 @@
 //! grpc_service.proto spells it) and their elements are converted one at a time, so comparing
 //! a large answer costs a walk over it rather than a copy of it.
 
+use crate::wire::varint;
+
 /// How far a shadow element may stray from the primary's and still be the same answer: an
 /// element agrees when `|shadow - primary| <= atol + rtol * |primary|` (numpy's `isclose`, with
 /// the primary as the reference since it is the answer clients get). Both terms are needed:
@@ -759,24 +761,21 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *data.get(pos)?;
-        pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some((value, pos));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::{compare, half, OutputComparison, Tolerance};
 
     const EXACT: Tolerance = Tolerance { atol: 0.0, rtol: 0.0 };
+
+    /// (primary NaN, primary Inf, shadow NaN, shadow Inf).
+    fn non_finite(result: &OutputComparison) -> (u64, u64, u64, u64) {
+        (
+            result.primary_nan,
+            result.primary_inf,
+            result.shadow_nan,
+            result.shadow_inf,
+        )
+    }
 
     fn put_varint(out: &mut Vec<u8>, mut value: u64) {
         while value >= 0x80 {
@@ -913,30 +912,14 @@ mod tests {
         let result = only(&same, &same, EXACT);
         assert!(result.within_tolerance && result.conforms);
         assert_eq!(result.max_abs_diff, 0.0);
-        assert_eq!(
-            (
-                result.primary_nan,
-                result.primary_inf,
-                result.shadow_nan,
-                result.shadow_inf
-            ),
-            (1, 2, 1, 2)
-        );
+        assert_eq!(non_finite(&result), (1, 2, 1, 2));
 
         let primary = scores(&[4], &[1.0, 2.0, f32::NAN, f32::INFINITY]);
         let nan_for_number = scores(&[4], &[f32::NAN, 2.0, f32::NAN, f32::INFINITY]);
         let result = only(&primary, &nan_for_number, Tolerance { atol: 1e9, rtol: 1.0 });
         assert!(!result.within_tolerance);
         assert_eq!(result.max_abs_diff, 0.0);
-        assert_eq!(
-            (
-                result.primary_nan,
-                result.primary_inf,
-                result.shadow_nan,
-                result.shadow_inf
-            ),
-            (1, 1, 2, 1)
-        );
+        assert_eq!(non_finite(&result), (1, 1, 2, 1));
 
         let flipped = scores(&[4], &[1.0, 2.0, f32::NAN, f32::NEG_INFINITY]);
         let result = only(&primary, &flipped, Tolerance { atol: 1e9, rtol: 1.0 });

@@ -320,7 +320,8 @@ fn flag(value: &[u8]) -> bool {
         .any(|(field, wire, s, _)| field == 1 && wire == 0 && varint(value, s).is_some_and(|(v, _)| v != 0))
 }
 
-fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
+/// A protobuf varint at `pos`: (value, position after it).
+pub fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *data.get(pos)?;

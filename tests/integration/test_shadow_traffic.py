@@ -12,13 +12,11 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
-from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, TritonInstallation
-from tests.support.background import BackgroundGateway
 from tests.support.fleet import fleet_behind_gateway
 from tests.support.metrics import scrape_with_edge, total, wait_until
 from tests.support.models import classifier_features, reference_classifier
-from tests.support.traffic import TOKEN, Routed, routed_settings
+from tests.support.traffic import TOKEN, Routed, routed_gateway
 
 OUTPUT = "PROBABILITIES"
 
@@ -36,13 +34,8 @@ def _shadow(version: str, percent: float = 100, model: str = "") -> admin_pb2.Sh
 
 @pytest.fixture(scope="module")
 def routed(fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
-    settings = routed_settings(fleet, tmp_path_factory.mktemp("shadow-state"))
-    with BackgroundGateway(Gateway(settings)) as running:
-        client = Routed(running)
-        try:
-            yield client
-        finally:
-            client.close()
+    with routed_gateway(fleet, tmp_path_factory.mktemp("shadow-state")) as client:
+        yield client
 
 
 def _compared(port: int, variant: str, expected: int) -> dict[str, float]:

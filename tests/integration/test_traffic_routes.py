@@ -21,18 +21,20 @@ from gateway.traffic.store import RouteStoreError
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import scrape, scrape_with_edge, total
 from tests.support.models import MODEL_REPOSITORY
-from tests.support.traffic import AUTH, TOKEN, Routed, classifier_request, routed_settings
+from tests.support.traffic import (
+    AUTH,
+    TOKEN,
+    Routed,
+    classifier_request,
+    routed_gateway,
+    routed_settings,
+)
 
 
 @pytest.fixture(scope="module")
 def routed(fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
-    settings = routed_settings(fleet, tmp_path_factory.mktemp("traffic-state"))
-    with BackgroundGateway(Gateway(settings)) as running:
-        client = Routed(running)
-        try:
-            yield client
-        finally:
-            client.close()
+    with routed_gateway(fleet, tmp_path_factory.mktemp("traffic-state")) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

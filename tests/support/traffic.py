@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from tritonclient.grpc import service_pb2
 
 from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
+from gateway.app import Gateway
 from gateway.devfleet import LocalFleet
 from gateway.settings import GatewaySettings
 from tests.support.background import BackgroundGateway
@@ -109,3 +112,14 @@ def routed_settings(
         health={"poll_interval_s": 0.2},
         **sections,
     )
+
+
+@contextmanager
+def routed_gateway(fleet: LocalFleet, state_dir: Path) -> Iterator[Routed]:
+    """A gateway of its own in front of ``fleet``, with its admin stub and channels."""
+    with BackgroundGateway(Gateway(routed_settings(fleet, state_dir))) as running:
+        client = Routed(running)
+        try:
+            yield client
+        finally:
+            client.close()
