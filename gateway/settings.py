@@ -22,6 +22,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    if (cert is None) != (key is None):
+        raise ValueError("set cert_file and key_file together")
+    for path in (cert, key, ca):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+
+
 class TlsSettings(_Frozen):
     """TLS of a port the gateway serves: certificate chain and key (PEM); with a client CA,
     mutual TLS (clients must show a certificate that chains to it)."""
@@ -32,13 +40,9 @@ class TlsSettings(_Frozen):
 
     @model_validator(mode="after")
     def _complete(self) -> TlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("set cert_file and key_file together")
+        _check_tls_files(self.cert_file, self.key_file, self.client_ca_file)
         if self.client_ca_file is not None and self.cert_file is None:
             raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
-        for path in (self.cert_file, self.key_file, self.client_ca_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{path} is not a readable file")
         return self
 
     @property
@@ -68,11 +72,7 @@ class BackendTlsSettings(_Frozen):
 
     @model_validator(mode="after")
     def _complete(self) -> BackendTlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("set cert_file and key_file together")
-        for path in (self.ca_file, self.cert_file, self.key_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{path} is not a readable file")
+        _check_tls_files(self.cert_file, self.key_file, self.ca_file)
         return self
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
