@@ -35,7 +35,10 @@ class CtlError(Exception):
 
 
 def add_parser(commands: Any) -> None:
-    ctl = commands.add_parser("ctl", help="change routes, drains and models of a running gateway")
+    # No abbreviations: `ctl shadow --to` must not be read as the ctl-wide --token.
+    ctl = commands.add_parser(
+        "ctl", help="change routes, drains and models of a running gateway", allow_abbrev=False
+    )
     ctl.add_argument("--address", help="admin address host:port (default: from the settings)")
     ctl.add_argument(
         "--token", help="admin token (default: GATEWAY_ADMIN__TOKEN or the token file)"
@@ -56,7 +59,9 @@ def add_parser(commands: Any) -> None:
     def action(
         name: str, help_text: str, run: Callable[[Admin, argparse.Namespace], Any]
     ) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, allow_abbrev=False
+        )
         parser.set_defaults(run=lambda args: _run(args, run))
         return parser
 

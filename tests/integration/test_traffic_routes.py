@@ -240,6 +240,12 @@ def test_ctl_sets_and_shows_splits(routed: Routed, capsys: pytest.CaptureFixture
     assert "route classifier" in shown and "90.0%" in shown and "10.0%" in shown
     assert main([*base, "--json", "routes"]) == 0
     assert '"weight": 90' in capsys.readouterr().out
+    assert main([*base, "shadow", "classifier", "--to", "2", "--percent", "50"]) == 0
+    assert "shadow: 50% to 2" in capsys.readouterr().out
+    assert main([*base, "shadow", "classifier", "--off"]) == 0
+    assert "shadow: off" in capsys.readouterr().out
+    assert main([*base, "key", "classifier", "--header", "x-user"]) == 0
+    assert "header x-user" in capsys.readouterr().out
     assert main([*base, "split", "classifier", "1=-1"]) == 2
     assert "negative" in capsys.readouterr().err
     samples = scrape(routed.running.gateway.metrics_port)
