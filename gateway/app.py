@@ -25,7 +25,7 @@ from watchfiles import awatch
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-from gateway._protos.tgw.admin.v1 import admin_pb2_grpc
+from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.admin.auth import TokenInterceptor, admin_token
 from gateway.admin.fleet import AdminFleet
@@ -56,6 +56,7 @@ from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings, load_settings
+from gateway.traffic.figures import VariantTotals, figures
 from gateway.traffic.routes import edge_route
 from gateway.traffic.state import TrafficState
 from gateway.traffic.store import FileRouteStore
@@ -169,6 +170,8 @@ class Gateway:
         self._runtime_dir: Path | None = None
         self._fresh_runtime = False
         self._edge_breakers: dict[str, control_pb2.BackendView] = {}
+        self._variant_totals: dict[tuple[str, str], VariantTotals] = {}
+        """(traffic route, variant) -> the edge's cumulative figures (its last report)."""
         self._wall_clock = wall_clock
         self.traffic: TrafficState | None = None
         """Routes and drains set through the admin service (set at start)."""
@@ -377,7 +380,9 @@ class Gateway:
             self._is_managed,
             lambda: self.repository.status() if self.repository is not None else [],
         )
-        servicer = AdminServicer(self.traffic, fleet, AdminMetrics(self.registry))
+        servicer = AdminServicer(
+            self.traffic, fleet, AdminMetrics(self.registry), self._route_figures
+        )
         admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         address = f"{admin.host}:{admin.listen_port(self.settings.server.port)}"
         port = (
@@ -390,6 +395,13 @@ class Gateway:
         await server.start()
         self._admin_server = server
         self.admin_port = port
+
+    def _route_figures(self, route: str) -> list[admin_pb2.VariantFigures]:
+        return [
+            figures(variant, totals)
+            for (name, variant), totals in sorted(self._variant_totals.items())
+            if name == route
+        ]
 
     def _is_managed(self, model: str) -> bool:
         return self.settings.repository.push and model in self._contents
@@ -496,6 +508,9 @@ class Gateway:
                 self.pool.poll_soon(backend)
         self._fault_counts = faults
         self._edge_breakers = {view.name: view for view in report.backends}
+        self._variant_totals = {
+            (row.route, row.variant): VariantTotals.from_report(row) for row in report.variants
+        }
 
     def _edge_up(self, up: bool) -> None:
         self.metrics.edge_up.set(1 if up else 0)

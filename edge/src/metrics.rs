@@ -10,6 +10,7 @@ use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use std::collections::HashMap;
 
 const PREFIX: &str = "triton_gateway";
 /// Seconds; the same bounds as the gateway's `LATENCY_BUCKETS`.
@@ -296,6 +297,60 @@ impl Metrics {
         self.latency.with_label_values(&labels).observe(seconds);
     }
 
+    /// Cumulative figures per (traffic route, variant), read from the counters the calls end
+    /// in (one count, two readers: the exposition and the control plane's report).
+    pub fn variant_reports(&self) -> Vec<crate::control::proto::VariantReport> {
+        use crate::control::proto::VariantReport;
+        use std::collections::BTreeMap;
+        let mut reports: BTreeMap<(String, String), VariantReport> = BTreeMap::new();
+        fn entry<'a>(
+            reports: &'a mut BTreeMap<(String, String), VariantReport>,
+            labels: &HashMap<String, String>,
+        ) -> Option<&'a mut VariantReport> {
+            let key = (labels.get("route")?.clone(), labels.get("variant")?.clone());
+            Some(reports.entry(key.clone()).or_insert_with(|| VariantReport {
+                route: key.0,
+                variant: key.1,
+                ..Default::default()
+            }))
+        }
+        for (labels, metric) in samples(&self.route_requests) {
+            if let (Some(code), Some(report)) = (labels.get("code").cloned(), entry(&mut reports, &labels)) {
+                *report.codes.entry(code).or_default() += metric.get_counter().get_value() as u64;
+            }
+        }
+        for (labels, metric) in samples(&self.route_latency) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                let histogram = metric.get_histogram();
+                report.latency_bounds = histogram.get_bucket().iter().map(|b| b.upper_bound()).collect();
+                report.latency_counts = histogram.get_bucket().iter().map(|b| b.cumulative_count()).collect();
+                report.latency_bounds.push(f64::INFINITY);
+                report.latency_counts.push(histogram.get_sample_count());
+            }
+        }
+        for (labels, metric) in samples(&self.shadow.requests) {
+            if let (Some(code), Some(report)) = (labels.get("code").cloned(), entry(&mut reports, &labels)) {
+                *report.shadow_codes.entry(code).or_default() += metric.get_counter().get_value() as u64;
+            }
+        }
+        for (labels, metric) in samples(&self.shadow.comparisons) {
+            if let (Some(result), Some(report)) = (labels.get("result").cloned(), entry(&mut reports, &labels)) {
+                *report.shadow_results.entry(result).or_default() += metric.get_counter().get_value() as u64;
+            }
+        }
+        for (labels, metric) in samples(&self.shadow.argmax_rows) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                report.argmax_rows += metric.get_counter().get_value() as u64;
+            }
+        }
+        for (labels, metric) in samples(&self.shadow.argmax_agreeing) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                report.argmax_agreeing += metric.get_counter().get_value() as u64;
+            }
+        }
+        reports.into_values().collect()
+    }
+
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -354,6 +409,22 @@ impl Metrics {
     }
 }
 
+/// Every sample of a collector with its labels by name.
+fn samples(collector: &dyn Collector) -> Vec<(HashMap<String, String>, prometheus::proto::Metric)> {
+    let mut found = Vec::new();
+    for family in collector.collect() {
+        for metric in family.get_metric() {
+            let labels = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name().to_string(), pair.value().to_string()))
+                .collect();
+            found.push((labels, metric.clone()));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::Metrics;
@@ -380,5 +451,36 @@ mod tests {
             text.contains("triton_gateway_in_flight_requests{path=\"edge\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn variants_are_reported_from_the_counters_their_calls_end_in() {
+        let metrics = Metrics::new();
+        for (code, seconds) in [("OK", 0.0007), ("OK", 0.003), ("INTERNAL", 0.03)] {
+            metrics.route_requests.with_label_values(&["m", "2", code]).inc();
+            metrics.route_latency.with_label_values(&["m", "2"]).observe(seconds);
+        }
+        let shadow = &metrics.shadow;
+        shadow.requests.with_label_values(&["m", "3", "OK"]).inc_by(2);
+        shadow.comparisons.with_label_values(&["m", "3", "A", "agree"]).inc();
+        shadow.comparisons.with_label_values(&["m", "3", "B", "disagree"]).inc();
+        shadow.argmax_rows.with_label_values(&["m", "3", "A"]).inc_by(4);
+        shadow.argmax_agreeing.with_label_values(&["m", "3", "A"]).inc_by(3);
+        let reports = metrics.variant_reports();
+        assert_eq!(reports.len(), 2);
+        let split = &reports[0];
+        assert_eq!((split.route.as_str(), split.variant.as_str()), ("m", "2"));
+        assert_eq!((split.codes["OK"], split.codes["INTERNAL"]), (2, 1));
+        let at = |bound: f64| split.latency_bounds.iter().position(|b| *b == bound).unwrap();
+        assert_eq!(split.latency_counts[at(0.001)], 1);
+        assert_eq!(split.latency_counts[at(0.005)], 2);
+        assert_eq!(split.latency_counts[at(f64::INFINITY)], 3);
+        let shadowed = &reports[1];
+        assert_eq!(shadowed.shadow_codes["OK"], 2);
+        assert_eq!(
+            (shadowed.shadow_results["agree"], shadowed.shadow_results["disagree"]),
+            (1, 1)
+        );
+        assert_eq!((shadowed.argmax_rows, shadowed.argmax_agreeing), (4, 3));
     }
 }

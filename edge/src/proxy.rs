@@ -693,7 +693,7 @@ impl Controlled for Edge {
     }
 
     fn report(&self) -> proto::EdgeReport {
-        report::build(&self.fleet, &self.shared.outcomes, self.shared.metrics.in_flight.get())
+        report::build(&self.fleet, &self.shared.outcomes, &self.shared.metrics)
     }
 
     fn metrics(&self) -> String {

@@ -5,6 +5,7 @@
 use crate::attempt::Scope;
 use crate::control::proto;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::policy::breaker::BreakerState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,7 +60,8 @@ pub fn state(state: BreakerState) -> proto::BreakerState {
     }
 }
 
-pub fn build(fleet: &Fleet, outcomes: &Outcomes, in_flight: i64) -> proto::EdgeReport {
+pub fn build(fleet: &Fleet, outcomes: &Outcomes, metrics: &Metrics) -> proto::EdgeReport {
+    let in_flight = metrics.in_flight.get();
     let now = Instant::now();
     let mut views: HashMap<Arc<str>, proto::BackendView> = fleet
         .backends()
@@ -105,5 +107,6 @@ pub fn build(fleet: &Fleet, outcomes: &Outcomes, in_flight: i64) -> proto::EdgeR
         in_flight: u64::try_from(in_flight).unwrap_or(0),
         outcomes: outcomes.rows(),
         backends: views.into_values().collect(),
+        variants: metrics.variant_reports(),
     }
 }

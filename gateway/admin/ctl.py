@@ -286,6 +286,11 @@ class Admin:
         self._table(rows)
         self._out(f"key: {_key_text(route)}")
         self._out(f"shadow: {_shadow_text(route)}")
+        if route.figures:
+            self._out("since the data plane started:")
+            rows = [["VARIANT", "CALLS", "ERRORS", "P50", "P99", "SHADOW AGREE", "ARGMAX AGREE"]]
+            rows += [_figures_row(f) for f in route.figures]
+            self._table(rows)
 
     def _table(self, rows: list[list[str]]) -> None:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -448,6 +453,24 @@ def _token(args: argparse.Namespace, settings: GatewaySettings) -> str:
 
 def _as_dict(message: Message) -> Any:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _figures_row(shown: admin_pb2.VariantFigures) -> list[str]:
+    def ms(duration: Any) -> str:
+        return f"{duration.ToNanoseconds() / 1e6:.2f} ms" if shown.calls else "-"
+
+    def share(part: int, whole: int) -> str:
+        return f"{part}/{whole} ({100 * part / whole:.1f}%)" if whole else "-"
+
+    return [
+        shown.variant,
+        str(shown.calls),
+        str(shown.errors),
+        ms(shown.p50),
+        ms(shown.p99),
+        share(shown.shadow_agreeing, shown.shadow_compared),
+        share(shown.argmax_agreeing, shown.argmax_rows),
+    ]
 
 
 def _when(at: Any) -> str:

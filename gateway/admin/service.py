@@ -32,15 +32,22 @@ class AdminMetrics:
 
 
 class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
-    def __init__(self, traffic: TrafficState, fleet: AdminFleet, metrics: AdminMetrics) -> None:
+    def __init__(
+        self,
+        traffic: TrafficState,
+        fleet: AdminFleet,
+        metrics: AdminMetrics,
+        route_figures: Callable[[str], list[admin_pb2.VariantFigures]],
+    ) -> None:
         self._traffic = traffic
         self._fleet = fleet
         self._metrics = metrics
+        self._route_figures = route_figures
 
     async def ListRoutes(
         self, request: admin_pb2.ListRoutesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListRoutesResponse:
-        return admin_pb2.ListRoutesResponse(routes=self._traffic.routes())
+        return admin_pb2.ListRoutesResponse(routes=[self._shown(r) for r in self._traffic.routes()])
 
     async def GetRoute(
         self, request: admin_pb2.GetRouteRequest, context: grpc.aio.ServicerContext
@@ -49,7 +56,7 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
         if route is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{request.name}' has no route")
             raise AssertionError("abort raises")
-        return route
+        return self._shown(route)
 
     async def SetRoute(
         self, request: admin_pb2.SetRouteRequest, context: grpc.aio.ServicerContext
@@ -107,6 +114,12 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
                 f"model '{request.name}' is not published from the gateway's repository",
             )
         return admin_pb2.ListModelsResponse(models=models)
+
+    def _shown(self, route: admin_pb2.Route) -> admin_pb2.Route:
+        shown = admin_pb2.Route()
+        shown.CopyFrom(route)
+        shown.figures.extend(self._route_figures(route.name))
+        return shown
 
     async def _drain(self, name: str, drained: bool) -> admin_pb2.Backend:
         if not self._fleet.has_backend(name):

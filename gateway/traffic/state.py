@@ -54,6 +54,7 @@ class TrafficState:
     async def set_route(self, route: admin_pb2.Route, expected_revision: int) -> admin_pb2.Route:
         """Create or replace a route whole; its new revision is the state's next one."""
         filled = normalized(route, self._defaults)
+        filled.ClearField("figures")  # the gateway's to fill, never stored
         async with self._lock:
             current = self.route(filled.name)
             self._check_revision(filled.name, current, expected_revision)

@@ -83,6 +83,17 @@ def test_the_comparison_shows_the_real_difference_between_versions(routed: Route
     assert figures["shadow_argmax_rows_total"] == 20 * len(x)
     assert figures["shadow_argmax_agreeing_total"] == 20 * agreeing
 
+    # The admin service shows the same figures with the route (from the edge's reports).
+    def shown() -> dict[str, admin_pb2.VariantFigures]:
+        route = routed.route("classifier")
+        return {f.variant: f for f in route.figures} if route is not None else {}
+
+    assert wait_until(lambda: shown().get("2", admin_pb2.VariantFigures()).shadow_compared >= 20)
+    watched = shown()
+    assert watched["1"].calls >= 20 and watched["1"].errors == 0
+    assert watched["1"].p99.ToNanoseconds() > 0
+    assert watched["2"].shadow_agreeing == 0
+
 
 def test_identical_variants_agree(routed: Routed) -> None:
     routed.split("classifier", {"1": 100}, shadow=_shadow("1", model="classifier"))

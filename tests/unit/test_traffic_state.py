@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from pathlib import Path
 
 import grpc
 import pytest
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.settings import TrafficSettings
+from gateway.traffic.figures import VariantTotals, figures
 from gateway.traffic.routes import AdminError, bucket, edge_route, normalized
 from gateway.traffic.state import TrafficState
 from gateway.traffic.store import FileRouteStore, RouteStoreError
@@ -132,3 +135,30 @@ def test_a_corrupt_state_file_falls_back_to_its_copy_then_refuses(tmp_path: Path
     (tmp_path / "traffic.json.bak").write_text("[]")
     with pytest.raises(RouteStoreError, match=r"remove .*traffic\.json"):
         _state(path)
+
+
+def test_variant_figures_read_the_edges_report() -> None:
+    report = control_pb2.VariantReport(
+        route="classifier",
+        variant="2",
+        codes={"OK": 98, "INTERNAL": 1, "INVALID_ARGUMENT": 1},
+        latency_bounds=[0.001, 0.002, 0.005, math.inf],
+        latency_counts=[50, 90, 100, 100],
+        shadow_results={"agree": 7, "disagree": 3},
+        argmax_rows=10,
+        argmax_agreeing=9,
+    )
+    totals = VariantTotals.from_report(report)
+    assert (totals.calls, totals.faults) == (100, 1)  # a client's error is not the variant's
+    assert totals.quantile(0.5) == pytest.approx(0.001)
+    # Rank 99 lies 9/10 into the (0.002, 0.005] bucket.
+    assert totals.quantile(0.99) == pytest.approx(0.002 + 0.003 * 0.9)
+    shown = figures("2", totals)
+    assert (shown.calls, shown.errors, shown.shadow_compared, shown.shadow_agreeing) == (
+        100,
+        1,
+        10,
+        7,
+    )
+    assert shown.p99.ToNanoseconds() == round((0.002 + 0.003 * 0.9) * 1e9)
+    assert VariantTotals.from_report(control_pb2.VariantReport()).quantile(0.5) is None

@@ -1,0 +1,97 @@
+"""How each variant of a traffic route is doing, from tgw-edge's cumulative reports: calls,
+faults, latency quantiles, shadow agreement — what an operator watches during a split.
+
+The edge counts (one count per call, as it ends); this module only reads its reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway._protos.tgw.control.v1 import control_pb2
+
+FAULT_CODES = frozenset(
+    {
+        "UNKNOWN",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "DATA_LOSS",
+        "ERROR",
+        "HANDED_OVER",
+    }
+)
+"""Outcomes that count against a variant: its backend or model failed the call (the client's
+own errors and cancellations do not). ERROR: an error answer on a stream; HANDED_OVER: a stream
+message the gateway answered after the variant's backends could not."""
+
+
+@dataclass(frozen=True, slots=True)
+class VariantTotals:
+    """Cumulative figures of one (route, variant)."""
+
+    codes: Mapping[str, int]
+    latency: tuple[tuple[float, int], ...]
+    """(upper bound in seconds, calls at most that long), ascending; the last bound is inf."""
+    shadow_results: Mapping[str, int]
+    argmax_rows: int
+    argmax_agreeing: int
+
+    @classmethod
+    def from_report(cls, report: control_pb2.VariantReport) -> VariantTotals:
+        return cls(
+            codes=dict(report.codes),
+            latency=tuple(zip(report.latency_bounds, report.latency_counts, strict=True)),
+            shadow_results=dict(report.shadow_results),
+            argmax_rows=report.argmax_rows,
+            argmax_agreeing=report.argmax_agreeing,
+        )
+
+    @property
+    def calls(self) -> int:
+        return sum(self.codes.values())
+
+    @property
+    def faults(self) -> int:
+        return sum(count for code, count in self.codes.items() if code in FAULT_CODES)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile of latency in seconds, interpolated within its bucket as Prometheus'
+        histogram_quantile does; None without calls. Past the last finite bound: that bound."""
+        total = self.latency[-1][1] if self.latency else 0
+        if total == 0:
+            return None
+        rank = q * total
+        lower_bound, lower_count = 0.0, 0
+        for bound, count in self.latency:
+            if count >= rank:
+                if math.isinf(bound):
+                    return lower_bound
+                if count == lower_count:
+                    return bound
+                return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                    count - lower_count
+                )
+            lower_bound, lower_count = bound, count
+        return lower_bound
+
+
+def figures(variant: str, totals: VariantTotals) -> admin_pb2.VariantFigures:
+    shown = admin_pb2.VariantFigures(
+        variant=variant,
+        calls=totals.calls,
+        errors=totals.faults,
+        shadow_compared=sum(totals.shadow_results.values()),
+        shadow_agreeing=totals.shadow_results.get("agree", 0),
+        argmax_rows=totals.argmax_rows,
+        argmax_agreeing=totals.argmax_agreeing,
+    )
+    for field, q in (("p50", 0.5), ("p99", 0.99)):
+        seconds = totals.quantile(q)
+        if seconds is not None:
+            getattr(shown, field).FromNanoseconds(round(seconds * 1e9))
+    return shown
