@@ -1,0 +1,1 @@
+"""Progressive delivery: a candidate version judged against its baseline step by step."""

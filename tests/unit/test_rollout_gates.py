@@ -1,0 +1,82 @@
+"""The gates of a progressive rollout: fail early on clear evidence, pass only with enough."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gateway.rollout.gates import GateSettings, judge_live, judge_shadow, wilson
+from gateway.traffic.figures import VariantTotals
+
+GATES = GateSettings()
+
+
+def totals(
+    calls: int = 0,
+    faults: int = 0,
+    slow: bool = False,
+    agree: int = 0,
+    disagree: int = 0,
+    rows: int = 0,
+    rows_agreeing: int = 0,
+) -> VariantTotals:
+    """``calls`` answered within 1 ms (within 10 ms when ``slow``), ``faults`` of them INTERNAL."""
+    fast = 0 if slow else calls
+    return VariantTotals(
+        codes={"OK": calls - faults, "INTERNAL": faults},
+        latency=((0.001, fast), (0.01, calls), (math.inf, calls)),
+        shadow_results={"agree": agree, "disagree": disagree},
+        argmax_rows=rows,
+        argmax_agreeing=rows_agreeing,
+    )
+
+
+def test_the_wilson_interval() -> None:
+    low, high = wilson(50, 100, 1.96)
+    assert (low, high) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    low, high = wilson(0, 100, 1.96)
+    assert low == 0 and high == pytest.approx(0.0370, abs=1e-4)
+    assert wilson(0, 0, 1.96) == (0.0, 1.0)
+
+
+def test_a_healthy_candidate_waits_for_enough_then_passes() -> None:
+    baseline = totals(calls=1000)
+    assert judge_live(totals(calls=30), baseline, GATES, enough=False).outcome == "wait"
+    verdict = judge_live(totals(calls=300), baseline, GATES, enough=True)
+    assert verdict.outcome == "pass"
+    assert {e.gate: e.outcome for e in verdict.evidence} == {
+        "fault_rate": "pass",
+        "p99_ratio": "pass",
+    }
+
+
+def test_clear_faults_fail_at_once_and_unclear_ones_wait() -> None:
+    baseline = totals(calls=1000)
+    early = judge_live(totals(calls=100, faults=30), baseline, GATES, enough=False)
+    assert early.outcome == "fail"
+    (faults, _) = early.evidence
+    assert faults.observed == 0.3 and faults.bound is not None and faults.bound > 0.01
+    # One fault in twenty: could be bad luck; the step waits for more calls.
+    assert judge_live(totals(calls=20, faults=1), baseline, GATES, enough=False).outcome == "wait"
+    # With enough calls the observed rate decides.
+    assert judge_live(totals(calls=400, faults=8), baseline, GATES, enough=True).outcome == "fail"
+
+
+def test_a_slower_candidate_fails_its_p99_gate_with_enough_calls() -> None:
+    baseline = totals(calls=1000)
+    slow = totals(calls=300, slow=True)
+    assert judge_live(slow, baseline, GATES, enough=False).outcome == "wait"
+    verdict = judge_live(slow, baseline, GATES, enough=True)
+    assert verdict.outcome == "fail"
+    latency = next(e for e in verdict.evidence if e.gate == "p99_ratio")
+    assert latency.observed is not None and latency.observed > GATES.max_p99_ratio
+
+
+def test_the_shadow_step_judges_agreement() -> None:
+    assert judge_shadow(totals(disagree=50), GATES, enough=False).outcome == "fail"
+    assert judge_shadow(totals(agree=50), GATES, enough=False).outcome == "wait"
+    assert judge_shadow(totals(agree=500), GATES, enough=True).outcome == "pass"
+    assert judge_shadow(totals(agree=95, disagree=5), GATES, enough=True).outcome == "fail"
+    argmax = judge_shadow(totals(agree=500, rows=500, rows_agreeing=400), GATES, enough=True)
+    assert [e.outcome for e in argmax.evidence] == ["pass", "fail"]
