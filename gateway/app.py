@@ -51,6 +51,7 @@ from gateway.repository.push import PushSettings
 from gateway.repository.scanner import RepositoryScanner
 from gateway.repository.store import ContentStore
 from gateway.repository.validation import Limits
+from gateway.rollout.controller import RolloutController, RolloutMetrics
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
@@ -175,6 +176,8 @@ class Gateway:
         self._wall_clock = wall_clock
         self.traffic: TrafficState | None = None
         """Routes and drains set through the admin service (set at start)."""
+        self.rollouts: RolloutController | None = None
+        """Progressive rollouts (set at start)."""
         self._admin_server: grpc.aio.Server | None = None
         self.admin_port = 0
         self._contents: dict[str, ModelContent] = {}
@@ -203,6 +206,14 @@ class Gateway:
             self._servable,
             self._traffic_changed,
             clock=self._wall_clock,
+        )
+        self.rollouts = RolloutController(
+            self.traffic,
+            lambda: self._variant_totals,
+            self.settings.rollout,
+            RolloutMetrics(self.registry),
+            clock=self._clock,
+            wall_clock=self._wall_clock,
         )
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
@@ -249,6 +260,7 @@ class Gateway:
         self.pool.on_change(lambda table: self.edge.publish() if self.edge else None)
         if self.repository is not None and self.settings.repository.push:
             self.repository.start_reconciling()
+        self.rollouts.start()
         if self.settings.admin.enabled:
             await self._start_admin(state_dir)
         log.info(
@@ -270,6 +282,8 @@ class Gateway:
             await self._health.enter_graceful_shutdown()
         if self._admin_server is not None:
             await self._admin_server.stop(1.0)
+        if self.rollouts is not None:
+            await self.rollouts.close()
         if self.edge is not None:
             await self.edge.stop(grace)
         log.info("draining_calls", in_flight=self._gate.in_flight, grace_s=grace)
@@ -380,8 +394,9 @@ class Gateway:
             self._is_managed,
             lambda: self.repository.status() if self.repository is not None else [],
         )
+        assert self.rollouts is not None
         servicer = AdminServicer(
-            self.traffic, fleet, AdminMetrics(self.registry), self._route_figures
+            self.traffic, fleet, AdminMetrics(self.registry), self._route_figures, self.rollouts
         )
         admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         address = f"{admin.host}:{admin.listen_port(self.settings.server.port)}"
@@ -395,6 +410,10 @@ class Gateway:
         await server.start()
         self._admin_server = server
         self.admin_port = port
+
+    def _model_rolled_out(self, content: ModelContent) -> None:
+        if self.rollouts is not None:
+            self.rollouts.on_rolled_out(content.name, content.served_versions)
 
     def _route_figures(self, route: str) -> list[admin_pb2.VariantFigures]:
         return [
@@ -461,6 +480,7 @@ class Gateway:
             metrics,
             edge_sync=self._edge_sync,
             on_contents=self._repository_contents,
+            on_rolled_out=self._model_rolled_out,
             clock=self._clock,
             wall_clock=self._wall_clock,
         )

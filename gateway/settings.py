@@ -432,6 +432,36 @@ class TrafficSettings(_Frozen):
     shadow_rtol: float = Field(default=1e-3, ge=0)
 
 
+class RolloutSettings(_Frozen):
+    """Progressive delivery: the default plan and gates of a rollout (see the README)."""
+
+    automatic: bool = True
+    """Start a rollout on its own when a new version of a model with a route has been rolled out
+    to the fleet (the route's single weighted variant is the baseline)."""
+    steps: list[float] = Field(default_factory=lambda: [0.0, 1.0, 5.0, 25.0, 50.0, 100.0])
+    """Percent of the route's traffic on the candidate per step; 0 is the shadow step."""
+    min_step_s: float = Field(default=60.0, ge=0)
+    min_requests: int = Field(default=200, ge=1)
+    """Each step lasts at least min_step_s and sees at least min_requests calls (compared
+    copies at the shadow step) before it may pass."""
+    max_fault_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    max_p99_ratio: float = Field(default=1.5, gt=0)
+    min_agreement: float = Field(default=0.99, ge=0, le=1)
+    min_argmax_agreement: float = Field(default=0.99, ge=0, le=1)
+    confidence_z: float = Field(default=2.576, gt=0)
+    """Width of the bounds a gate fails early on (standard scores; 2.576: 99%)."""
+    tick_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 <= s <= 100 for s in steps) or steps != sorted(steps):
+            raise ValueError("steps must be ascending percents within 0 and 100")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100 (the candidate takes all traffic)")
+        return steps
+
+
 class MetricsSettings(_Frozen):
     enabled: bool = True
     """Serve Prometheus metrics over HTTP at /metrics."""
@@ -481,6 +511,7 @@ class GatewaySettings(BaseSettings):
     backend_tls: BackendTlsSettings = BackendTlsSettings()
     admin: AdminSettings = AdminSettings()
     traffic: TrafficSettings = TrafficSettings()
+    rollout: RolloutSettings = RolloutSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -88,6 +88,20 @@ def add_parser(commands: Any) -> None:
     shadow.add_argument("--rtol", type=float, default=0.0)
     shadow.add_argument("--off", action="store_true", help="stop mirroring")
     action("unroute", "remove a route (Triton's latest again)", _unroute).add_argument("model")
+    rollout = action(
+        "rollout",
+        "progressive rollouts: start|status|history|pause|resume|promote|abort MODEL, or list",
+        _rollout,
+    )
+    rollout.add_argument(
+        "what",
+        choices=["list", "start", "status", "history", "pause", "resume", "promote", "abort"],
+    )
+    rollout.add_argument("model", nargs="?", default="")
+    rollout.add_argument("--to", metavar="[MODEL:]VERSION", help="start: the candidate")
+    rollout.add_argument("--steps", help="start: percents per step, 0 = shadow (e.g. 0,5,50,100)")
+    rollout.add_argument("--min-step", type=float, help="start: seconds each step lasts at least")
+    rollout.add_argument("--min-requests", type=int, help="start: calls each step needs at least")
     action("backends", "list the backends", lambda a, _: a.backends())
     models = action(
         "models",
@@ -242,6 +256,32 @@ class Admin:
             ]
             self._table(rows)
 
+    def show_rollout(self, rollout: admin_pb2.Rollout, history: bool) -> None:
+        if self._json:
+            self._print_json(_as_dict(rollout))
+            return
+        steps = list(rollout.plan.steps)
+        percent = steps[rollout.step] if steps else 0.0
+        at = "shadow" if percent == 0 else f"{percent:g}%"
+        self._out(
+            f"rollout {rollout.route}: {rollout.candidate.name} after {rollout.baseline.name}  "
+            f"{rollout.status}  step {rollout.step + 1}/{len(steps)} ({at})  steps "
+            + " ".join("shadow" if s == 0 else f"{s:g}%" for s in steps)
+        )
+        if rollout.current:
+            self._out("current step so far:")
+            self._table(_evidence_rows(rollout.current))
+        if history:
+            for transition in rollout.history:
+                self._out(
+                    f"{_when(transition.at)}  {transition.event}  step {transition.step + 1}  "
+                    f"{transition.reason}"
+                )
+                if transition.evidence:
+                    self._table(
+                        [["  " + row[0], *row[1:]] for row in _evidence_rows(transition.evidence)]
+                    )
+
     def drain(self, name: str, drained: bool) -> None:
         method = "DrainBackend" if drained else "UndrainBackend"
         backend = self.call(method, admin_pb2.BackendRequest(name=name))
@@ -366,6 +406,66 @@ def _shadow(admin: Admin, args: argparse.Namespace) -> None:
             )
         )
     admin.set_route(current, current.revision)
+
+
+def _rollout(admin: Admin, args: argparse.Namespace) -> None:
+    if args.what == "list":
+        found = admin.call("ListRollouts", admin_pb2.ListRolloutsRequest()).rollouts
+        if admin._json:
+            admin._print_json([_as_dict(r) for r in found])
+            return
+        for rollout in found:
+            admin.show_rollout(rollout, history=False)
+        return
+    if not args.model:
+        raise CtlError(f"name the model: ctl rollout {args.what} MODEL")
+    request = admin_pb2.RolloutRequest(route=args.model)
+    if args.what == "start":
+        if args.to is None:
+            raise CtlError("say which version to bring in: ctl rollout start MODEL --to VERSION")
+        plan = admin_pb2.RolloutPlan()
+        if args.steps:
+            try:
+                plan.steps.extend(float(step) for step in args.steps.split(","))
+            except ValueError:
+                raise CtlError(f"--steps '{args.steps}' is not a list of percents") from None
+        if args.min_step is not None:
+            plan.min_step.FromNanoseconds(int(args.min_step * 1e9))
+        if args.min_requests is not None:
+            plan.min_requests = args.min_requests
+        started = admin.call(
+            "StartRollout",
+            admin_pb2.StartRolloutRequest(
+                route=args.model, candidate=parse_variant(args.model, args.to), plan=plan
+            ),
+        )
+        admin.show_rollout(started, history=False)
+        return
+    methods = {
+        "status": "GetRollout",
+        "history": "GetRollout",
+        "pause": "PauseRollout",
+        "resume": "ResumeRollout",
+        "promote": "PromoteRollout",
+        "abort": "AbortRollout",
+    }
+    admin.show_rollout(admin.call(methods[args.what], request), history=args.what == "history")
+
+
+def _evidence_rows(evidence: Any) -> list[list[str]]:
+    rows = [["GATE", "OBSERVED", "BOUND", "THRESHOLD", "OUTCOME", "CALLS"]]
+    for e in evidence:
+        rows.append(
+            [
+                e.gate,
+                f"{e.observed:.4g}" if e.HasField("observed") else "-",
+                f"{e.bound:.4g}" if e.HasField("bound") else "-",
+                f"{e.threshold:.4g}",
+                e.outcome,
+                str(e.candidate_calls),
+            ]
+        )
+    return rows
 
 
 def _unroute(admin: Admin, args: argparse.Namespace) -> None:

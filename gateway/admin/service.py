@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway.admin.fleet import AdminFleet
 from gateway.errors import FleetChangeError
+from gateway.rollout.controller import RolloutController
 from gateway.traffic.routes import AdminError
 from gateway.traffic.state import TrafficState
 
@@ -38,11 +39,13 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
         fleet: AdminFleet,
         metrics: AdminMetrics,
         route_figures: Callable[[str], list[admin_pb2.VariantFigures]],
+        rollouts: RolloutController,
     ) -> None:
         self._traffic = traffic
         self._fleet = fleet
         self._metrics = metrics
         self._route_figures = route_figures
+        self._rollouts = rollouts
 
     async def ListRoutes(
         self, request: admin_pb2.ListRoutesRequest, context: grpc.aio.ServicerContext
@@ -114,6 +117,58 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
                 f"model '{request.name}' is not published from the gateway's repository",
             )
         return admin_pb2.ListModelsResponse(models=models)
+
+    async def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        plan = request.plan if request.HasField("plan") else None
+        return await self._change(
+            "start_rollout",
+            context,
+            lambda: self._rollouts.begin(request.route, request.candidate, plan),
+        )
+
+    async def GetRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        try:
+            return self._rollouts.rollout(request.route)
+        except AdminError as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("abort raises") from exc
+
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListRolloutsResponse:
+        return admin_pb2.ListRolloutsResponse(rollouts=self._rollouts.rollouts())
+
+    async def PauseRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        return await self._change(
+            "pause_rollout", context, lambda: self._rollouts.pause(request.route)
+        )
+
+    async def ResumeRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        return await self._change(
+            "resume_rollout", context, lambda: self._rollouts.resume(request.route)
+        )
+
+    async def PromoteRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        return await self._change(
+            "promote_rollout", context, lambda: self._rollouts.promote(request.route)
+        )
+
+    async def AbortRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Rollout:
+        return await self._change(
+            "abort_rollout", context, lambda: self._rollouts.abort(request.route)
+        )
 
     def _shown(self, route: admin_pb2.Route) -> admin_pb2.Route:
         shown = admin_pb2.Route()

@@ -98,6 +98,7 @@ class RepositoryManager:
         *,
         edge_sync: EdgeSync,
         on_contents: Callable[[dict[str, ModelContent]], None] = lambda contents: None,
+        on_rolled_out: Callable[[ModelContent], None] = lambda content: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -108,6 +109,7 @@ class RepositoryManager:
         self._metrics = metrics
         self._edge_sync = edge_sync
         self._on_contents = on_contents
+        self._on_rolled_out = on_rolled_out
         self._clock = clock
         self._desired: dict[str, ModelContent] = {}
         self.rollouts = RolloutLog(wall_clock)
@@ -614,6 +616,7 @@ class RepositoryManager:
             tuple(b.name for b in backends),
             seconds=seconds,
         )
+        self._on_rolled_out(content)
         log.info(
             "model_rollout_completed",
             model=content.name,

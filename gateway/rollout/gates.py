@@ -66,10 +66,16 @@ def wilson(successes: int, trials: int, z: float) -> tuple[float, float]:
 
 
 def judge_live(
-    candidate: VariantTotals, baseline: VariantTotals, settings: GateSettings, enough: bool
+    candidate: VariantTotals,
+    baseline: VariantTotals,
+    settings: GateSettings,
+    enough: bool,
+    baseline_enough: bool = True,
 ) -> Verdict:
     """A step with live traffic on the candidate: its faults and latency against the
-    baseline's over the same window."""
+    baseline's over the same window. ``baseline_enough``: the baseline took enough calls in
+    the window for its p99 to mean something (not at a 100% step, where only stragglers
+    reach it: there the p99 was judged at the steps before)."""
     baseline_rate = baseline.faults / baseline.calls if baseline.calls else 0.0
     threshold = baseline_rate + settings.max_fault_rate_increase
     low, _ = wilson(candidate.faults, candidate.calls, settings.z)
@@ -79,17 +85,14 @@ def judge_live(
     candidate_p99, baseline_p99 = candidate.quantile(0.99), baseline.quantile(0.99)
     if candidate_p99 is not None and baseline_p99:
         ratio = candidate_p99 / baseline_p99
-    latency = Evidence(
-        "p99_ratio",
-        ratio,
-        ratio,
-        settings.max_p99_ratio,
-        "wait"
-        if not enough or ratio is None
-        else "pass"
-        if ratio <= settings.max_p99_ratio
-        else "fail",
-    )
+    if not enough:
+        judged: Outcome = "wait"
+    elif ratio is None or not baseline_enough:
+        # Nothing to compare with at this step; the fault gate still holds the candidate.
+        judged = "pass" if candidate.calls else "wait"
+    else:
+        judged = "pass" if ratio <= settings.max_p99_ratio else "fail"
+    latency = Evidence("p99_ratio", ratio, ratio, settings.max_p99_ratio, judged)
     return _verdict(faults, latency)
 
 

@@ -51,6 +51,27 @@ class VariantTotals:
             argmax_agreeing=report.argmax_agreeing,
         )
 
+    def minus(self, earlier: VariantTotals) -> VariantTotals:
+        """The figures of the window since ``earlier``. Counters only grow while one edge
+        runs; when one fell, the edge restarted and counts from zero: its totals are the
+        window."""
+        fell = any(self.codes.get(k, 0) < v for k, v in earlier.codes.items()) or any(
+            self.shadow_results.get(k, 0) < v for k, v in earlier.shadow_results.items()
+        )
+        if fell:
+            return self
+        before = dict(earlier.latency)
+        return VariantTotals(
+            codes={code: count - earlier.codes.get(code, 0) for code, count in self.codes.items()},
+            latency=tuple((bound, count - before.get(bound, 0)) for bound, count in self.latency),
+            shadow_results={
+                result: count - earlier.shadow_results.get(result, 0)
+                for result, count in self.shadow_results.items()
+            },
+            argmax_rows=self.argmax_rows - earlier.argmax_rows,
+            argmax_agreeing=self.argmax_agreeing - earlier.argmax_agreeing,
+        )
+
     @property
     def calls(self) -> int:
         return sum(self.codes.values())
@@ -78,6 +99,10 @@ class VariantTotals:
                 )
             lower_bound, lower_count = bound, count
         return lower_bound
+
+
+NONE = VariantTotals(codes={}, latency=(), shadow_results={}, argmax_rows=0, argmax_agreeing=0)
+"""A variant the edge has not reported yet."""
 
 
 def figures(variant: str, totals: VariantTotals) -> admin_pb2.VariantFigures:

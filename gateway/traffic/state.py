@@ -48,6 +48,41 @@ class TrafficState:
     def route(self, name: str) -> admin_pb2.Route | None:
         return next((r for r in self._state.routes if r.name == name), None)
 
+    def rollouts(self) -> list[admin_pb2.Rollout]:
+        return sorted(self._state.rollouts, key=lambda r: r.route)
+
+    def rollout(self, route: str) -> admin_pb2.Rollout | None:
+        return next((r for r in self._state.rollouts if r.route == route), None)
+
+    async def save_rollout(
+        self, rollout: admin_pb2.Rollout, route: admin_pb2.Route | None = None
+    ) -> admin_pb2.Rollout:
+        """Keep ``rollout`` (replacing the route's previous one), with the route change that
+        goes with it in the same write: the route must still be at the revision the rollout
+        last set (``rollout.route_revision``; 0 for one the rollout did not set yet)."""
+        saved = admin_pb2.Rollout()
+        saved.CopyFrom(rollout)
+        filled = normalized(route, self._defaults) if route is not None else None
+        async with self._lock:
+            state = self._next()
+            if filled is not None:
+                current = self.route(filled.name)
+                self._check_revision(filled.name, current, saved.route_revision)
+                missing = self._missing(filled)
+                if missing:
+                    raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, missing)
+                filled.revision = state.revision
+                filled.updated.FromNanoseconds(int(self._clock() * 1e9))
+                kept = [r for r in state.routes if r.name != filled.name]
+                del state.routes[:]
+                state.routes.extend([*kept, filled])
+                saved.route_revision = state.revision
+            others = [r for r in state.rollouts if r.route != saved.route]
+            del state.rollouts[:]
+            state.rollouts.extend([*others, saved])
+            await self._commit(state)
+        return saved
+
     def drained(self) -> frozenset[str]:
         return frozenset(self._state.drained_backends)
 
@@ -58,17 +93,9 @@ class TrafficState:
         async with self._lock:
             current = self.route(filled.name)
             self._check_revision(filled.name, current, expected_revision)
-            missing = [
-                f"{model} version {version}" if version else f"{model} (latest)"
-                for model, version in targets(filled)
-                if not self._servable(model, version)
-            ]
+            missing = self._missing(filled)
             if missing:
-                raise AdminError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"route '{filled.name}' names what no backend holds READY and the fallback "
-                    f"does not serve: {', '.join(missing)}",
-                )
+                raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, missing)
             state = self._next()
             filled.revision = state.revision
             filled.updated.FromNanoseconds(int(self._clock() * 1e9))
@@ -112,6 +139,20 @@ class TrafficState:
             state.drained_backends.extend(sorted(names))
             await self._commit(state)
         log.info("backend_drain_set", backend=backend, drained=drained, revision=self.revision)
+
+    def _missing(self, route: admin_pb2.Route) -> str:
+        """Why the route cannot be served ("" when it can)."""
+        missing = [
+            f"{model} version {version}" if version else f"{model} (latest)"
+            for model, version in targets(route)
+            if not self._servable(model, version)
+        ]
+        if not missing:
+            return ""
+        return (
+            f"route '{route.name}' names what no backend holds READY and the fallback "
+            f"does not serve: {', '.join(missing)}"
+        )
 
     def _check_revision(
         self, name: str, current: admin_pb2.Route | None, expected_revision: int

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,30 +22,18 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import GatewaySettings, load_settings
 from tests.support.background import BackgroundGateway
+from tests.support.drops import (
+    ROLLOUT_WAIT_S,
+    SteadyLoad,
+    classify,
+    drop,
+    pushing_settings,
+    ready_on,
+    wait_idle,
+)
 from tests.support.metrics import scrape, total, wait_until
 from tests.support.models import MODEL_REPOSITORY, classifier_features, classifier_input
-
-ROLLOUT_WAIT_S = 90.0
-
-
-def pushing_settings(
-    backends: dict[str, str], repository: Path, **repository_settings: object
-) -> GatewaySettings:
-    """A gateway on free loopback ports pushing ``repository`` to ``backends`` (name: address)."""
-    return load_settings(
-        server={"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
-        metrics={"host": "127.0.0.1", "port": 0},
-        backends=[{"name": name, "address": address} for name, address in backends.items()],
-        health={"poll_interval_s": 0.2, "poll_timeout_s": 1.0},
-        repository={
-            "path": str(repository),
-            "push": True,
-            "cpu_only_backends": True,
-            **repository_settings,
-        },
-    )
 
 
 def rollbacks(gateway: BackgroundGateway, model: str) -> float:
@@ -80,6 +67,8 @@ def gateway(empty_fleet: LocalFleet, repository: Path) -> Iterator[BackgroundGat
     settings = pushing_settings(
         {s.name: s.address for s in empty_fleet.servers.values()},
         repository,
+        # Drops on their own here; progressive rollouts of drops: test_rollouts.
+        {"rollout": {"automatic": False}},
         settle_s=0.3,
         rescan_interval_s=0.5,
         reconcile_interval_s=0.5,
@@ -88,39 +77,6 @@ def gateway(empty_fleet: LocalFleet, repository: Path) -> Iterator[BackgroundGat
     with BackgroundGateway(Gateway(settings), start_timeout_s=60) as running:
         wait_idle(running)
         yield running
-
-
-def wait_idle(gateway: BackgroundGateway) -> None:
-    manager = gateway.gateway.repository
-    assert manager is not None
-    gateway.run(manager.wait_idle(ROLLOUT_WAIT_S), timeout_s=ROLLOUT_WAIT_S + 5)
-
-
-def drop(source: Path, target: Path) -> float:
-    """Publish as the README says: copy under a dot name, then rename. Returns the rename's
-    time (monotonic)."""
-    staging = target.parent / f".{target.name}.partial"
-    shutil.copytree(source, staging)
-    renamed = time.monotonic()
-    staging.rename(target)
-    return renamed
-
-
-def ready_on(server_address: str, model: str, version: str) -> bool:
-    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server_address))
-    try:
-        return stub.ModelReady(
-            service_pb2.ModelReadyRequest(name=model, version=version), timeout=5
-        ).ready
-    except grpc.RpcError:
-        return False
-
-
-def classify(url: str, version: str = "") -> grpcclient.InferResult:
-    client = grpcclient.InferenceServerClient(url)
-    return client.infer(
-        "classifier", classifier_input(classifier_features(batch=2)), model_version=version
-    )
 
 
 def streamed_version(url: str) -> str:
@@ -136,47 +92,6 @@ def streamed_version(url: str) -> str:
     assert error is None, error
     assert isinstance(result, grpcclient.InferResult)
     return str(result.get_response().model_version)
-
-
-class SteadyLoad:
-    """Calls through the gateway from a thread until stopped; counts every failure."""
-
-    def __init__(self, url: str, version: str = "") -> None:
-        self.url = url
-        self.version = version
-        self.sent = 0
-        self.failures: list[str] = []
-        self.versions: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
-        x = classifier_features(batch=2)
-        while not self._stop.is_set():
-            self.sent += 1
-            try:
-                result = client.infer(
-                    "classifier",
-                    classifier_input(x),
-                    model_version=self.version,
-                    client_timeout=10,
-                )
-                served = result.get_response().model_version
-                if served not in self.versions:
-                    print(f"load: first answer from version {served} at {time.strftime('%X')}")
-                self.versions[served] = self.versions.get(served, 0) + 1
-            except Exception as exc:  # every failure counts, whatever its kind
-                self.failures.append(str(exc))
-            time.sleep(0.01)
 
 
 def test_the_fleet_gets_the_repository_and_serves_only_what_passed(

@@ -80,3 +80,14 @@ def test_the_shadow_step_judges_agreement() -> None:
     assert judge_shadow(totals(agree=95, disagree=5), GATES, enough=True).outcome == "fail"
     argmax = judge_shadow(totals(agree=500, rows=500, rows_agreeing=400), GATES, enough=True)
     assert [e.outcome for e in argmax.evidence] == ["pass", "fail"]
+
+
+def test_at_the_last_step_the_baseline_takes_no_calls_and_the_fault_gate_decides() -> None:
+    nothing = totals()
+    assert judge_live(totals(calls=300), nothing, GATES, enough=True).outcome == "pass"
+    assert judge_live(totals(calls=300, faults=30), nothing, GATES, enough=True).outcome == "fail"
+    # A few stragglers of the previous step say nothing about the baseline's p99.
+    stragglers = totals(calls=2)
+    slow = totals(calls=300, slow=True)
+    assert judge_live(slow, stragglers, GATES, True, baseline_enough=False).outcome == "pass"
+    assert judge_live(slow, stragglers, GATES, True, baseline_enough=True).outcome == "fail"

@@ -1,0 +1,193 @@
+"""Progressive delivery end to end: a version dropped into the repository of a routed model
+goes from shadow to full traffic on its own under steady load, or is rolled back at the first
+failed gate; operators pause, resume, promote and abort. Real servers of this module's own
+(started empty, EXPLICIT model control), real drops, real load."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from tests.support.background import BackgroundGateway
+from tests.support.drops import (
+    ROLLOUT_WAIT_S,
+    SteadyLoad,
+    classify,
+    drop,
+    pushing_settings,
+    wait_idle,
+)
+from tests.support.metrics import wait_until
+from tests.support.models import MODEL_REPOSITORY
+from tests.support.traffic import AUTH, TOKEN, Routed
+
+PLAN = {"steps": [0, 50, 100], "min_step_s": 0.5, "min_requests": 20, "tick_s": 0.2}
+"""Short steps so a test takes seconds; the shipped plan holds each step a minute."""
+
+
+@pytest.fixture(scope="module")
+def setup(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Routed, Path]]:
+    repository = tmp_path_factory.mktemp("rollouts") / "model_repository"
+    repository.mkdir()
+    shutil.copytree(MODEL_REPOSITORY / "classifier", repository / "classifier")
+    specs = [ServerSpec("roll-a", models=()), ServerSpec("roll-b", models=())]
+    with LocalFleet(
+        triton_installation, MODEL_REPOSITORY, tmp_path_factory.mktemp("fleet"), specs
+    ) as fleet:
+        settings = pushing_settings(
+            {s.name: s.address for s in fleet.servers.values()},
+            repository,
+            {
+                "admin": {
+                    "port": 0,
+                    "token": TOKEN,
+                    "state_dir": str(tmp_path_factory.mktemp("state")),
+                },
+                "rollout": PLAN,
+            },
+            settle_s=0.3,
+            rescan_interval_s=0.5,
+            reconcile_interval_s=0.5,
+            drain_s=0.3,
+        )
+        with BackgroundGateway(Gateway(settings), start_timeout_s=60) as running:
+            wait_idle(running)
+            client = Routed(running)
+            try:
+                yield client, repository
+            finally:
+                client.close()
+
+
+def rollout(routed: Routed) -> admin_pb2.Rollout:
+    found: admin_pb2.Rollout = routed.admin.GetRollout(
+        admin_pb2.RolloutRequest(route="classifier"), metadata=AUTH, timeout=10
+    )
+    return found
+
+
+def finished(routed: Routed, candidate: str) -> admin_pb2.Rollout:
+    """The rollout of ``candidate`` once it is over (promoted, rolled back or aborted)."""
+
+    def over() -> bool:
+        try:
+            found = rollout(routed)
+        except grpc.RpcError:
+            return False  # none yet: the drop is still being rolled out to the fleet
+        return found.candidate.version == candidate and found.status not in ("running", "paused")
+
+    assert wait_until(over, timeout_s=ROLLOUT_WAIT_S)
+    return rollout(routed)
+
+
+def newest(repository: Path) -> int:
+    return max(int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit())
+
+
+def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
+    setup: tuple[Routed, Path],
+) -> None:
+    routed, repository = setup
+    current = str(newest(repository))
+    routed.split("classifier", {current: 100})
+    new = str(int(current) + 1)
+    with SteadyLoad(routed.running.url) as load:
+        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+        dropped = drop(repository / "classifier" / current, repository / "classifier" / new)
+        done = finished(routed, new)
+        elapsed = time.monotonic() - dropped
+        sent = load.sent
+        assert wait_until(lambda: load.sent > sent + 20, timeout_s=30)
+    events = [t.event for t in done.history]
+    print(f"good version: drop -> {done.status} in {elapsed:.1f} s; {events}; load {load.versions}")
+    assert done.status == "promoted"
+    assert events == ["started", "step", "step", "promoted"]
+    assert load.failures == []
+    # Every gate passed with its evidence; the shadow step compared the copies.
+    shadow_step = done.history[1]
+    assert {e.gate: e.outcome for e in shadow_step.evidence} == {
+        "agreement": "pass",
+        "argmax_agreement": "pass",
+    }
+    route = routed.route("classifier")
+    assert route is not None and [(v.version, v.weight) for v in route.variants] == [(new, 1)]
+    assert classify(routed.running.url).get_response().model_version == new
+
+
+def test_operators_pause_resume_promote_and_abort(setup: tuple[Routed, Path]) -> None:
+    routed, repository = setup
+    versions = sorted(
+        int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit()
+    )
+    baseline, candidate = str(versions[-2]), str(versions[-1])
+    routed.split("classifier", {baseline: 50, candidate: 50})
+    slow = admin_pb2.RolloutPlan(steps=[0, 100], min_requests=1_000_000)
+    slow.min_step.FromSeconds(3600)
+    start = admin_pb2.StartRolloutRequest(
+        route="classifier", candidate=admin_pb2.Variant(version=candidate), plan=slow
+    )
+    with pytest.raises(Exception, match="splits between 2 variants"):
+        routed.admin.StartRollout(start, metadata=AUTH, timeout=10)
+    routed.split("classifier", {baseline: 100})
+    with SteadyLoad(routed.running.url) as load:
+        started = routed.admin.StartRollout(start, metadata=AUTH, timeout=10)
+        assert (started.status, started.step) == ("running", 0)
+        # Low traffic for this plan: the step waits for its calls, whatever the time.
+        assert wait_until(lambda: bool(rollout(routed).current), timeout_s=10)
+        sent = load.sent
+        assert wait_until(lambda: load.sent > sent + 50, timeout_s=30)
+    waiting = rollout(routed)
+    assert (waiting.status, waiting.step) == ("running", 0)
+    assert {e.outcome for e in waiting.current} == {"wait"}
+    request = admin_pb2.RolloutRequest(route="classifier")
+    assert routed.admin.PauseRollout(request, metadata=AUTH, timeout=10).status == "paused"
+    assert routed.admin.ResumeRollout(request, metadata=AUTH, timeout=10).status == "running"
+    promoted = routed.admin.PromoteRollout(request, metadata=AUTH, timeout=10)
+    assert promoted.status == "promoted"
+    route = routed.route("classifier")
+    assert route is not None and [v.version for v in route.variants] == [candidate]
+    # And back, by hand: the abort puts every call on the baseline at once.
+    start.candidate.version = baseline
+    routed.admin.StartRollout(start, metadata=AUTH, timeout=10)
+    aborted = routed.admin.AbortRollout(request, metadata=AUTH, timeout=10)
+    assert aborted.status == "aborted"
+    assert [t.event for t in aborted.history][-1] == "aborted"
+    route = routed.route("classifier")
+    assert route is not None
+    assert [(v.version, v.weight) for v in route.variants] == [(candidate, 1), (baseline, 0)]
+
+
+def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
+    setup: tuple[Routed, Path],
+) -> None:
+    routed, repository = setup
+    current = str(newest(repository))
+    routed.split("classifier", {current: 100})
+    new = str(int(current) + 1)
+    with SteadyLoad(routed.running.url) as load:
+        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+        # Version 1's weights under a new number: the same interface, other answers.
+        dropped = drop(MODEL_REPOSITORY / "classifier" / "1", repository / "classifier" / new)
+        done = finished(routed, new)
+        elapsed = time.monotonic() - dropped
+    print(f"disagreeing version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+    assert done.status == "rolled_back"
+    assert done.step == 0, "stopped at the shadow step"
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert "agreement" in failed
+    assert load.failures == []
+    assert new not in load.versions, "the candidate never answered a client"
+    route = routed.route("classifier")
+    assert route is not None
+    assert [(v.version, v.weight) for v in route.variants] == [(current, 1), (new, 0)]
+    assert not route.HasField("shadow")
