@@ -185,12 +185,12 @@ class RolloutController:
         async with self._lock:
             rollout = self._active(route)
             current = self._traffic.route(route)
-            if current is not None and current.revision != rollout.route_revision:
-                # Taken over from whatever the route says now: the step is applied again.
-                rollout.route_revision = current.revision
+            if current is None:
+                raise _precondition(f"model '{route}' has no route any more: abort the rollout")
+            # Taken over from whatever the route says now: the step is applied again.
+            rollout.route_revision = current.revision
             rollout.status = "running"
             self._record(rollout, "resumed", "asked through the admin service")
-            assert current is not None
             return await self._enter(rollout, current, rollout.step)
 
     async def promote(self, route: str) -> admin_pb2.Rollout:
