@@ -450,6 +450,9 @@ class RolloutSettings(_Frozen):
     min_argmax_agreement: float = Field(default=0.99, ge=0, le=1)
     confidence_z: float = Field(default=2.576, gt=0)
     """Width of the bounds a gate fails early on (standard scores; 2.576: 99%)."""
+    settle_s: float = Field(default=2.0, ge=0)
+    """A step's window opens this long after the step is set: calls of the step before (its
+    shadow copies above all) are still finishing and would be counted against this one."""
     tick_s: float = Field(default=1.0, gt=0)
 
     @field_validator("steps")

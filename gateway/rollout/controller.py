@@ -59,11 +59,12 @@ class RolloutMetrics:
 
 @dataclass
 class _Window:
-    """Where the current step's window starts."""
+    """Where the current step's window starts: at ``opens`` (None totals until then)."""
 
     started: float
-    candidate: VariantTotals
-    baseline: VariantTotals
+    candidate: VariantTotals | None
+    baseline: VariantTotals | None
+    opens: float = 0.0
 
 
 class RolloutController:
@@ -231,9 +232,15 @@ class RolloutController:
         window = self._windows.get(rollout.route)
         candidate_now = totals.get((rollout.route, rollout.candidate.name), NONE)
         baseline_now = totals.get((rollout.route, rollout.baseline.name), NONE)
+        now = self._clock()
         if window is None:
             # A gateway that restarted: the step goes on with a fresh window.
-            self._windows[rollout.route] = _Window(self._clock(), candidate_now, baseline_now)
+            self._windows[rollout.route] = _Window(now, candidate_now, baseline_now)
+            return
+        if now < window.opens:
+            return  # the step before is still finishing (see rollout.settle_s)
+        if window.candidate is None or window.baseline is None:
+            window.candidate, window.baseline, window.started = candidate_now, baseline_now, now
             return
         candidate = candidate_now.minus(window.candidate)
         baseline = baseline_now.minus(window.baseline)
@@ -284,12 +291,8 @@ class RolloutController:
         else:
             changed.ClearField("shadow")
         saved = await self._traffic.save_rollout(rollout, changed)
-        totals = self._totals()
-        self._windows[rollout.route] = _Window(
-            self._clock(),
-            totals.get((rollout.route, rollout.candidate.name), NONE),
-            totals.get((rollout.route, rollout.baseline.name), NONE),
-        )
+        now = self._clock()
+        self._windows[rollout.route] = _Window(now, None, None, now + self._settings.settle_s)
         self._latest.pop(rollout.route, None)
         self._metrics.step.labels(route=rollout.route).set(percent)
         log.info(

@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
+import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
@@ -29,8 +32,16 @@ from tests.support.metrics import wait_until
 from tests.support.models import MODEL_REPOSITORY
 from tests.support.traffic import AUTH, TOKEN, Routed
 
-PLAN = {"steps": [0, 50, 100], "min_step_s": 0.5, "min_requests": 20, "tick_s": 0.2}
+PLAN = {
+    "steps": [0, 50, 100],
+    "min_step_s": 0.5,
+    "min_requests": 20,
+    "settle_s": 0.5,
+    "tick_s": 0.2,
+}
 """Short steps so a test takes seconds; the shipped plan holds each step a minute."""
+STEPS_OF_WORK = 150
+"""1024 x 1024 products the slow version adds per call."""
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +176,67 @@ def test_operators_pause_resume_promote_and_abort(setup: tuple[Routed, Path]) ->
     route = routed.route("classifier")
     assert route is not None
     assert [(v.version, v.weight) for v in route.variants] == [(candidate, 1), (baseline, 0)]
+
+
+def slow_version(source: Path, folder: Path) -> Path:
+    """``source``'s model with matrix products on the side whose result is multiplied by zero:
+    the same answers, tens of milliseconds slower per call (the baseline answers in about
+    one)."""
+    model = onnx.load(str(source / "model.onnx"))
+    graph = model.graph
+    rng = np.random.default_rng(7)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(
+                (rng.standard_normal((8, 1024)) / 8).astype(np.float32), "slow_in"
+            ),
+            numpy_helper.from_array(
+                (rng.standard_normal((1024, 1024)) / 32).astype(np.float32), "slow_w"
+            ),
+            numpy_helper.from_array(np.zeros((), np.float32), "slow_zero"),
+        ]
+    )
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    nodes = [helper.make_node("MatMul", ["INPUT", "slow_in"], ["slow_0"])]
+    for i in range(STEPS_OF_WORK):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_mm{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"slow_mm{i}"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{STEPS_OF_WORK}"], ["slow_sum"], keepdims=1),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", [softmax.input[0], "slow_nothing"], ["slow_logits"]),
+    ]
+    softmax.input[0] = "slow_logits"
+    at = list(graph.node).index(softmax)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def test_a_slower_version_is_rolled_back_at_the_first_step_its_p99_gate_sees(
+    setup: tuple[Routed, Path], tmp_path: Path
+) -> None:
+    routed, repository = setup
+    current = str(newest(repository))
+    routed.split("classifier", {current: 100})
+    new = str(int(current) + 1)
+    slow = slow_version(repository / "classifier" / current, tmp_path / "slow")
+    with SteadyLoad(routed.running.url) as load:
+        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+        dropped = drop(slow, repository / "classifier" / new)
+        done = finished(routed, new)
+        elapsed = time.monotonic() - dropped
+    print(f"slower version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+    assert done.status == "rolled_back"
+    assert done.step == 1, "it agreed in the shadow step and failed at the first live one"
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert failed == {"p99_ratio"}
+    assert load.failures == []
+    route = routed.route("classifier")
+    assert route is not None
+    assert [(v.version, v.weight) for v in route.variants] == [(current, 1), (new, 0)]
 
 
 def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(

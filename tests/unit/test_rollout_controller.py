@@ -15,7 +15,7 @@ from gateway.traffic.figures import VariantTotals
 from gateway.traffic.state import TrafficState
 from gateway.traffic.store import FileRouteStore
 
-SETTINGS = RolloutSettings(steps=[0, 50, 100], min_step_s=10, min_requests=20)
+SETTINGS = RolloutSettings(steps=[0, 50, 100], min_step_s=10, min_requests=20, settle_s=1)
 
 
 class Fleet:
@@ -73,11 +73,14 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
         shadowed = state.route("classifier")
         assert shadowed is not None and shadowed.shadow.target.name == "2"
         assert weights(state) == [("1", 10_000), ("2", 0)]
+        fleet.serve("2", agree=30)  # still settling: these do not count
+        fleet.now = 1
+        await rollouts.tick()  # the window opens
         fleet.serve("2", agree=30)
-        fleet.now = 5
+        fleet.now = 6
         await rollouts.tick()
         assert rollouts.rollout("classifier").step == 0, "the step's time is not up"
-        fleet.now = 11
+        fleet.now = 12
         await rollouts.tick()
         assert rollouts.rollout("classifier").step == 1
         assert weights(state) == [("1", 5_000), ("2", 5_000)]
@@ -93,6 +96,8 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
         fleet.now = 30
         await rollouts.tick()
         assert rollouts.rollout("classifier").step == 2
+        fleet.now = 32
+        await rollouts.tick()  # the last step's window opens
         fleet.serve("2", calls=100)
         fleet.now = 50
         await rollouts.tick()
@@ -132,9 +137,10 @@ def test_disagreement_rolls_back_before_the_step_is_up(tmp_path: Path) -> None:
         )
         await state.set_route(route, 0)
         await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
-        await rollouts.tick()
-        fleet.serve("2", disagree=10)
         fleet.now = 1
+        await rollouts.tick()  # the window opens
+        fleet.serve("2", disagree=10)
+        fleet.now = 2
         await rollouts.tick()
         done = rollouts.rollout("classifier")
         assert done.status == "rolled_back"
