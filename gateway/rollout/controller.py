@@ -249,12 +249,17 @@ class RolloutController:
         if percent == 0:
             compared = sum(candidate.shadow_results.values())
             enough = elapsed >= _seconds(rollout.plan) and compared >= rollout.plan.min_requests
-            verdict = judge_shadow(candidate, self._gates, enough)
+            verdict = judge_shadow(candidate, baseline, self._gates, enough)
         else:
+            # Below 100% both sides need the step's calls: the p99s are compared. At 100% the
+            # baseline gets none (its p99 was compared at the steps before).
+            compared_with_baseline = percent < 100
             enough = (
-                elapsed >= _seconds(rollout.plan) and candidate.calls >= rollout.plan.min_requests
+                elapsed >= _seconds(rollout.plan)
+                and candidate.calls >= rollout.plan.min_requests
+                and (not compared_with_baseline or baseline.calls >= rollout.plan.min_requests)
             )
-            baseline_enough = baseline.calls >= rollout.plan.min_requests
+            baseline_enough = compared_with_baseline
             verdict = judge_live(candidate, baseline, self._gates, enough, baseline_enough)
         evidence = _evidence(verdict, candidate, baseline)
         self._latest[rollout.route] = evidence
@@ -470,7 +475,9 @@ def _evidence(
             gate=e.gate,
             threshold=e.threshold,
             outcome=e.outcome,
-            candidate_calls=candidate.calls or sum(candidate.shadow_results.values()),
+            candidate_calls=candidate.shadow_calls
+            if e.gate.startswith("shadow") or "agreement" in e.gate
+            else candidate.calls,
             baseline_calls=baseline.calls,
         )
         if e.observed is not None:

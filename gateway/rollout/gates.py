@@ -9,7 +9,10 @@ bad candidate is stopped as soon as the evidence against it is clear:
   too bad);
 - a gate passes only once the step has its minimum time and calls (``enough``) and the
   observed value is within the threshold;
-- otherwise the step waits.
+- otherwise the step waits for more calls (a value past its threshold that is not beyond
+  doubt yet, as a p99 from a few dozen calls often is, gets more evidence, not a verdict).
+  The p99 is judged alike, by the low end of the order-statistic interval of the
+  candidate's 99th percentile.
 """
 
 from __future__ import annotations
@@ -81,23 +84,49 @@ def judge_live(
     low, _ = wilson(candidate.faults, candidate.calls, settings.z)
     observed = candidate.faults / candidate.calls if candidate.calls else None
     faults = _judge("fault_rate", observed, low, threshold, enough, bad_when_above=True)
-    ratio = None
     candidate_p99, baseline_p99 = candidate.quantile(0.99), baseline.quantile(0.99)
-    if candidate_p99 is not None and baseline_p99:
-        ratio = candidate_p99 / baseline_p99
-    if not enough:
-        judged: Outcome = "wait"
-    elif ratio is None or not baseline_enough:
+    if not baseline_enough or candidate_p99 is None or not baseline_p99:
         # Nothing to compare with at this step; the fault gate still holds the candidate.
-        judged = "pass" if candidate.calls else "wait"
-    else:
-        judged = "pass" if ratio <= settings.max_p99_ratio else "fail"
-    latency = Evidence("p99_ratio", ratio, ratio, settings.max_p99_ratio, judged)
+        judged: Outcome = "pass" if enough and candidate.calls else "wait"
+        latency = Evidence("p99_ratio", None, None, settings.max_p99_ratio, judged)
+        return _verdict(faults, latency)
+    if not enough:
+        # No early verdict on a quantile: the order-statistic bound wants the step's calls.
+        latency = Evidence(
+            "p99_ratio", candidate_p99 / baseline_p99, None, settings.max_p99_ratio, "wait"
+        )
+        return _verdict(faults, latency)
+    # The candidate's p99 is judged by the low end of its confidence interval (an order
+    # statistic a few ranks down): with few calls the highest ones say little.
+    n = candidate.calls
+    low_rank = max(0.0, 0.99 - settings.z * math.sqrt(0.99 * 0.01 / n))
+    candidate_low = candidate.quantile(low_rank) or 0.0
+    latency = _judge(
+        "p99_ratio",
+        candidate_p99 / baseline_p99,
+        candidate_low / baseline_p99,
+        settings.max_p99_ratio,
+        enough,
+        bad_when_above=True,
+    )
     return _verdict(faults, latency)
 
 
-def judge_shadow(shadow: VariantTotals, settings: GateSettings, enough: bool) -> Verdict:
-    """The shadow step: the candidate's outputs against the primary's."""
+def judge_shadow(
+    shadow: VariantTotals, baseline: VariantTotals, settings: GateSettings, enough: bool
+) -> Verdict:
+    """The shadow step: the candidate's faults on its copies against the baseline's on the
+    primaries, and its outputs against the primary's."""
+    baseline_rate = baseline.faults / baseline.calls if baseline.calls else 0.0
+    low, _ = wilson(shadow.shadow_faults, shadow.shadow_calls, settings.z)
+    faults = _judge(
+        "shadow_fault_rate",
+        shadow.shadow_faults / shadow.shadow_calls if shadow.shadow_calls else None,
+        low,
+        baseline_rate + settings.max_fault_rate_increase,
+        enough,
+        bad_when_above=True,
+    )
     compared = sum(shadow.shadow_results.values())
     agreeing = shadow.shadow_results.get("agree", 0)
     _, high = wilson(agreeing, compared, settings.z)
@@ -109,7 +138,7 @@ def judge_shadow(shadow: VariantTotals, settings: GateSettings, enough: bool) ->
         enough,
         bad_when_above=False,
     )
-    gates = [agreement]
+    gates = [faults, agreement]
     if shadow.argmax_rows:
         _, high = wilson(shadow.argmax_agreeing, shadow.argmax_rows, settings.z)
         gates.append(
@@ -139,9 +168,10 @@ def _judge(
 
     if observed is not None and bad(favourable_bound):
         outcome: Outcome = "fail"  # even the most favourable plausible value is too bad
-    elif enough and observed is not None:
-        outcome = "fail" if bad(observed) else "pass"
+    elif enough and observed is not None and not bad(observed):
+        outcome = "pass"
     else:
+        # Too few calls, or a bad look not yet beyond doubt: more calls, not a verdict.
         outcome = "wait"
     return Evidence(gate, observed, favourable_bound, threshold, outcome)
 

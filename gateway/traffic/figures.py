@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway._protos.tgw.control.v1 import control_pb2
@@ -40,6 +40,8 @@ class VariantTotals:
     shadow_results: Mapping[str, int]
     argmax_rows: int
     argmax_agreeing: int
+    shadow_codes: Mapping[str, int] = field(default_factory=dict)
+    """Shadow copies sent to the variant, by the status they got."""
 
     @classmethod
     def from_report(cls, report: control_pb2.VariantReport) -> VariantTotals:
@@ -49,6 +51,7 @@ class VariantTotals:
             shadow_results=dict(report.shadow_results),
             argmax_rows=report.argmax_rows,
             argmax_agreeing=report.argmax_agreeing,
+            shadow_codes=dict(report.shadow_codes),
         )
 
     def minus(self, earlier: VariantTotals) -> VariantTotals:
@@ -70,6 +73,10 @@ class VariantTotals:
             },
             argmax_rows=self.argmax_rows - earlier.argmax_rows,
             argmax_agreeing=self.argmax_agreeing - earlier.argmax_agreeing,
+            shadow_codes={
+                code: count - earlier.shadow_codes.get(code, 0)
+                for code, count in self.shadow_codes.items()
+            },
         )
 
     @property
@@ -79,6 +86,14 @@ class VariantTotals:
     @property
     def faults(self) -> int:
         return sum(count for code, count in self.codes.items() if code in FAULT_CODES)
+
+    @property
+    def shadow_calls(self) -> int:
+        return sum(self.shadow_codes.values())
+
+    @property
+    def shadow_faults(self) -> int:
+        return sum(count for code, count in self.shadow_codes.items() if code in FAULT_CODES)
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile of latency in seconds, interpolated within its bucket as Prometheus'
@@ -115,8 +130,8 @@ def figures(variant: str, totals: VariantTotals) -> admin_pb2.VariantFigures:
         argmax_rows=totals.argmax_rows,
         argmax_agreeing=totals.argmax_agreeing,
     )
-    for field, q in (("p50", 0.5), ("p99", 0.99)):
+    for quantile_field, q in (("p50", 0.5), ("p99", 0.99)):
         seconds = totals.quantile(q)
         if seconds is not None:
-            getattr(shown, field).FromNanoseconds(round(seconds * 1e9))
+            getattr(shown, quantile_field).FromNanoseconds(round(seconds * 1e9))
     return shown

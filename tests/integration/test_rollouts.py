@@ -14,11 +14,12 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.repository.content import GOLDEN_INPUTS
 from tests.support.background import BackgroundGateway
 from tests.support.drops import (
     ROLLOUT_WAIT_S,
@@ -88,14 +89,20 @@ def rollout(routed: Routed) -> admin_pb2.Rollout:
 
 
 def finished(routed: Routed, candidate: str) -> admin_pb2.Rollout:
-    """The rollout of ``candidate`` once it is over (promoted, rolled back or aborted)."""
+    """The rollout of ``candidate`` started from now, once it is over (promoted, rolled back
+    or aborted); an earlier one of a number used before does not count."""
+    since = time.time_ns()
 
     def over() -> bool:
         try:
             found = rollout(routed)
         except grpc.RpcError:
             return False  # none yet: the drop is still being rolled out to the fleet
-        return found.candidate.version == candidate and found.status not in ("running", "paused")
+        return (
+            found.candidate.version == candidate
+            and found.started.ToNanoseconds() >= since
+            and found.status not in ("running", "paused")
+        )
 
     assert wait_until(over, timeout_s=ROLLOUT_WAIT_S)
     return rollout(routed)
@@ -105,13 +112,38 @@ def newest(repository: Path) -> int:
     return max(int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit())
 
 
+def withdraw(routed: Routed, repository: Path, version: str) -> None:
+    """Remove a rolled-back version's directory, as its owner would, and wait until the
+    fleet let it go (with ``latest {2}`` it would otherwise push out the baseline next)."""
+    shutil.rmtree(repository / "classifier" / version)
+    manager = routed.running.gateway.repository
+    assert manager is not None
+
+    def gone() -> bool:
+        (status,) = [m for m in manager.status() if m.name == "classifier"]
+        return version not in status.served_versions and not status.rolling_out
+
+    assert wait_until(gone, timeout_s=ROLLOUT_WAIT_S)
+    wait_idle(routed.running)
+
+
+def serving(routed: Routed, repository: Path) -> str:
+    """The version the route gives all its traffic (the newest, before any route): the
+    baseline of the next rollout, never a candidate an earlier test rolled back."""
+    route = routed.route("classifier")
+    if route is None:
+        return str(newest(repository))
+    (weighted,) = [v for v in route.variants if v.weight > 0]
+    return weighted.version
+
+
 def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
     setup: tuple[Routed, Path],
 ) -> None:
     routed, repository = setup
-    current = str(newest(repository))
+    current = serving(routed, repository)
     routed.split("classifier", {current: 100})
-    new = str(int(current) + 1)
+    new = str(newest(repository) + 1)
     with SteadyLoad(routed.running.url) as load:
         assert wait_until(lambda: load.sent > 10, timeout_s=30)
         dropped = drop(repository / "classifier" / current, repository / "classifier" / new)
@@ -127,6 +159,7 @@ def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
     # Every gate passed with its evidence; the shadow step compared the copies.
     shadow_step = done.history[1]
     assert {e.gate: e.outcome for e in shadow_step.evidence} == {
+        "shadow_fault_rate": "pass",
         "agreement": "pass",
         "argmax_agreement": "pass",
     }
@@ -219,9 +252,9 @@ def test_a_slower_version_is_rolled_back_at_the_first_step_its_p99_gate_sees(
     setup: tuple[Routed, Path], tmp_path: Path
 ) -> None:
     routed, repository = setup
-    current = str(newest(repository))
+    current = serving(routed, repository)
     routed.split("classifier", {current: 100})
-    new = str(int(current) + 1)
+    new = str(newest(repository) + 1)
     slow = slow_version(repository / "classifier" / current, tmp_path / "slow")
     with SteadyLoad(routed.running.url) as load:
         assert wait_until(lambda: load.sent > 10, timeout_s=30)
@@ -237,15 +270,79 @@ def test_a_slower_version_is_rolled_back_at_the_first_step_its_p99_gate_sees(
     route = routed.route("classifier")
     assert route is not None
     assert [(v.version, v.weight) for v in route.variants] == [(current, 1), (new, 0)]
+    withdraw(routed, repository, new)
+
+
+def failing_version(source: Path, folder: Path) -> Path:
+    """``source``'s model, failing every call whose inputs sum above zero (about half of
+    random inputs; the same answers for the others): the logits of a batch of two are
+    reshaped to a width of 5 instead of 3."""
+    model = onnx.load(str(source / "model.onnx"))
+    graph = model.graph
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((), np.float32), "fail_zero"),
+            numpy_helper.from_array(np.array(2, np.int64), "fail_two"),
+            numpy_helper.from_array(np.array(3, np.int64), "fail_three"),
+            numpy_helper.from_array(np.array([-1], np.int64), "fail_rows"),
+            numpy_helper.from_array(np.array([0], np.int64), "fail_axis"),
+        ]
+    )
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    nodes = [
+        helper.make_node("ReduceSum", ["INPUT"], ["fail_sum"], keepdims=0),
+        helper.make_node("Greater", ["fail_sum", "fail_zero"], ["fail_positive"]),
+        helper.make_node("Cast", ["fail_positive"], ["fail_k"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["fail_k", "fail_two"], ["fail_extra"]),
+        helper.make_node("Add", ["fail_three", "fail_extra"], ["fail_width"]),
+        helper.make_node("Unsqueeze", ["fail_width", "fail_axis"], ["fail_width_1d"]),
+        helper.make_node("Concat", ["fail_rows", "fail_width_1d"], ["fail_shape"], axis=0),
+        helper.make_node("Reshape", [softmax.input[0], "fail_shape"], ["fail_logits"]),
+    ]
+    softmax.input[0] = "fail_logits"
+    at = list(graph.node).index(softmax)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def test_a_version_failing_for_some_inputs_is_rolled_back_before_any_client_meets_it(
+    setup: tuple[Routed, Path], tmp_path: Path
+) -> None:
+    routed, repository = setup
+    current = serving(routed, repository)
+    routed.split("classifier", {current: 100})
+    new = str(newest(repository) + 1)
+    failing = failing_version(repository / "classifier" / current, tmp_path / "failing")
+    # The fleet rollout's golden request must pass: an input it answers (sum below zero),
+    # provided beside the model as the README says.
+    golden = tmp_path / GOLDEN_INPUTS
+    np.savez(golden, INPUT=np.full((1, 8), -0.5, np.float32))
+    with SteadyLoad(routed.running.url, varied=True) as load:
+        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+        golden.rename(repository / "classifier" / GOLDEN_INPUTS)
+        dropped = drop(failing, repository / "classifier" / new)
+        done = finished(routed, new)
+        elapsed = time.monotonic() - dropped
+    print(f"failing version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+    assert done.status == "rolled_back"
+    assert done.step == 0, "its copies failed at the shadow step"
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert "shadow_fault_rate" in failed
+    assert load.failures == []
+    assert new not in load.versions
+    withdraw(routed, repository, new)
 
 
 def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
     setup: tuple[Routed, Path],
 ) -> None:
     routed, repository = setup
-    current = str(newest(repository))
+    current = serving(routed, repository)
     routed.split("classifier", {current: 100})
-    new = str(int(current) + 1)
+    new = str(newest(repository) + 1)
     with SteadyLoad(routed.running.url) as load:
         assert wait_until(lambda: load.sent > 10, timeout_s=30)
         # Version 1's weights under a new number: the same interface, other answers.

@@ -79,9 +79,11 @@ def classify(url: str, version: str = "") -> grpcclient.InferResult:
 class SteadyLoad:
     """Calls through the gateway from a thread until stopped; counts every failure."""
 
-    def __init__(self, url: str, version: str = "") -> None:
+    def __init__(self, url: str, version: str = "", varied: bool = False) -> None:
+        """``varied``: a different input on every call (else the same one)."""
         self.url = url
         self.version = version
+        self.varied = varied
         self.sent = 0
         self.failures: list[str] = []
         self.versions: dict[str, int] = {}
@@ -101,6 +103,8 @@ class SteadyLoad:
         x = classifier_features(batch=2)
         while not self._stop.is_set():
             self.sent += 1
+            if self.varied:
+                x = classifier_features(batch=2, seed=self.sent)
             try:
                 result = client.infer(
                     "classifier",

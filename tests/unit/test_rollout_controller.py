@@ -30,12 +30,14 @@ class Fleet:
         ok = (before.codes.get("OK", 0) if before else 0) + calls
         agreed = (before.shadow_results.get("agree", 0) if before else 0) + agree
         disagreed = (before.shadow_results.get("disagree", 0) if before else 0) + disagree
+        copies = (before.shadow_codes.get("OK", 0) if before else 0) + agree + disagree
         self.totals[("classifier", variant)] = VariantTotals(
             codes={"OK": ok},
             latency=((0.001, ok), (math.inf, ok)),
             shadow_results={"agree": agreed, "disagree": disagreed},
             argmax_rows=0,
             argmax_agreeing=0,
+            shadow_codes={"OK": copies},
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -29,7 +30,11 @@ def totals(
         shadow_results={"agree": agree, "disagree": disagree},
         argmax_rows=rows,
         argmax_agreeing=rows_agreeing,
+        shadow_codes={"OK": agree + disagree},
     )
+
+
+NOTHING = VariantTotals(codes={}, latency=(), shadow_results={}, argmax_rows=0, argmax_agreeing=0)
 
 
 def test_the_wilson_interval() -> None:
@@ -59,8 +64,9 @@ def test_clear_faults_fail_at_once_and_unclear_ones_wait() -> None:
     assert faults.observed == 0.3 and faults.bound is not None and faults.bound > 0.01
     # One fault in twenty: could be bad luck; the step waits for more calls.
     assert judge_live(totals(calls=20, faults=1), baseline, GATES, enough=False).outcome == "wait"
-    # With enough calls the observed rate decides.
-    assert judge_live(totals(calls=400, faults=8), baseline, GATES, enough=True).outcome == "fail"
+    # Past the threshold but not beyond doubt: more calls, not a verdict; then clear.
+    assert judge_live(totals(calls=400, faults=8), baseline, GATES, enough=True).outcome == "wait"
+    assert judge_live(totals(calls=4000, faults=80), baseline, GATES, enough=True).outcome == "fail"
 
 
 def test_a_slower_candidate_fails_its_p99_gate_with_enough_calls() -> None:
@@ -74,12 +80,21 @@ def test_a_slower_candidate_fails_its_p99_gate_with_enough_calls() -> None:
 
 
 def test_the_shadow_step_judges_agreement() -> None:
-    assert judge_shadow(totals(disagree=50), GATES, enough=False).outcome == "fail"
-    assert judge_shadow(totals(agree=50), GATES, enough=False).outcome == "wait"
-    assert judge_shadow(totals(agree=500), GATES, enough=True).outcome == "pass"
-    assert judge_shadow(totals(agree=95, disagree=5), GATES, enough=True).outcome == "fail"
-    argmax = judge_shadow(totals(agree=500, rows=500, rows_agreeing=400), GATES, enough=True)
-    assert [e.outcome for e in argmax.evidence] == ["pass", "fail"]
+    assert judge_shadow(totals(disagree=50), NOTHING, GATES, enough=False).outcome == "fail"
+    assert judge_shadow(totals(agree=50), NOTHING, GATES, enough=False).outcome == "wait"
+    assert judge_shadow(totals(agree=500), NOTHING, GATES, enough=True).outcome == "pass"
+    assert (
+        judge_shadow(totals(agree=90, disagree=10), NOTHING, GATES, enough=True).outcome == "fail"
+    )
+    argmax = judge_shadow(
+        totals(agree=500, rows=500, rows_agreeing=400), NOTHING, GATES, enough=True
+    )
+    assert [e.outcome for e in argmax.evidence] == ["pass", "pass", "fail"]
+    # Copies the candidate fails count like live faults, before any client meets them.
+    failing = dataclasses.replace(totals(agree=10), shadow_codes={"OK": 10, "INTERNAL": 10})
+    verdict = judge_shadow(failing, NOTHING, GATES, enough=False)
+    assert verdict.outcome == "fail"
+    assert verdict.evidence[0].gate == "shadow_fault_rate"
 
 
 def test_at_the_last_step_the_baseline_takes_no_calls_and_the_fault_gate_decides() -> None:
