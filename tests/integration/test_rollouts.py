@@ -20,6 +20,7 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.repository.content import GOLDEN_INPUTS
+from gateway.settings import GatewaySettings
 from tests.support.background import BackgroundGateway
 from tests.support.drops import (
     ROLLOUT_WAIT_S,
@@ -48,7 +49,7 @@ STEPS_OF_WORK = 150
 @pytest.fixture(scope="module")
 def setup(
     triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Routed, Path]]:
+) -> Iterator[tuple[Routed, Path, GatewaySettings]]:
     repository = tmp_path_factory.mktemp("rollouts") / "model_repository"
     repository.mkdir()
     shutil.copytree(MODEL_REPOSITORY / "classifier", repository / "classifier")
@@ -76,7 +77,7 @@ def setup(
             wait_idle(running)
             client = Routed(running)
             try:
-                yield client, repository
+                yield client, repository, settings
             finally:
                 client.close()
 
@@ -138,9 +139,9 @@ def serving(routed: Routed, repository: Path) -> str:
 
 
 def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
-    setup: tuple[Routed, Path],
+    setup: tuple[Routed, Path, GatewaySettings],
 ) -> None:
-    routed, repository = setup
+    routed, repository, _ = setup
     current = serving(routed, repository)
     routed.split("classifier", {current: 100})
     new = str(newest(repository) + 1)
@@ -168,8 +169,10 @@ def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
     assert classify(routed.running.url).get_response().model_version == new
 
 
-def test_operators_pause_resume_promote_and_abort(setup: tuple[Routed, Path]) -> None:
-    routed, repository = setup
+def test_operators_pause_resume_promote_and_abort(
+    setup: tuple[Routed, Path, GatewaySettings],
+) -> None:
+    routed, repository, _ = setup
     versions = sorted(
         int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit()
     )
@@ -249,9 +252,9 @@ def slow_version(source: Path, folder: Path) -> Path:
 
 
 def test_a_slower_version_is_rolled_back_at_the_first_step_its_p99_gate_sees(
-    setup: tuple[Routed, Path], tmp_path: Path
+    setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
 ) -> None:
-    routed, repository = setup
+    routed, repository, _ = setup
     current = serving(routed, repository)
     routed.split("classifier", {current: 100})
     new = str(newest(repository) + 1)
@@ -309,9 +312,9 @@ def failing_version(source: Path, folder: Path) -> Path:
 
 
 def test_a_version_failing_for_some_inputs_is_rolled_back_before_any_client_meets_it(
-    setup: tuple[Routed, Path], tmp_path: Path
+    setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
 ) -> None:
-    routed, repository = setup
+    routed, repository, _ = setup
     current = serving(routed, repository)
     routed.split("classifier", {current: 100})
     new = str(newest(repository) + 1)
@@ -337,9 +340,9 @@ def test_a_version_failing_for_some_inputs_is_rolled_back_before_any_client_meet
 
 
 def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
-    setup: tuple[Routed, Path],
+    setup: tuple[Routed, Path, GatewaySettings],
 ) -> None:
-    routed, repository = setup
+    routed, repository, _ = setup
     current = serving(routed, repository)
     routed.split("classifier", {current: 100})
     new = str(newest(repository) + 1)
@@ -360,3 +363,49 @@ def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
     assert route is not None
     assert [(v.version, v.weight) for v in route.variants] == [(current, 1), (new, 0)]
     assert not route.HasField("shadow")
+
+
+def test_a_rollout_survives_a_gateway_restart_at_its_step(
+    setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
+) -> None:
+    routed, repository, settings = setup
+    withdraw(routed, repository, str(newest(repository)))  # the disagreeing one
+    baseline = serving(routed, repository)
+    candidate = str(newest(repository) - 1)  # the copy the first test dropped: agrees
+    # A gateway of its own (its own state) over the same fleet, stopped mid-rollout.
+    own = settings.model_copy(
+        update={"admin": settings.admin.model_copy(update={"state_dir": tmp_path})}
+    )
+    waiting = admin_pb2.RolloutPlan(steps=[0, 100], min_requests=1_000_000)
+    waiting.min_step.FromSeconds(3600)
+    with BackgroundGateway(Gateway(own), start_timeout_s=60) as first:
+        client = Routed(first)
+        try:
+            client.split("classifier", {baseline: 100})
+            started = client.admin.StartRollout(
+                admin_pb2.StartRolloutRequest(
+                    route="classifier",
+                    candidate=admin_pb2.Variant(version=candidate),
+                    plan=waiting,
+                ),
+                metadata=AUTH,
+                timeout=10,
+            )
+        finally:
+            client.close()
+    assert (started.status, started.step) == ("running", 0)
+    with BackgroundGateway(Gateway(own), start_timeout_s=60) as second:
+        client = Routed(second)
+        try:
+            resumed = rollout(client)
+            assert (resumed.status, resumed.step) == ("running", 0)
+            assert resumed.history == started.history
+            route = client.route("classifier")
+            assert route is not None and route.shadow.target.version == candidate
+            # It goes on from there: promoted by hand.
+            promoted = client.admin.PromoteRollout(
+                admin_pb2.RolloutRequest(route="classifier"), metadata=AUTH, timeout=10
+            )
+            assert promoted.status == "promoted"
+        finally:
+            client.close()

@@ -164,6 +164,13 @@ def test_admin_calls_need_the_token(routed: Routed) -> None:
         ("LoadModel", admin_pb2.FleetModelRequest(name="simple")),
         ("UnloadModel", admin_pb2.FleetModelRequest(name="simple")),
         ("ListModels", admin_pb2.ListModelsRequest()),
+        ("StartRollout", admin_pb2.StartRolloutRequest(route="classifier")),
+        ("GetRollout", admin_pb2.RolloutRequest(route="classifier")),
+        ("ListRollouts", admin_pb2.ListRolloutsRequest()),
+        ("PauseRollout", admin_pb2.RolloutRequest(route="classifier")),
+        ("ResumeRollout", admin_pb2.RolloutRequest(route="classifier")),
+        ("PromoteRollout", admin_pb2.RolloutRequest(route="classifier")),
+        ("AbortRollout", admin_pb2.RolloutRequest(route="classifier")),
     ]
     assert len(calls) == len(admin_pb2.DESCRIPTOR.services_by_name["GatewayAdmin"].methods)
     for method, request in calls:
