@@ -327,3 +327,32 @@ def test_stream_messages_follow_the_split_and_carry_the_stamp(routed: Routed) ->
         assert stamps["x-gateway-variant"] == "2"
         assert stamps["x-gateway-route-revision"] == str(route.revision)
     assert by_id["r3"].model_version == "1"
+
+
+def test_ctl_drives_a_rollout(routed: Routed, capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{routed.running.gateway.admin_port}"
+    base = ["ctl", "--address", address, "--token", TOKEN]
+    assert main([*base, "split", "classifier", "1=100"]) == 0
+    capsys.readouterr()
+    start = [
+        "rollout",
+        "start",
+        "classifier",
+        "--to",
+        "2",
+        "--steps",
+        "0,100",
+        "--min-step",
+        "3600",
+    ]
+    assert main([*base, *start]) == 0
+    assert "rollout classifier: 2 after 1  running  step 1/2 (shadow)" in capsys.readouterr().out
+    assert main([*base, "rollout", "pause", "classifier"]) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main([*base, "rollout", "abort", "classifier"]) == 0
+    assert "aborted" in capsys.readouterr().out
+    assert main([*base, "rollout", "history", "classifier"]) == 0
+    history = capsys.readouterr().out
+    assert all(event in history for event in ("started", "paused", "aborted"))
+    assert main([*base, "rollout", "resume", "classifier"]) == 2
+    assert "aborted already" in capsys.readouterr().err
