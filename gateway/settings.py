@@ -432,6 +432,27 @@ class TrafficSettings(_Frozen):
     shadow_rtol: float = Field(default=1e-3, ge=0)
 
 
+class RolloutPlanSettings(_Frozen):
+    """One route's plan; unset keys: the defaults of ``rollout``."""
+
+    steps: list[float] | None = None
+    min_step_s: float | None = Field(default=None, ge=0)
+    min_requests: int | None = Field(default=None, ge=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending(cls, steps: list[float] | None) -> list[float] | None:
+        return None if steps is None else _check_steps(steps)
+
+
+def _check_steps(steps: list[float]) -> list[float]:
+    if not steps or any(not 0 <= s <= 100 for s in steps) or steps != sorted(steps):
+        raise ValueError("steps must be ascending percents within 0 and 100")
+    if steps[-1] != 100:
+        raise ValueError("the last step must be 100 (the candidate takes all traffic)")
+    return steps
+
+
 class RolloutSettings(_Frozen):
     """Progressive delivery: the default plan and gates of a rollout (see the README)."""
 
@@ -455,14 +476,13 @@ class RolloutSettings(_Frozen):
     shadow copies above all) are still finishing and would be counted against this one."""
     tick_s: float = Field(default=1.0, gt=0)
 
+    plans: dict[str, RolloutPlanSettings] = Field(default_factory=dict)
+    """Per route (the model name clients send): its own steps, min_step_s, min_requests."""
+
     @field_validator("steps")
     @classmethod
     def _ascending(cls, steps: list[float]) -> list[float]:
-        if not steps or any(not 0 <= s <= 100 for s in steps) or steps != sorted(steps):
-            raise ValueError("steps must be ascending percents within 0 and 100")
-        if steps[-1] != 100:
-            raise ValueError("the last step must be 100 (the candidate takes all traffic)")
-        return steps
+        return _check_steps(steps)
 
 
 class MetricsSettings(_Frozen):

@@ -164,7 +164,7 @@ class RolloutController:
                 route=route_name,
                 candidate=wanted,
                 baseline=baseline,
-                plan=self._plan(plan),
+                plan=self._plan(route_name, plan),
                 step=0,
                 status="running",
                 route_revision=route.revision,
@@ -379,18 +379,24 @@ class RolloutController:
             ],
         )
 
-    def _plan(self, asked: admin_pb2.RolloutPlan | None) -> admin_pb2.RolloutPlan:
+    def _plan(self, route: str, asked: admin_pb2.RolloutPlan | None) -> admin_pb2.RolloutPlan:
+        """What was asked, else the route's plan in the settings, else the defaults."""
         settings = self._settings
+        own = settings.plans.get(route)
+        steps = (own.steps if own is not None else None) or settings.steps
+        min_step_s = own.min_step_s if own is not None and own.min_step_s is not None else None
+        min_requests = (own.min_requests if own is not None else None) or settings.min_requests
         plan = admin_pb2.RolloutPlan(
-            steps=list(asked.steps) if asked is not None and asked.steps else settings.steps,
+            steps=list(asked.steps) if asked is not None and asked.steps else steps,
             min_requests=asked.min_requests
             if asked is not None and asked.min_requests
-            else settings.min_requests,
+            else min_requests,
         )
         if asked is not None and asked.HasField("min_step"):
             plan.min_step.CopyFrom(asked.min_step)
         else:
-            plan.min_step.FromNanoseconds(int(settings.min_step_s * 1e9))
+            seconds = settings.min_step_s if min_step_s is None else min_step_s
+            plan.min_step.FromNanoseconds(int(seconds * 1e9))
         steps = list(plan.steps)
         if steps != sorted(steps) or steps[-1] != 100 or any(not 0 <= s <= 100 for s in steps):
             raise AdminError(

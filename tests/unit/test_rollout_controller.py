@@ -150,3 +150,28 @@ def test_disagreement_rolls_back_before_the_step_is_up(tmp_path: Path) -> None:
         assert not state.route("classifier").HasField("shadow")  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = Fleet()
+        state, _ = controller(tmp_path / "traffic.json", fleet)
+        own = RolloutSettings(plans={"classifier": {"steps": [0, 10, 100], "min_requests": 5}})
+        rollouts = RolloutController(
+            state,
+            lambda: fleet.totals,
+            own,
+            RolloutMetrics(CollectorRegistry()),
+            clock=lambda: fleet.now,
+            wall_clock=lambda: 0.0,
+        )
+        route = admin_pb2.Route(
+            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
+        )
+        await state.set_route(route, 0)
+        started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        assert list(started.plan.steps) == [0, 10, 100]
+        assert started.plan.min_requests == 5
+        assert started.plan.min_step.ToSeconds() == own.min_step_s
+
+    asyncio.run(scenario())
