@@ -49,6 +49,12 @@ class RolloutMetrics:
             labelnames=["route", "event"],
             registry=registry,
         )
+        self.gate = Gauge(
+            f"{PREFIX}_rollout_gate",
+            "The current step's gates: the observed value and its threshold, per route and gate.",
+            labelnames=["route", "gate", "figure"],
+            registry=registry,
+        )
         self.step = Gauge(
             f"{PREFIX}_rollout_candidate_percent",
             "Share of the route's traffic on the candidate of its rollout (0 at the shadow step).",
@@ -263,6 +269,11 @@ class RolloutController:
             verdict = judge_live(candidate, baseline, self._gates, enough, baseline_enough)
         evidence = _evidence(verdict, candidate, baseline)
         self._latest[rollout.route] = evidence
+        for e in evidence:
+            if e.HasField("observed"):
+                gate = self._metrics.gate
+                gate.labels(route=rollout.route, gate=e.gate, figure="observed").set(e.observed)
+                gate.labels(route=rollout.route, gate=e.gate, figure="threshold").set(e.threshold)
         if verdict.outcome == "wait":
             return
         if verdict.outcome == "fail":
