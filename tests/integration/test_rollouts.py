@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -138,22 +139,56 @@ def serving(routed: Routed, repository: Path) -> str:
     return weighted.version
 
 
+@dataclass
+class Dropped:
+    """A version dropped under steady load, and how its rollout ended."""
+
+    current: str
+    new: str
+    done: admin_pb2.Rollout
+    load: SteadyLoad
+    seconds: float
+    """From the rename to the end of the rollout."""
+
+
+def drop_under_load(
+    routed: Routed,
+    repository: Path,
+    source: Callable[[str], Path],
+    *,
+    varied: bool = False,
+    before: Callable[[], None] = lambda: None,
+) -> Dropped:
+    """Route all traffic to the serving version, then drop ``source(current)`` as the next
+    version under steady load (``varied`` inputs), ``before`` just ahead of the drop."""
+    current = serving(routed, repository)
+    routed.split("classifier", {current: 100})
+    new = str(newest(repository) + 1)
+    version = source(current)
+    with SteadyLoad(routed.running.url, varied=varied) as load:
+        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+        before()
+        dropped = drop(version, repository / "classifier" / new)
+        done = finished(routed, new)
+        seconds = time.monotonic() - dropped
+        sent = load.sent
+        assert wait_until(lambda: load.sent > sent + 20, timeout_s=30)
+    print(
+        f"version {new}: drop -> {done.status} at step {done.step} in {seconds:.1f} s; "
+        f"{[t.event for t in done.history]}; load {load.versions}"
+    )
+    return Dropped(current, new, done, load, seconds)
+
+
 def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
     setup: tuple[Routed, Path, GatewaySettings],
 ) -> None:
     routed, repository, _ = setup
-    current = serving(routed, repository)
-    routed.split("classifier", {current: 100})
-    new = str(newest(repository) + 1)
-    with SteadyLoad(routed.running.url) as load:
-        assert wait_until(lambda: load.sent > 10, timeout_s=30)
-        dropped = drop(repository / "classifier" / current, repository / "classifier" / new)
-        done = finished(routed, new)
-        elapsed = time.monotonic() - dropped
-        sent = load.sent
-        assert wait_until(lambda: load.sent > sent + 20, timeout_s=30)
+    dropped = drop_under_load(
+        routed, repository, lambda current: repository / "classifier" / current
+    )
+    done, load, new = dropped.done, dropped.load, dropped.new
     events = [t.event for t in done.history]
-    print(f"good version: drop -> {done.status} in {elapsed:.1f} s; {events}; load {load.versions}")
     assert done.status == "promoted"
     assert events == ["started", "step", "step", "promoted"]
     assert load.failures == []
@@ -214,57 +249,64 @@ def test_operators_pause_resume_promote_and_abort(
     assert [(v.version, v.weight) for v in route.variants] == [(candidate, 1), (baseline, 0)]
 
 
-def slow_version(source: Path, folder: Path) -> Path:
-    """``source``'s model with matrix products on the side whose result is multiplied by zero:
-    the same answers, tens of milliseconds slower per call (the baseline answers in about
-    one)."""
+def edited_version(
+    source: Path,
+    folder: Path,
+    constants: dict[str, np.ndarray],
+    nodes: Callable[[str], tuple[list[onnx.NodeProto], str]],
+) -> Path:
+    """``source``'s model with ``nodes`` (given the logits, returning the nodes and the logits
+    they make) between its logits and its softmax; ``constants`` as initializers."""
     model = onnx.load(str(source / "model.onnx"))
     graph = model.graph
-    rng = np.random.default_rng(7)
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(
-                (rng.standard_normal((8, 1024)) / 8).astype(np.float32), "slow_in"
-            ),
-            numpy_helper.from_array(
-                (rng.standard_normal((1024, 1024)) / 32).astype(np.float32), "slow_w"
-            ),
-            numpy_helper.from_array(np.zeros((), np.float32), "slow_zero"),
-        ]
-    )
+    graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in constants.items())
     softmax = next(node for node in graph.node if node.op_type == "Softmax")
-    nodes = [helper.make_node("MatMul", ["INPUT", "slow_in"], ["slow_0"])]
-    for i in range(STEPS_OF_WORK):
-        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_mm{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"slow_mm{i}"], [f"slow_{i + 1}"]))
-    nodes += [
-        helper.make_node("ReduceSum", [f"slow_{STEPS_OF_WORK}"], ["slow_sum"], keepdims=1),
-        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
-        helper.make_node("Add", [softmax.input[0], "slow_nothing"], ["slow_logits"]),
-    ]
-    softmax.input[0] = "slow_logits"
+    added, logits = nodes(softmax.input[0])
+    softmax.input[0] = logits
     at = list(graph.node).index(softmax)
-    for offset, node in enumerate(nodes):
+    for offset, node in enumerate(added):
         graph.node.insert(at + offset, node)
     folder.mkdir(parents=True)
     onnx.save(model, str(folder / "model.onnx"))
     return folder
 
 
+def slow_version(source: Path, folder: Path) -> Path:
+    """``source``'s model with matrix products on the side whose result is multiplied by zero:
+    the same answers, tens of milliseconds slower per call (the baseline answers in about
+    one)."""
+    rng = np.random.default_rng(7)
+
+    def nodes(logits: str) -> tuple[list[onnx.NodeProto], str]:
+        added = [helper.make_node("MatMul", ["INPUT", "slow_in"], ["slow_0"])]
+        for i in range(STEPS_OF_WORK):
+            added.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_mm{i}"]))
+            added.append(helper.make_node("Tanh", [f"slow_mm{i}"], [f"slow_{i + 1}"]))
+        added += [
+            helper.make_node("ReduceSum", [f"slow_{STEPS_OF_WORK}"], ["slow_sum"], keepdims=1),
+            helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+            helper.make_node("Add", [logits, "slow_nothing"], ["slow_logits"]),
+        ]
+        return added, "slow_logits"
+
+    constants = {
+        "slow_in": (rng.standard_normal((8, 1024)) / 8).astype(np.float32),
+        "slow_w": (rng.standard_normal((1024, 1024)) / 32).astype(np.float32),
+        "slow_zero": np.zeros((), np.float32),
+    }
+    return edited_version(source, folder, constants, nodes)
+
+
 def test_a_slower_version_is_rolled_back_at_the_first_step_its_p99_gate_sees(
     setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
 ) -> None:
     routed, repository, _ = setup
-    current = serving(routed, repository)
-    routed.split("classifier", {current: 100})
-    new = str(newest(repository) + 1)
-    slow = slow_version(repository / "classifier" / current, tmp_path / "slow")
-    with SteadyLoad(routed.running.url) as load:
-        assert wait_until(lambda: load.sent > 10, timeout_s=30)
-        dropped = drop(slow, repository / "classifier" / new)
-        done = finished(routed, new)
-        elapsed = time.monotonic() - dropped
-    print(f"slower version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+    dropped = drop_under_load(
+        routed,
+        repository,
+        lambda current: slow_version(repository / "classifier" / current, tmp_path / "slow"),
+    )
+    done, load, current, new = dropped.done, dropped.load, dropped.current, dropped.new
     assert done.status == "rolled_back"
     assert done.step == 1, "it agreed in the shadow step and failed at the first live one"
     failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
@@ -280,56 +322,49 @@ def failing_version(source: Path, folder: Path) -> Path:
     """``source``'s model, failing every call whose inputs sum above zero (about half of
     random inputs; the same answers for the others): the logits of a batch of two are
     reshaped to a width of 5 instead of 3."""
-    model = onnx.load(str(source / "model.onnx"))
-    graph = model.graph
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.zeros((), np.float32), "fail_zero"),
-            numpy_helper.from_array(np.array(2, np.int64), "fail_two"),
-            numpy_helper.from_array(np.array(3, np.int64), "fail_three"),
-            numpy_helper.from_array(np.array([-1], np.int64), "fail_rows"),
-            numpy_helper.from_array(np.array([0], np.int64), "fail_axis"),
-        ]
-    )
-    softmax = next(node for node in graph.node if node.op_type == "Softmax")
-    nodes = [
-        helper.make_node("ReduceSum", ["INPUT"], ["fail_sum"], keepdims=0),
-        helper.make_node("Greater", ["fail_sum", "fail_zero"], ["fail_positive"]),
-        helper.make_node("Cast", ["fail_positive"], ["fail_k"], to=TensorProto.INT64),
-        helper.make_node("Mul", ["fail_k", "fail_two"], ["fail_extra"]),
-        helper.make_node("Add", ["fail_three", "fail_extra"], ["fail_width"]),
-        helper.make_node("Unsqueeze", ["fail_width", "fail_axis"], ["fail_width_1d"]),
-        helper.make_node("Concat", ["fail_rows", "fail_width_1d"], ["fail_shape"], axis=0),
-        helper.make_node("Reshape", [softmax.input[0], "fail_shape"], ["fail_logits"]),
-    ]
-    softmax.input[0] = "fail_logits"
-    at = list(graph.node).index(softmax)
-    for offset, node in enumerate(nodes):
-        graph.node.insert(at + offset, node)
-    folder.mkdir(parents=True)
-    onnx.save(model, str(folder / "model.onnx"))
-    return folder
+
+    def nodes(logits: str) -> tuple[list[onnx.NodeProto], str]:
+        return [
+            helper.make_node("ReduceSum", ["INPUT"], ["fail_sum"], keepdims=0),
+            helper.make_node("Greater", ["fail_sum", "fail_zero"], ["fail_positive"]),
+            helper.make_node("Cast", ["fail_positive"], ["fail_k"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["fail_k", "fail_two"], ["fail_extra"]),
+            helper.make_node("Add", ["fail_three", "fail_extra"], ["fail_width"]),
+            helper.make_node("Unsqueeze", ["fail_width", "fail_axis"], ["fail_width_1d"]),
+            helper.make_node("Concat", ["fail_rows", "fail_width_1d"], ["fail_shape"], axis=0),
+            helper.make_node("Reshape", [logits, "fail_shape"], ["fail_logits"]),
+        ], "fail_logits"
+
+    constants = {
+        "fail_zero": np.zeros((), np.float32),
+        "fail_two": np.array(2, np.int64),
+        "fail_three": np.array(3, np.int64),
+        "fail_rows": np.array([-1], np.int64),
+        "fail_axis": np.array([0], np.int64),
+    }
+    return edited_version(source, folder, constants, nodes)
 
 
 def test_a_version_failing_for_some_inputs_is_rolled_back_before_any_client_meets_it(
     setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
 ) -> None:
     routed, repository, _ = setup
-    current = serving(routed, repository)
-    routed.split("classifier", {current: 100})
-    new = str(newest(repository) + 1)
-    failing = failing_version(repository / "classifier" / current, tmp_path / "failing")
     # The fleet rollout's golden request must pass: an input it answers (sum below zero),
     # provided beside the model as the README says.
     golden = tmp_path / GOLDEN_INPUTS
     np.savez(golden, INPUT=np.full((1, 8), -0.5, np.float32))
-    with SteadyLoad(routed.running.url, varied=True) as load:
-        assert wait_until(lambda: load.sent > 10, timeout_s=30)
+
+    def provide_golden_inputs() -> None:
         golden.rename(repository / "classifier" / GOLDEN_INPUTS)
-        dropped = drop(failing, repository / "classifier" / new)
-        done = finished(routed, new)
-        elapsed = time.monotonic() - dropped
-    print(f"failing version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+
+    dropped = drop_under_load(
+        routed,
+        repository,
+        lambda current: failing_version(repository / "classifier" / current, tmp_path / "failing"),
+        varied=True,
+        before=provide_golden_inputs,
+    )
+    done, load, new = dropped.done, dropped.load, dropped.new
     assert done.status == "rolled_back"
     assert done.step == 0, "its copies failed at the shadow step"
     failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
@@ -343,16 +378,11 @@ def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
     setup: tuple[Routed, Path, GatewaySettings],
 ) -> None:
     routed, repository, _ = setup
-    current = serving(routed, repository)
-    routed.split("classifier", {current: 100})
-    new = str(newest(repository) + 1)
-    with SteadyLoad(routed.running.url) as load:
-        assert wait_until(lambda: load.sent > 10, timeout_s=30)
-        # Version 1's weights under a new number: the same interface, other answers.
-        dropped = drop(MODEL_REPOSITORY / "classifier" / "1", repository / "classifier" / new)
-        done = finished(routed, new)
-        elapsed = time.monotonic() - dropped
-    print(f"disagreeing version: drop -> {done.status} in {elapsed:.1f} s; load {load.versions}")
+    # Version 1's weights under a new number: the same interface, other answers.
+    dropped = drop_under_load(
+        routed, repository, lambda current: MODEL_REPOSITORY / "classifier" / "1"
+    )
+    done, load, current, new = dropped.done, dropped.load, dropped.current, dropped.new
     assert done.status == "rolled_back"
     assert done.step == 0, "stopped at the shadow step"
     failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}

@@ -56,6 +56,12 @@ def controller(path: Path, fleet: Fleet) -> tuple[TrafficState, RolloutControlle
     return state, rollouts
 
 
+async def with_route(state: TrafficState) -> None:
+    """Route ``classifier`` all to version 1: the baseline."""
+    route = admin_pb2.Route(name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)])
+    await state.set_route(route, 0)
+
+
 def weights(state: TrafficState) -> list[tuple[str, int]]:
     route = state.route("classifier")
     assert route is not None
@@ -66,10 +72,7 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
         state, rollouts = controller(tmp_path / "traffic.json", fleet)
-        route = admin_pb2.Route(
-            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
-        )
-        await state.set_route(route, 0)
+        await with_route(state)
         started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         assert (started.status, started.step) == ("running", 0)
         shadowed = state.route("classifier")
@@ -115,12 +118,13 @@ def test_a_route_changed_by_someone_else_pauses_the_rollout(tmp_path: Path) -> N
     async def scenario() -> None:
         fleet = Fleet()
         state, rollouts = controller(tmp_path / "traffic.json", fleet)
-        route = admin_pb2.Route(
+        await with_route(state)
+        started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        # An operator sets the split back by hand.
+        back = admin_pb2.Route(
             name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
         )
-        await state.set_route(route, 0)
-        started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
-        await state.set_route(route, started.route_revision)  # an operator's split
+        await state.set_route(back, started.route_revision)
         await rollouts.tick()
         paused = rollouts.rollout("classifier")
         assert paused.status == "paused"
@@ -134,10 +138,7 @@ def test_disagreement_rolls_back_before_the_step_is_up(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
         state, rollouts = controller(tmp_path / "traffic.json", fleet)
-        route = admin_pb2.Route(
-            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
-        )
-        await state.set_route(route, 0)
+        await with_route(state)
         await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         fleet.now = 1
         await rollouts.tick()  # the window opens
@@ -165,10 +166,7 @@ def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
             clock=lambda: fleet.now,
             wall_clock=lambda: 0.0,
         )
-        route = admin_pb2.Route(
-            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
-        )
-        await state.set_route(route, 0)
+        await with_route(state)
         started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         assert list(started.plan.steps) == [0, 10, 100]
         assert started.plan.min_requests == 5
