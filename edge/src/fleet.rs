@@ -68,6 +68,8 @@ pub struct Route {
 pub struct TrafficPlan {
     pub route: Arc<TrafficRoute>,
     pub stamps: Vec<Arc<Stamp>>,
+    /// The variant label of calls naming a version (""), made once.
+    pub no_variant: Arc<str>,
 }
 
 impl TrafficPlan {
@@ -246,6 +248,7 @@ impl Fleet {
                 let plan = TrafficPlan {
                     route: route.clone(),
                     stamps,
+                    no_variant: Arc::from(""),
                 };
                 (name.clone(), plan)
             })

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Calls of traffic routes, per route and variant (`variant` "" for calls naming a version).
     pub route_requests: IntCounterVec,
     pub route_latency: HistogramVec,
+    /// Calls of a route's variant that the variant failed (see `RouteCall::finish`).
+    pub route_faults: IntCounterVec,
     pub shadow: ShadowMetrics,
 }
 
@@ -43,6 +45,7 @@ pub struct Metrics {
 /// primary's, per (route, variant, output).
 pub struct ShadowMetrics {
     pub requests: IntCounterVec,
+    pub faults: IntCounterVec,
     pub skipped: IntCounterVec,
     pub comparisons: IntCounterVec,
     pub max_abs_diff: HistogramVec,
@@ -81,6 +84,11 @@ impl ShadowMetrics {
                 "shadow_requests_total",
                 "Shadow calls sent, by the status the shadow variant answered with.",
                 &["route", "variant", "code"],
+            ),
+            faults: counter(
+                "shadow_faults_total",
+                "Shadow copies the shadow variant failed (a backend or model fault, or past their time).",
+                &["route", "variant"],
             ),
             skipped: counter(
                 "shadow_skipped_total",
@@ -121,6 +129,7 @@ impl ShadowMetrics {
     fn families(&self) -> Vec<(&dyn Collector, &'static str)> {
         vec![
             (&self.requests, "counter"),
+            (&self.faults, "counter"),
             (&self.skipped, "counter"),
             (&self.comparisons, "counter"),
             (&self.max_abs_diff, "histogram"),
@@ -277,6 +286,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            route_faults: register(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "route_faults_total",
+                        "Calls of a traffic route's variant that the variant failed (a backend or model fault).",
+                    ),
+                    &["route", "variant"],
+                )
+                .expect("valid metric"),
+            ),
             shadow: ShadowMetrics::new(&registry),
             registry,
         };
@@ -333,6 +353,16 @@ impl Metrics {
                 *report.shadow_codes.entry(code).or_default() += metric.get_counter().get_value() as u64;
             }
         }
+        for (labels, metric) in samples(&self.route_faults) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                report.faults += metric.get_counter().get_value() as u64;
+            }
+        }
+        for (labels, metric) in samples(&self.shadow.faults) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                report.shadow_faults += metric.get_counter().get_value() as u64;
+            }
+        }
         for (labels, metric) in samples(&self.shadow.comparisons) {
             if let (Some(result), Some(report)) = (labels.get("result").cloned(), entry(&mut reports, &labels)) {
                 *report.shadow_results.entry(result).or_default() += metric.get_counter().get_value() as u64;
@@ -372,8 +402,9 @@ impl Metrics {
 
     /// (name, help, type) of every labelled family.
     fn labelled_families(&self) -> Vec<(String, String, &'static str)> {
-        let counters: [&dyn Collector; 7] = [
+        let counters: [&dyn Collector; 8] = [
             &self.requests,
+            &self.route_faults,
             &self.retries,
             &self.hedges,
             &self.breaker_transitions,
@@ -460,8 +491,10 @@ mod tests {
             metrics.route_requests.with_label_values(&["m", "2", code]).inc();
             metrics.route_latency.with_label_values(&["m", "2"]).observe(seconds);
         }
+        metrics.route_faults.with_label_values(&["m", "2"]).inc();
         let shadow = &metrics.shadow;
         shadow.requests.with_label_values(&["m", "3", "OK"]).inc_by(2);
+        shadow.faults.with_label_values(&["m", "3"]).inc();
         shadow.comparisons.with_label_values(&["m", "3", "A", "agree"]).inc();
         shadow.comparisons.with_label_values(&["m", "3", "B", "disagree"]).inc();
         shadow.argmax_rows.with_label_values(&["m", "3", "A"]).inc_by(4);
@@ -470,13 +503,13 @@ mod tests {
         assert_eq!(reports.len(), 2);
         let split = &reports[0];
         assert_eq!((split.route.as_str(), split.variant.as_str()), ("m", "2"));
-        assert_eq!((split.codes["OK"], split.codes["INTERNAL"]), (2, 1));
+        assert_eq!((split.codes["OK"], split.codes["INTERNAL"], split.faults), (2, 1, 1));
         let at = |bound: f64| split.latency_bounds.iter().position(|b| *b == bound).unwrap();
         assert_eq!(split.latency_counts[at(0.001)], 1);
         assert_eq!(split.latency_counts[at(0.005)], 2);
         assert_eq!(split.latency_counts[at(f64::INFINITY)], 3);
         let shadowed = &reports[1];
-        assert_eq!(shadowed.shadow_codes["OK"], 2);
+        assert_eq!((shadowed.shadow_codes["OK"], shadowed.shadow_faults), (2, 1));
         assert_eq!(
             (shadowed.shadow_results["agree"], shadowed.shadow_results["disagree"]),
             (1, 1)

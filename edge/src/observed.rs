@@ -4,6 +4,7 @@
 
 use crate::attempt::Attempt;
 use crate::body::Upstream;
+use crate::faults::fault_scope;
 use crate::metrics::Metrics;
 use crate::server::ActiveCall;
 use crate::shadow::Tee;
@@ -84,12 +85,25 @@ pub struct RouteCall {
     pub metrics: Arc<Metrics>,
     pub route: Arc<str>,
     pub variant: Arc<str>,
+    /// The model and version it was sent to: whose fault a status names depends on them.
+    pub model: Arc<str>,
+    pub version: Arc<str>,
     pub started: Instant,
     pub unfinished: &'static str,
+    pub fault: bool,
 }
 
 impl RouteCall {
-    pub fn finish(mut self, code: &'static str) {
+    /// Ended with a gRPC status: a fault of the variant as the edge judges it for its
+    /// breakers (`faults::fault_scope`).
+    pub fn finish(mut self, code: &'static str, message: &str) {
+        self.fault = !fault_scope(code, message, &self.model, &self.version).is_empty();
+        self.unfinished = code;
+    }
+
+    /// Ended otherwise (a stream's answer or hand-over): `fault` as the caller saw it.
+    pub fn finish_as(mut self, code: &'static str, fault: bool) {
+        self.fault = fault;
         self.unfinished = code;
     }
 }
@@ -105,6 +119,9 @@ impl Drop for RouteCall {
             .route_latency
             .with_label_values(&labels)
             .observe(self.started.elapsed().as_secs_f64());
+        if self.fault {
+            self.metrics.route_faults.with_label_values(&labels).inc();
+        }
     }
 }
 
@@ -151,7 +168,7 @@ impl ObservedBody {
             attempt.finish(code, message);
         }
         if let Some(route_call) = self.route_call.take() {
-            route_call.finish(code);
+            route_call.finish(code, message);
         }
     }
 }

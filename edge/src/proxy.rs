@@ -83,6 +83,8 @@ pub(crate) struct Target<'p> {
     stamp: Option<Arc<Stamp>>,
     /// (traffic route, variant) for the route's metrics.
     variant: Option<(Arc<str>, Arc<str>)>,
+    /// (model, version) of the variant, shared with the snapshot (no allocation per call).
+    target_names: Option<(Arc<str>, Arc<str>)>,
     /// The route's shadow, for a request its split chose a variant for.
     pub shadow: Option<&'p Shadow>,
     /// The model name the client sent.
@@ -112,12 +114,16 @@ impl Target<'_> {
         unfinished: &'static str,
     ) -> Option<RouteCall> {
         let (route, variant) = self.variant.clone()?;
+        let (model, version) = self.target_names.clone()?;
         Some(RouteCall {
             metrics: metrics.clone(),
             route,
             variant,
+            model,
+            version,
             started,
             unfinished,
+            fault: false,
         })
     }
 
@@ -272,7 +278,7 @@ impl Edge {
             let code = code_name(Some(status.as_bytes()));
             stamp.apply(&mut head.headers);
             if let Some(route_call) = route_call {
-                route_call.finish(code);
+                route_call.finish(code, message_of(&head.headers));
             }
             return Response::from_parts(head, body);
         }
@@ -380,6 +386,7 @@ impl Edge {
             spelled_empty: spelled.is_empty(),
             stamp: None,
             variant: None,
+            target_names: None,
             shadow: None,
             client_model: model,
         };
@@ -403,7 +410,8 @@ impl Edge {
             Selected::Versioned { model: target } => Ok(Target {
                 model: target,
                 rename: (target != model).then_some(target),
-                variant: Some((traffic.route.name.clone(), Arc::from(""))),
+                variant: Some((traffic.route.name.clone(), traffic.no_variant.clone())),
+                target_names: Some((traffic.route.name.clone(), traffic.no_variant.clone())),
                 ..plain
             }),
             Selected::Variant(variant) => Ok(Target {
@@ -414,6 +422,7 @@ impl Edge {
                 spelled_empty: true,
                 stamp: Some(traffic.stamp(variant)),
                 variant: Some((traffic.route.name.clone(), variant.name.clone())),
+                target_names: Some((variant.model.clone(), variant.version.clone())),
                 shadow: traffic.route.shadow.as_ref(),
                 client_model: model,
             }),

@@ -9,6 +9,7 @@
 
 use crate::body::Outgoing;
 use crate::compare::{self, OutputComparison, Tolerance};
+use crate::faults::fault_scope;
 use crate::fleet::{Fleet, Plan};
 use crate::metrics::Metrics;
 use crate::traffic::Shadow;
@@ -164,23 +165,39 @@ impl Job {
         let limit = self.plan.policy().max_message_bytes;
         let request = Request::from_parts(self.parts, Outgoing::Buffered(Some(self.bytes)));
         let sent = async {
-            let request =
-                crate::proxy::with_address(request, self.scheme, &backend.address).map_err(|_| "UNAVAILABLE")?;
-            let response = self.client.request(request).await.map_err(|_| "UNAVAILABLE")?;
+            let request = crate::proxy::with_address(request, self.scheme, &backend.address)
+                .map_err(|refusal| ("UNAVAILABLE", refusal.message))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| ("UNAVAILABLE", format!("the shadow's backend did not answer: {error}")))?;
             read_answer(response, limit).await
         };
         let answer = tokio::time::timeout(SHADOW_TIMEOUT, sent)
             .await
-            .unwrap_or(Err("DEADLINE_EXCEEDED"));
+            .unwrap_or_else(|_| Err(("DEADLINE_EXCEEDED", String::new())));
         let code = match &answer {
             Ok(_) => "OK",
-            Err(code) => code,
+            Err((code, _)) => code,
         };
         self.metrics
             .shadow
             .requests
             .with_label_values(&[&*self.route, &*variant, code])
             .inc();
+        if let Err((code, message)) = &answer {
+            // Judged as the breakers judge a call; a copy past its time is the variant's too.
+            let fault =
+                *code == "DEADLINE_EXCEEDED" || !fault_scope(code, message, &target.model, &target.version).is_empty();
+            if fault {
+                self.metrics
+                    .shadow
+                    .faults
+                    .with_label_values(&[&*self.route, &*variant])
+                    .inc();
+            }
+        }
         drop(self.permit);
         let Ok(shadow_answer) = answer else {
             return;
@@ -236,19 +253,20 @@ fn plain_message(frame: &Bytes, encoding: Option<&HeaderValue>, limit: usize) ->
 async fn read_answer(
     response: http::Response<hyper::body::Incoming>,
     limit: usize,
-) -> Result<(Bytes, Option<HeaderValue>), &'static str> {
+) -> Result<(Bytes, Option<HeaderValue>), (&'static str, String)> {
     let (head, mut body) = response.into_parts();
     if let Some(status) = head.headers.get("grpc-status") {
-        return Err(crate::observed::code_name(Some(status.as_bytes())));
+        let code = crate::observed::code_name(Some(status.as_bytes()));
+        return Err((code, crate::observed::message_of(&head.headers).to_string()));
     }
     let mut data = BytesMut::new();
     let mut trailers = HeaderMap::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| "UNAVAILABLE")?;
+        let frame = frame.map_err(|error| ("UNAVAILABLE", error.to_string()))?;
         match frame.into_data() {
             Ok(chunk) => {
                 if data.len() + chunk.len() > limit.saturating_add(5) {
-                    return Err("RESOURCE_EXHAUSTED");
+                    return Err(("RESOURCE_EXHAUSTED", String::from("the shadow's answer is too large")));
                 }
                 data.extend_from_slice(&chunk);
             }
@@ -261,7 +279,7 @@ async fn read_answer(
     }
     match crate::observed::code_name(trailers.get("grpc-status").map(HeaderValue::as_bytes)) {
         "OK" => Ok((data.freeze(), head.headers.get("grpc-encoding").cloned())),
-        code => Err(code),
+        code => Err((code, crate::observed::message_of(&trailers).to_string())),
     }
 }
 

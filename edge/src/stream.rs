@@ -561,11 +561,7 @@ impl Session {
                             frame = stamp.stream_answer(frame);
                         }
                         if let Some(route_call) = pending.request.route_call.take() {
-                            route_call.finish(if wire::stream_response_failed(&frame) {
-                                "ERROR"
-                            } else {
-                                "OK"
-                            });
+                            route_call.finish_as(if failed { "ERROR" } else { "OK" }, failed);
                         }
                     }
                 }
@@ -685,7 +681,7 @@ impl Session {
     /// A routed request to the gateway (counted on its traffic route as handed over).
     fn hand_over_request(&mut self, mut request: StreamRequest) {
         if let Some(route_call) = request.route_call.take() {
-            route_call.finish("HANDED_OVER");
+            route_call.finish_as("HANDED_OVER", true);
         }
         self.hand_over(request.frame, &request.tried, request.slot)
     }

@@ -13,22 +13,6 @@ from dataclasses import dataclass, field
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway._protos.tgw.control.v1 import control_pb2
 
-FAULT_CODES = frozenset(
-    {
-        "UNKNOWN",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DEADLINE_EXCEEDED",
-        "RESOURCE_EXHAUSTED",
-        "DATA_LOSS",
-        "ERROR",
-        "HANDED_OVER",
-    }
-)
-"""Outcomes that count against a variant: its backend or model failed the call (the client's
-own errors and cancellations do not). ERROR: an error answer on a stream; HANDED_OVER: a stream
-message the gateway answered after the variant's backends could not."""
-
 
 @dataclass(frozen=True, slots=True)
 class VariantTotals:
@@ -42,6 +26,11 @@ class VariantTotals:
     argmax_agreeing: int
     shadow_codes: Mapping[str, int] = field(default_factory=dict)
     """Shadow copies sent to the variant, by the status they got."""
+    faults: int = 0
+    """Calls the variant failed, as tgw-edge judges outcomes for its breakers (a backend or
+    model fault; not a client's error or a client that gave up)."""
+    shadow_faults: int = 0
+    """Shadow copies it failed alike (or that passed their time)."""
 
     @classmethod
     def from_report(cls, report: control_pb2.VariantReport) -> VariantTotals:
@@ -52,6 +41,8 @@ class VariantTotals:
             argmax_rows=report.argmax_rows,
             argmax_agreeing=report.argmax_agreeing,
             shadow_codes=dict(report.shadow_codes),
+            faults=report.faults,
+            shadow_faults=report.shadow_faults,
         )
 
     def minus(self, earlier: VariantTotals) -> VariantTotals:
@@ -77,6 +68,8 @@ class VariantTotals:
                 code: count - earlier.shadow_codes.get(code, 0)
                 for code, count in self.shadow_codes.items()
             },
+            faults=self.faults - earlier.faults,
+            shadow_faults=self.shadow_faults - earlier.shadow_faults,
         )
 
     @property
@@ -84,16 +77,8 @@ class VariantTotals:
         return sum(self.codes.values())
 
     @property
-    def faults(self) -> int:
-        return sum(count for code, count in self.codes.items() if code in FAULT_CODES)
-
-    @property
     def shadow_calls(self) -> int:
         return sum(self.shadow_codes.values())
-
-    @property
-    def shadow_faults(self) -> int:
-        return sum(count for code, count in self.shadow_codes.items() if code in FAULT_CODES)
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile of latency in seconds, interpolated within its bucket as Prometheus'

@@ -31,6 +31,7 @@ def totals(
         argmax_rows=rows,
         argmax_agreeing=rows_agreeing,
         shadow_codes={"OK": agree + disagree},
+        faults=faults,
     )
 
 
@@ -91,7 +92,9 @@ def test_the_shadow_step_judges_agreement() -> None:
     )
     assert [e.outcome for e in argmax.evidence] == ["pass", "pass", "fail"]
     # Copies the candidate fails count like live faults, before any client meets them.
-    failing = dataclasses.replace(totals(agree=10), shadow_codes={"OK": 10, "INTERNAL": 10})
+    failing = dataclasses.replace(
+        totals(agree=10), shadow_codes={"OK": 10, "INTERNAL": 10}, shadow_faults=10
+    )
     verdict = judge_shadow(failing, NOTHING, GATES, enough=False)
     assert verdict.outcome == "fail"
     assert verdict.evidence[0].gate == "shadow_fault_rate"

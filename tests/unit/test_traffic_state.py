@@ -142,6 +142,7 @@ def test_variant_figures_read_the_edges_report() -> None:
         route="classifier",
         variant="2",
         codes={"OK": 98, "INTERNAL": 1, "INVALID_ARGUMENT": 1},
+        faults=1,
         latency_bounds=[0.001, 0.002, 0.005, math.inf],
         latency_counts=[50, 90, 100, 100],
         shadow_results={"agree": 7, "disagree": 3},
