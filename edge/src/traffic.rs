@@ -218,7 +218,7 @@ fn header_or_parameter<'a>(
 }
 
 /// A routing key's bucket: the first 8 bytes of sha256(salt, 0x00, key), big-endian, mod
-/// `BUCKETS` — the gateway's Python side and any replica compute the same.
+/// `BUCKETS`: every replica computes the same (the tests check it against the definition).
 pub fn bucket(salt: &[u8], key: &[u8]) -> u32 {
     let mut hasher = Sha256::new();
     hasher.update(salt);

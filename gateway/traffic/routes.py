@@ -3,7 +3,6 @@ into the snapshot form tgw-edge serves it from (the edge makes every per-request
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import grpc
@@ -12,8 +11,6 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.settings import TrafficSettings
 
-BUCKETS = 10_000
-"""Buckets a routing key hashes into (the edge's ``traffic::BUCKETS``)."""
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _HEADER = re.compile(r"[a-z0-9_.-]+")
 _VARIANT_NAME = re.compile(r"[\x21-\x7e]{1,128}")
@@ -26,12 +23,6 @@ class AdminError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def bucket(salt: str, key: str) -> int:
-    """The bucket of a routing key, as every edge computes it."""
-    digest = hashlib.sha256(salt.encode() + b"\x00" + key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
 def variant_name(route: str, model: str, version: str) -> str:

@@ -16,7 +16,6 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.cli import main
 from gateway.devfleet import LocalFleet
-from gateway.traffic.routes import bucket
 from gateway.traffic.store import RouteStoreError
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import scrape, scrape_with_edge, total
@@ -25,6 +24,7 @@ from tests.support.traffic import (
     AUTH,
     TOKEN,
     Routed,
+    bucket,
     classifier_request,
     routed_gateway,
     routed_settings,

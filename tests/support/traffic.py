@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,3 +124,11 @@ def routed_gateway(fleet: LocalFleet, state_dir: Path) -> Iterator[Routed]:
             yield client
         finally:
             client.close()
+
+
+def bucket(salt: str, key: str) -> int:
+    """The bucket tgw-edge puts a routing key in, computed here independently from the
+    protocol's definition (sha256 of salt, 0x00, key; first 8 bytes big-endian; mod 10,000)
+    so the tests check the edge against it rather than against itself."""
+    digest = hashlib.sha256(salt.encode() + b"\x00" + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000

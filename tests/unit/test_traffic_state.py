@@ -14,9 +14,10 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway._protos.tgw.control.v1 import control_pb2
 from gateway.settings import TrafficSettings
 from gateway.traffic.figures import VariantTotals, figures
-from gateway.traffic.routes import AdminError, bucket, edge_route, normalized
+from gateway.traffic.routes import AdminError, edge_route, normalized
 from gateway.traffic.state import TrafficState
 from gateway.traffic.store import FileRouteStore, RouteStoreError
+from tests.support.traffic import bucket
 
 DEFAULTS = TrafficSettings()
 
@@ -28,7 +29,7 @@ def route(name: str = "classifier", **weights: int) -> admin_pb2.Route:
     )
 
 
-def test_the_bucket_is_the_edges() -> None:
+def test_the_tests_bucket_oracle_is_the_edges() -> None:
     # The edge's unit test pins sha256(b"s\x00k")[:8] = 0x85e238288c85c328.
     assert hashlib.sha256(b"s\x00k").digest()[:8].hex() == "85e238288c85c328"
     assert bucket("s", "k") == 0x85E238288C85C328 % 10_000
