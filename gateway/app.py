@@ -43,7 +43,7 @@ from gateway.discovery.base import Discovery, Endpoint
 from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
-from gateway.repository.content import ModelContent
+from gateway.repository.content import ModelContent, VersionPins
 from gateway.repository.golden import Tolerance
 from gateway.repository.manager import ManagerSettings, RepositoryManager
 from gateway.repository.metrics import RepositoryMetrics
@@ -214,6 +214,7 @@ class Gateway:
             RolloutMetrics(self.registry),
             clock=self._clock,
             wall_clock=self._wall_clock,
+            version_digest=self._version_digest,
         )
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
@@ -441,6 +442,14 @@ class Gateway:
         self._apply_drains()
         if self.edge is not None:
             self.edge.publish()
+        if self.repository is not None:
+            self.repository.rescan()  # the versions routes name or withhold may have changed
+
+    def _version_pins(self, model: str) -> VersionPins:
+        return self.traffic.pins(model) if self.traffic is not None else VersionPins()
+
+    def _version_digest(self, model: str, version: str) -> str | None:
+        return self.repository.version_digest(model, version) if self.repository else None
 
     def _model_sha256(self, model: str, version: str) -> str:
         content = self._contents.get(model)
@@ -481,6 +490,7 @@ class Gateway:
             edge_sync=self._edge_sync,
             on_contents=self._repository_contents,
             on_rolled_out=self._model_rolled_out,
+            pins=self._version_pins,
             clock=self._clock,
             wall_clock=self._wall_clock,
         )

@@ -438,6 +438,8 @@ class RolloutPlanSettings(_Frozen):
     steps: list[float] | None = None
     min_step_s: float | None = Field(default=None, ge=0)
     min_requests: int | None = Field(default=None, ge=1)
+    unload_replaced: bool | None = None
+    unload_rolled_back: bool | None = None
 
     @field_validator("steps")
     @classmethod
@@ -469,15 +471,31 @@ class RolloutSettings(_Frozen):
     max_p99_ratio: float = Field(default=1.5, gt=0)
     min_agreement: float = Field(default=0.99, ge=0, le=1)
     min_argmax_agreement: float = Field(default=0.99, ge=0, le=1)
+    max_non_finite_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of compared outputs with NaN/Inf in the candidate's answer and none in the
+    baseline's, at most (0: a single one rolls back)."""
+    live_compare_percent: float = Field(default=10.0, ge=0, le=100)
+    """At the steps with live traffic on the candidate, this share of its calls is copied to
+    the baseline and the answers compared (the agreement gates); 0 turns live comparison
+    off (then only the shadow step judges outputs)."""
     confidence_z: float = Field(default=2.576, gt=0)
     """Width of the bounds a gate fails early on (standard scores; 2.576: 99%)."""
+    unload_replaced: bool = False
+    """Once promoted, withhold the replaced version: it leaves the fleet even where the
+    model's version policy would keep it (a version no route names any more is unloaded
+    anyway when the policy leaves it out, e.g. Triton's default ``latest 1``)."""
+    unload_rolled_back: bool = False
+    """Once rolled back or aborted, take the candidate out of the route and withhold it (a
+    new drop of that version, with other files, is served and rolled out again); otherwise it
+    stays loaded at weight 0, for inspection."""
     settle_s: float = Field(default=2.0, ge=0)
     """A step's window opens this long after the step is set: calls of the step before (its
     shadow copies above all) are still finishing and would be counted against this one."""
     tick_s: float = Field(default=1.0, gt=0)
 
     plans: dict[str, RolloutPlanSettings] = Field(default_factory=dict)
-    """Per route (the model name clients send): its own steps, min_step_s, min_requests."""
+    """Per route (the model name clients send): its own steps, min_step_s, min_requests,
+    unload_replaced, unload_rolled_back."""
 
     @field_validator("steps")
     @classmethod

@@ -53,6 +53,7 @@ pub struct ShadowMetrics {
     pub argmax_rows: IntCounterVec,
     pub argmax_agreeing: IntCounterVec,
     pub non_finite: IntCounterVec,
+    pub one_sided_non_finite: IntCounterVec,
 }
 
 /// Decades from 1e-9 to 1e3: differences from float noise to a different answer.
@@ -123,6 +124,11 @@ impl ShadowMetrics {
                 "NaN and Inf elements in compared outputs, by side (primary or shadow) and kind.",
                 &["route", "variant", "output", "side", "kind"],
             ),
+            one_sided_non_finite: counter(
+                "shadow_one_sided_non_finite_total",
+                "Compared outputs with NaN or Inf elements on one side only (side: the one that has them): a version that overflows where the other does not.",
+                &["route", "variant", "output", "side"],
+            ),
         }
     }
 
@@ -137,6 +143,7 @@ impl ShadowMetrics {
             (&self.argmax_rows, "counter"),
             (&self.argmax_agreeing, "counter"),
             (&self.non_finite, "counter"),
+            (&self.one_sided_non_finite, "counter"),
         ]
     }
 }
@@ -368,6 +375,15 @@ impl Metrics {
                 *report.shadow_results.entry(result).or_default() += metric.get_counter().get_value() as u64;
             }
         }
+        for (labels, metric) in samples(&self.shadow.one_sided_non_finite) {
+            if let (Some(side), Some(report)) = (labels.get("side").cloned(), entry(&mut reports, &labels)) {
+                let count = metric.get_counter().get_value() as u64;
+                match side.as_str() {
+                    "primary" => report.primary_only_non_finite += count,
+                    _ => report.shadow_only_non_finite += count,
+                }
+            }
+        }
         for (labels, metric) in samples(&self.shadow.argmax_rows) {
             if let Some(report) = entry(&mut reports, &labels) {
                 report.argmax_rows += metric.get_counter().get_value() as u64;
@@ -499,6 +515,14 @@ mod tests {
         shadow.comparisons.with_label_values(&["m", "3", "B", "disagree"]).inc();
         shadow.argmax_rows.with_label_values(&["m", "3", "A"]).inc_by(4);
         shadow.argmax_agreeing.with_label_values(&["m", "3", "A"]).inc_by(3);
+        shadow
+            .one_sided_non_finite
+            .with_label_values(&["m", "3", "A", "shadow"])
+            .inc_by(2);
+        shadow
+            .one_sided_non_finite
+            .with_label_values(&["m", "3", "B", "primary"])
+            .inc();
         let reports = metrics.variant_reports();
         assert_eq!(reports.len(), 2);
         let split = &reports[0];
@@ -515,5 +539,9 @@ mod tests {
             (1, 1)
         );
         assert_eq!((shadowed.argmax_rows, shadowed.argmax_agreeing), (4, 3));
+        assert_eq!(
+            (shadowed.shadow_only_non_finite, shadowed.primary_only_non_finite),
+            (2, 1)
+        );
     }
 }

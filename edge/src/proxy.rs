@@ -414,18 +414,24 @@ impl Edge {
                 target_names: Some((traffic.route.name.clone(), traffic.no_variant.clone())),
                 ..plain
             }),
-            Selected::Variant(variant) => Ok(Target {
-                model: &variant.model,
-                version: &variant.version,
-                rename: (*variant.model != *model).then_some(&*variant.model),
-                name_version: (!variant.version.is_empty()).then_some(&*variant.version),
-                spelled_empty: true,
-                stamp: Some(traffic.stamp(variant)),
-                variant: Some((traffic.route.name.clone(), variant.name.clone())),
-                target_names: Some((variant.model.clone(), variant.version.clone())),
-                shadow: traffic.route.shadow.as_ref(),
-                client_model: model,
-            }),
+            Selected::Variant(variant) => {
+                Ok(Target {
+                    model: &variant.model,
+                    version: &variant.version,
+                    rename: (*variant.model != *model).then_some(&*variant.model),
+                    name_version: (!variant.version.is_empty()).then_some(&*variant.version),
+                    spelled_empty: true,
+                    stamp: Some(traffic.stamp(variant)),
+                    variant: Some((traffic.route.name.clone(), variant.name.clone())),
+                    target_names: Some((variant.model.clone(), variant.version.clone())),
+                    // Never mirrored to the variant that answers it: during a rollout's live
+                    // steps the shadow is the baseline, comparing the candidate's answers only.
+                    shadow: traffic.route.shadow.as_ref().filter(|shadow| {
+                        shadow.target.model != variant.model || shadow.target.version != variant.version
+                    }),
+                    client_model: model,
+                })
+            }
         }
     }
 

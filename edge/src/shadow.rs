@@ -346,6 +346,15 @@ fn record(
                     .inc_by(count);
             }
         }
+        let primary_non_finite = output.primary_nan + output.primary_inf > 0;
+        let shadow_non_finite = output.shadow_nan + output.shadow_inf > 0;
+        if primary_non_finite != shadow_non_finite {
+            let side = if primary_non_finite { "primary" } else { "shadow" };
+            shadow
+                .one_sided_non_finite
+                .with_label_values(&[route, variant, &output.name, side])
+                .inc();
+        }
         if result != "agree" && shadows.may_log(Instant::now()) {
             log::warning(
                 "shadow_disagreement",

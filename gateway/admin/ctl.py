@@ -88,20 +88,13 @@ def add_parser(commands: Any) -> None:
     shadow.add_argument("--rtol", type=float, default=0.0)
     shadow.add_argument("--off", action="store_true", help="stop mirroring")
     action("unroute", "remove a route (Triton's latest again)", _unroute).add_argument("model")
-    rollout = action(
-        "rollout",
-        "progressive rollouts: start|status|history|pause|resume|promote|abort MODEL, or list",
-        _rollout,
+    _add_rollout(
+        action(
+            "rollout",
+            "progressive rollouts: start|status|history|pause|resume|promote|abort MODEL, or list",
+            _rollout,
+        )
     )
-    rollout.add_argument(
-        "what",
-        choices=["list", "start", "status", "history", "pause", "resume", "promote", "abort"],
-    )
-    rollout.add_argument("model", nargs="?", default="")
-    rollout.add_argument("--to", metavar="[MODEL:]VERSION", help="start: the candidate")
-    rollout.add_argument("--steps", help="start: percents per step, 0 = shadow (e.g. 0,5,50,100)")
-    rollout.add_argument("--min-step", type=float, help="start: seconds each step lasts at least")
-    rollout.add_argument("--min-requests", type=int, help="start: calls each step needs at least")
     action("backends", "list the backends", lambda a, _: a.backends())
     models = action(
         "models",
@@ -109,6 +102,13 @@ def add_parser(commands: Any) -> None:
         lambda a, args: a.models(args.model),
     )
     models.add_argument("model", nargs="?", default="", help="one model, with its history")
+    restore = action(
+        "restore",
+        "serve again a version a rollout withheld: ctl restore classifier 2",
+        lambda a, args: a.restore(args.model, args.version),
+    )
+    restore.add_argument("model")
+    restore.add_argument("version")
     drain = action(
         "drain", "stop sending new calls to a backend", lambda a, args: a.drain(args.name, True)
     )
@@ -129,6 +129,28 @@ def add_parser(commands: Any) -> None:
         lambda a, args: a.fleet(args.model, False),
     )
     unload.add_argument("model")
+
+
+def _add_rollout(rollout: argparse.ArgumentParser) -> None:
+    rollout.add_argument(
+        "what",
+        choices=["list", "start", "status", "history", "pause", "resume", "promote", "abort"],
+    )
+    rollout.add_argument("model", nargs="?", default="")
+    rollout.add_argument("--to", metavar="[MODEL:]VERSION", help="start: the candidate")
+    rollout.add_argument("--steps", help="start: percents per step, 0 = shadow (e.g. 0,5,50,100)")
+    rollout.add_argument("--min-step", type=float, help="start: seconds each step lasts at least")
+    rollout.add_argument("--min-requests", type=int, help="start: calls each step needs at least")
+    rollout.add_argument(
+        "--unload-replaced",
+        action=argparse.BooleanOptionalAction,
+        help="start: once promoted, unload the replaced version (default: rollout settings)",
+    )
+    rollout.add_argument(
+        "--unload-rolled-back",
+        action=argparse.BooleanOptionalAction,
+        help="start: once rolled back, unload the candidate (default: rollout settings)",
+    )
 
 
 class Admin:
@@ -221,7 +243,9 @@ class Admin:
             self._print_json([_as_dict(m) for m in found])
             return
         if not name:
-            rows = [["MODEL", "STATE", "VERSIONS", "SHA256", "BACKENDS", "LAST ROLLOUT"]]
+            rows = [
+                ["MODEL", "STATE", "VERSIONS", "SHA256", "WITHHELD", "BACKENDS", "LAST ROLLOUT"]
+            ]
             for m in found:
                 last = m.history[-1] if m.history else None
                 rows.append(
@@ -230,6 +254,7 @@ class Admin:
                         m.state,
                         ",".join(m.served_versions) or "-",
                         m.sha256[:12] or "-",
+                        ",".join(w.version for w in m.withheld) or "-",
                         ", ".join(f"{b.backend}:{','.join(b.versions) or '-'}" for b in m.backends),
                         f"{last.event} {_when(last.at)}" if last else "-",
                     ]
@@ -238,6 +263,11 @@ class Admin:
             return
         for m in found:
             self._out(f"model {m.name}  {m.state}  sha256 {m.sha256 or '-'}")
+            for w in m.withheld:
+                self._out(
+                    f"withheld: version {w.version} since {_when(w.at)} ({w.reason}); "
+                    f"'ctl restore {m.name} {w.version}' serves it again"
+                )
             rows = [["BACKEND", "VERSIONS", "SHA256"]]
             rows += [
                 [b.backend, ",".join(b.versions) or "-", b.sha256[:12] or "-"] for b in m.backends
@@ -255,6 +285,15 @@ class Admin:
                 for e in m.history
             ]
             self._table(rows)
+
+    def restore(self, model: str, version: str) -> None:
+        restored = self.call(
+            "RestoreVersion", admin_pb2.RestoreVersionRequest(model=model, version=version)
+        ).restored
+        if self._json:
+            self._print_json(_as_dict(restored))
+            return
+        self._out(f"version {restored.version} of {model} is served again (once rolled out)")
 
     def show_rollout(self, rollout: admin_pb2.Rollout, history: bool) -> None:
         if self._json:
@@ -433,6 +472,10 @@ def _rollout(admin: Admin, args: argparse.Namespace) -> None:
             plan.min_step.FromNanoseconds(int(args.min_step * 1e9))
         if args.min_requests is not None:
             plan.min_requests = args.min_requests
+        if args.unload_replaced is not None:
+            plan.unload_replaced = args.unload_replaced
+        if args.unload_rolled_back is not None:
+            plan.unload_rolled_back = args.unload_rolled_back
         started = admin.call(
             "StartRollout",
             admin_pb2.StartRolloutRequest(

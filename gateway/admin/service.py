@@ -116,7 +116,18 @@ class AdminServicer(admin_pb2_grpc.GatewayAdminServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"model '{request.name}' is not published from the gateway's repository",
             )
+        for model in models:
+            model.withheld.extend(self._traffic.withheld(model.name))
         return admin_pb2.ListModelsResponse(models=models)
+
+    async def RestoreVersion(
+        self, request: admin_pb2.RestoreVersionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RestoreVersionResponse:
+        async def restore() -> admin_pb2.RestoreVersionResponse:
+            restored = await self._traffic.restore(request.model, request.version)
+            return admin_pb2.RestoreVersionResponse(restored=restored)
+
+        return await self._change("restore_version", context, restore)
 
     async def StartRollout(
         self, request: admin_pb2.StartRolloutRequest, context: grpc.aio.ServicerContext

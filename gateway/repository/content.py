@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -55,9 +55,13 @@ class ModelContent:
         )
 
     def version_digest(self, version: str) -> str:
-        """A digest of one version's files and the config: equal only if that version would
+        """A digest of one version's files and the config (its version policy left out: which
+        versions load does not change how one answers): equal only if that version would
         answer the same on a backend after a push."""
-        hasher = hashlib.sha256(self.config.SerializeToString(deterministic=True))
+        config = model_config_pb2.ModelConfig()
+        config.CopyFrom(self.config)
+        config.ClearField("version_policy")
+        hasher = hashlib.sha256(config.SerializeToString(deterministic=True))
         for item in self.files:
             if item.path.split("/", 1)[0] == version:
                 hasher.update(f"{item.path}\0{item.sha256}\n".encode())
@@ -72,6 +76,41 @@ class ModelContent:
 
     def file_digests(self) -> Mapping[str, str]:
         return {item.path: item.sha256 for item in self.files}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPins:
+    """What the gateway's own state asks of a model's versions, beside its version policy."""
+
+    kept: frozenset[str] = frozenset()
+    """Versions a traffic route names: served even where the policy would leave them out."""
+    withheld: frozenset[tuple[str, str]] = frozenset()
+    """(version, version digest) not served while the version's files are unchanged (a
+    rollout's replaced or rolled-back version, by configuration)."""
+
+
+def pinned(content: ModelContent, pins: VersionPins) -> ModelContent:
+    """The content as the fleet serves it: the versions its policy serves, plus those routes
+    name, minus those withheld — as a ``specific`` version policy when that differs from the
+    policy's own choice. Never withholds every version (the policy's choice stands then)."""
+    present = set(content.versions)
+    withheld = {
+        version
+        for version, digest in pins.withheld
+        if version in present and content.version_digest(version) == digest
+    }
+    wanted = (set(content.served_versions) | (pins.kept & present)) - withheld
+    if not wanted or wanted == set(content.served_versions):
+        return content
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(content.config)
+    config.version_policy.specific.versions[:] = sorted(int(v) for v in wanted)
+    return replace(
+        content,
+        config=config,
+        served_versions=tuple(sorted(wanted, key=int)),
+        digest=content_digest(config, content.files),
+    )
 
 
 def content_digest(config: model_config_pb2.ModelConfig, files: tuple[ModelFile, ...]) -> str:

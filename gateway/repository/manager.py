@@ -27,7 +27,7 @@ from watchfiles import awatch
 
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
-from gateway.repository.content import ModelContent
+from gateway.repository.content import ModelContent, VersionPins, pinned
 from gateway.repository.history import RolloutEvent, RolloutLog
 from gateway.repository.metrics import RepositoryMetrics
 from gateway.repository.push import (
@@ -99,6 +99,7 @@ class RepositoryManager:
         edge_sync: EdgeSync,
         on_contents: Callable[[dict[str, ModelContent]], None] = lambda contents: None,
         on_rolled_out: Callable[[ModelContent], None] = lambda content: None,
+        pins: Callable[[str], VersionPins] = lambda model: VersionPins(),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -110,6 +111,7 @@ class RepositoryManager:
         self._edge_sync = edge_sync
         self._on_contents = on_contents
         self._on_rolled_out = on_rolled_out
+        self._pins = pins
         self._clock = clock
         self._desired: dict[str, ModelContent] = {}
         self.rollouts = RolloutLog(wall_clock)
@@ -223,6 +225,13 @@ class RepositoryManager:
         self._met.add(backend)
         self.wake()
 
+    def version_digest(self, model: str, version: str) -> str | None:
+        """The digest of a version of the repository's model (None: not there)."""
+        content = self._desired.get(model)
+        if content is None or version not in content.versions:
+            return None
+        return content.version_digest(version)
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -295,8 +304,13 @@ class RepositoryManager:
             if result.settling
             else self._settings.rescan_interval_s
         )
-        if result.contents != self._desired:
-            for name, content in result.contents.items():
+        # Versions routes name are kept and withheld ones left out (the traffic state's
+        # word beside the version policy): a route change calls ``rescan``.
+        desired = {
+            name: pinned(content, self._pins(name)) for name, content in result.contents.items()
+        }
+        if desired != self._desired:
+            for name, content in desired.items():
                 if name not in self._desired or self._desired[name].digest != content.digest:
                     self._accepted_at[name] = self._clock()
                     log.info(
@@ -306,7 +320,7 @@ class RepositoryManager:
                         served_versions=list(content.served_versions),
                         sha256=content.digest,
                     )
-            self._desired = dict(result.contents)
+            self._desired = desired
             self._managed |= set(self._desired)
             self._publish_contents()
             self.wake()
@@ -349,8 +363,9 @@ class RepositoryManager:
             busy |= await self._reconcile_model(self._desired[name], backends)
         for name in sorted(self._managed - set(self._desired)):
             busy |= await self._retire(name, backends)
-        needed = {c.digest for c in self._desired.values()} | {
-            c.digest for c in self._good.values()
+        # By frozen tree: a pinned content reads the tree of the content it was made from.
+        needed = {c.directory.name for c in self._desired.values()} | {
+            c.directory.name for c in self._good.values()
         }
         await asyncio.to_thread(self._store.keep_only, needed)
         return busy

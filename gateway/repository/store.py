@@ -50,10 +50,11 @@ class ContentStore:
             staging.rename(tree)
         return replace(content, directory=tree)
 
-    def keep_only(self, digests: set[str]) -> None:
-        """Forget contents no longer desired nor needed for a rollback."""
+    def keep_only(self, trees: set[str]) -> None:
+        """Forget contents no longer desired nor needed for a rollback (``trees``: the
+        names of the trees kept, their contents' digests)."""
         for tree in self._models.iterdir():
-            if tree.name not in digests:
+            if tree.name not in trees:
                 shutil.rmtree(tree, ignore_errors=True)
         for blob in self._blobs.iterdir():
             if blob.stat().st_nlink <= 1:

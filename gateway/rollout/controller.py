@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.observability.metrics import PREFIX
-from gateway.rollout.gates import GateSettings, Verdict, judge_live, judge_shadow
+from gateway.rollout.gates import Comparison, GateSettings, Verdict, judge_live, judge_shadow
 from gateway.settings import RolloutSettings
 from gateway.traffic.figures import NONE, VariantTotals
 from gateway.traffic.routes import AdminError, variant_name
@@ -83,8 +84,10 @@ class RolloutController:
         *,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        version_digest: Callable[[str, str], str | None] = lambda model, version: None,
     ) -> None:
         self._traffic = traffic
+        self._version_digest = version_digest
         self._totals = totals
         self._settings = settings
         self._metrics = metrics
@@ -95,6 +98,7 @@ class RolloutController:
             max_p99_ratio=settings.max_p99_ratio,
             min_agreement=settings.min_agreement,
             min_argmax_agreement=settings.min_argmax_agreement,
+            max_non_finite_rate=settings.max_non_finite_rate,
             z=settings.confidence_z,
         )
         self._windows: dict[str, _Window] = {}
@@ -253,8 +257,9 @@ class RolloutController:
         percent = rollout.plan.steps[rollout.step]
         elapsed = self._clock() - window.started
         if percent == 0:
-            compared = sum(candidate.shadow_results.values())
-            enough = elapsed >= _seconds(rollout.plan) and compared >= rollout.plan.min_requests
+            enough = elapsed >= _seconds(rollout.plan) and candidate.compared >= (
+                rollout.plan.min_requests
+            )
             verdict = judge_shadow(candidate, baseline, self._gates, enough)
         else:
             # Below 100% both sides need the step's calls: the p99s are compared. At 100% the
@@ -265,9 +270,23 @@ class RolloutController:
                 and candidate.calls >= rollout.plan.min_requests
                 and (not compared_with_baseline or baseline.calls >= rollout.plan.min_requests)
             )
-            baseline_enough = compared_with_baseline
-            verdict = judge_live(candidate, baseline, self._gates, enough, baseline_enough)
-        evidence = _evidence(verdict, candidate, baseline)
+            # The baseline answers copies of a share of the candidate's calls: enough of
+            # them is that share of the step's minimum.
+            share = self._settings.live_compare_percent / 100
+            comparison = Comparison.of_live(baseline) if share > 0 else None
+            compared_enough = comparison is not None and comparison.compared >= max(
+                1, math.ceil(rollout.plan.min_requests * share)
+            )
+            verdict = judge_live(
+                candidate,
+                baseline,
+                self._gates,
+                enough,
+                baseline_enough=compared_with_baseline,
+                comparison=comparison,
+                compared_enough=compared_enough,
+            )
+        evidence = _evidence(verdict, baseline)
         self._latest[rollout.route] = evidence
         for e in evidence:
             if e.HasField("observed"):
@@ -302,8 +321,18 @@ class RolloutController:
         del changed.variants[:]
         changed.variants.extend([baseline, candidate])
         if percent == 0:
-            changed.shadow.target.CopyFrom(_weighted(rollout.candidate, 0))
-            changed.shadow.percent = 100
+            changed.shadow.CopyFrom(
+                admin_pb2.Shadow(target=_weighted(rollout.candidate, 0), percent=100)
+            )
+        elif self._settings.live_compare_percent > 0:
+            # Live comparison: copies of the candidate's calls answered by the baseline (the
+            # edge never mirrors a call to the variant that answered it).
+            changed.shadow.CopyFrom(
+                admin_pb2.Shadow(
+                    target=_weighted(rollout.baseline, 0),
+                    percent=self._settings.live_compare_percent,
+                )
+            )
         else:
             changed.ClearField("shadow")
         saved = await self._traffic.save_rollout(rollout, changed)
@@ -328,8 +357,10 @@ class RolloutController:
         evidence: list[admin_pb2.GateEvidence] | None = None,
     ) -> admin_pb2.Rollout:
         """Promoted: the candidate takes every call and the baseline leaves the route (it
-        drains). Rolled back or aborted: every call back to the baseline at once, the
-        candidate kept at weight 0 (loaded, for inspection, and forcible by its name)."""
+        drains; withheld too with the plan's unload_replaced). Rolled back or aborted: every
+        call back to the baseline at once, the candidate kept at weight 0 (loaded, for
+        inspection, and forcible by its name), or with unload_rolled_back out of the route
+        and withheld."""
         route = self._traffic.route(rollout.route)
         rollout.status = status
         self._record(rollout, status, reason, evidence)
@@ -343,15 +374,41 @@ class RolloutController:
         changed.ClearField("figures")
         changed.ClearField("shadow")
         del changed.variants[:]
+        withhold = None
         if status == "promoted":
             changed.variants.append(_weighted(rollout.candidate, 1))
             self._metrics.step.labels(route=rollout.route).set(100)
+            if rollout.plan.unload_replaced:
+                withhold = self._withheld(rollout.baseline, f"replaced by {rollout.candidate.name}")
         else:
-            changed.variants.extend(
-                [_weighted(rollout.baseline, 1), _weighted(rollout.candidate, 0)]
-            )
+            changed.variants.append(_weighted(rollout.baseline, 1))
+            if rollout.plan.unload_rolled_back:
+                withhold = self._withheld(rollout.candidate, f"rollout {status}: {reason}")
+            if withhold is None:
+                changed.variants.append(_weighted(rollout.candidate, 0))
             self._metrics.step.labels(route=rollout.route).set(0)
-        return self._shown(await self._traffic.save_rollout(rollout, changed))
+        saved = await self._traffic.save_rollout(rollout, changed, withhold)
+        return self._shown(saved)
+
+    def _withheld(
+        self, variant: admin_pb2.Variant, reason: str
+    ) -> admin_pb2.WithheldVersion | None:
+        """The variant's version to withhold; None (logged) for one the repository does not
+        publish (loaded by hand: an operator unloads it with 'ctl unload')."""
+        digest = self._version_digest(variant.model, variant.version) if variant.version else None
+        if digest is None:
+            log.warning(
+                "rollout_version_left_loaded",
+                model=variant.model,
+                version=variant.version,
+                reason="not a version of a model the gateway publishes from its repository",
+            )
+            return None
+        withheld = admin_pb2.WithheldVersion(
+            model=variant.model, version=variant.version, digest=digest, reason=reason
+        )
+        withheld.at.FromNanoseconds(int(self._wall_clock() * 1e9))
+        return withheld
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -408,6 +465,12 @@ class RolloutController:
         else:
             seconds = settings.min_step_s if min_step_s is None else min_step_s
             plan.min_step.FromNanoseconds(int(seconds * 1e9))
+        for flag in ("unload_replaced", "unload_rolled_back"):
+            own_flag = getattr(own, flag) if own is not None else None
+            chosen = getattr(settings, flag) if own_flag is None else own_flag
+            if asked is not None and asked.HasField(flag):
+                chosen = getattr(asked, flag)
+            setattr(plan, flag, chosen)
         steps = list(plan.steps)
         if steps != sorted(steps) or steps[-1] != 100 or any(not 0 <= s <= 100 for s in steps):
             raise AdminError(
@@ -483,18 +546,14 @@ def _seconds(plan: admin_pb2.RolloutPlan) -> float:
     return float(plan.min_step.ToNanoseconds()) / 1e9
 
 
-def _evidence(
-    verdict: Verdict, candidate: VariantTotals, baseline: VariantTotals
-) -> list[admin_pb2.GateEvidence]:
+def _evidence(verdict: Verdict, baseline: VariantTotals) -> list[admin_pb2.GateEvidence]:
     found = []
     for e in verdict.evidence:
         entry = admin_pb2.GateEvidence(
             gate=e.gate,
             threshold=e.threshold,
             outcome=e.outcome,
-            candidate_calls=candidate.shadow_calls
-            if e.gate.startswith("shadow") or "agreement" in e.gate
-            else candidate.calls,
+            candidate_calls=e.samples,
             baseline_calls=baseline.calls,
         )
         if e.observed is not None:

@@ -31,6 +31,10 @@ class VariantTotals:
     model fault; not a client's error or a client that gave up)."""
     shadow_faults: int = 0
     """Shadow copies it failed alike (or that passed their time)."""
+    shadow_only_non_finite: int = 0
+    """Compared outputs with NaN/Inf in this variant's shadow answer but not the primary's."""
+    primary_only_non_finite: int = 0
+    """Compared outputs with NaN/Inf in the primary's answer but not this variant's copy."""
 
     @classmethod
     def from_report(cls, report: control_pb2.VariantReport) -> VariantTotals:
@@ -43,6 +47,8 @@ class VariantTotals:
             shadow_codes=dict(report.shadow_codes),
             faults=report.faults,
             shadow_faults=report.shadow_faults,
+            shadow_only_non_finite=report.shadow_only_non_finite,
+            primary_only_non_finite=report.primary_only_non_finite,
         )
 
     def minus(self, earlier: VariantTotals) -> VariantTotals:
@@ -70,11 +76,18 @@ class VariantTotals:
             },
             faults=self.faults - earlier.faults,
             shadow_faults=self.shadow_faults - earlier.shadow_faults,
+            shadow_only_non_finite=self.shadow_only_non_finite - earlier.shadow_only_non_finite,
+            primary_only_non_finite=self.primary_only_non_finite - earlier.primary_only_non_finite,
         )
 
     @property
     def calls(self) -> int:
         return sum(self.codes.values())
+
+    @property
+    def compared(self) -> int:
+        """Outputs of shadow copies compared with their primary's."""
+        return sum(self.shadow_results.values())
 
     @property
     def shadow_calls(self) -> int:

@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.repository.content import VersionPins
 from gateway.settings import TrafficSettings
 from gateway.traffic.routes import AdminError, normalized, targets
 from gateway.traffic.store import RouteStore, RouteStoreError
@@ -54,12 +55,48 @@ class TrafficState:
     def rollout(self, route: str) -> admin_pb2.Rollout | None:
         return next((r for r in self._state.rollouts if r.route == route), None)
 
+    def withheld(self, model: str = "") -> list[admin_pb2.WithheldVersion]:
+        return [w for w in self._state.withheld if not model or w.model == model]
+
+    def pins(self, model: str) -> VersionPins:
+        """What the routes and the withheld versions ask of ``model``'s versions."""
+        kept = {
+            variant.version
+            for route in self._state.routes
+            for variant in [
+                *route.variants,
+                *([route.shadow.target] if route.HasField("shadow") else []),
+            ]
+            if variant.model == model and variant.version
+        }
+        withheld = {(w.version, w.digest) for w in self._state.withheld if w.model == model}
+        return VersionPins(frozenset(kept), frozenset(withheld))
+
+    async def restore(self, model: str, version: str) -> admin_pb2.WithheldVersion:
+        async with self._lock:
+            found = [w for w in self._state.withheld if (w.model, w.version) == (model, version)]
+            if not found:
+                raise AdminError(
+                    grpc.StatusCode.NOT_FOUND, f"version {version} of '{model}' is not withheld"
+                )
+            state = self._next()
+            kept = [w for w in state.withheld if (w.model, w.version) != (model, version)]
+            del state.withheld[:]
+            state.withheld.extend(kept)
+            await self._commit(state)
+        log.info("version_restored", model=model, version=version, revision=self.revision)
+        return found[0]
+
     async def save_rollout(
-        self, rollout: admin_pb2.Rollout, route: admin_pb2.Route | None = None
+        self,
+        rollout: admin_pb2.Rollout,
+        route: admin_pb2.Route | None = None,
+        withhold: admin_pb2.WithheldVersion | None = None,
     ) -> admin_pb2.Rollout:
-        """Keep ``rollout`` (replacing the route's previous one), with the route change that
-        goes with it in the same write: the route must still be at the revision the rollout
-        last set (``rollout.route_revision``; 0 for one the rollout did not set yet)."""
+        """Keep ``rollout`` (replacing the route's previous one), with the route change and
+        the version withheld that go with it in the same write: the route must still be at
+        the revision the rollout last set (``rollout.route_revision``; 0 for one the rollout
+        did not set yet)."""
         saved = admin_pb2.Rollout()
         saved.CopyFrom(rollout)
         filled = normalized(route, self._defaults) if route is not None else None
@@ -80,7 +117,22 @@ class TrafficState:
             others = [r for r in state.rollouts if r.route != saved.route]
             del state.rollouts[:]
             state.rollouts.extend([*others, saved])
+            if withhold is not None:
+                still = [
+                    w
+                    for w in state.withheld
+                    if (w.model, w.version) != (withhold.model, withhold.version)
+                ]
+                del state.withheld[:]
+                state.withheld.extend([*still, withhold])
             await self._commit(state)
+        if withhold is not None:
+            log.info(
+                "version_withheld",
+                model=withhold.model,
+                version=withhold.version,
+                reason=withhold.reason,
+            )
         return saved
 
     def drained(self) -> frozenset[str]:

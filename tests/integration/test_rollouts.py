@@ -21,7 +21,7 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.repository.content import GOLDEN_INPUTS
-from gateway.settings import GatewaySettings
+from gateway.settings import BackendSettings, GatewaySettings
 from tests.support.background import BackgroundGateway
 from tests.support.drops import (
     ROLLOUT_WAIT_S,
@@ -29,6 +29,7 @@ from tests.support.drops import (
     classify,
     drop,
     pushing_settings,
+    ready_on,
     wait_idle,
 )
 from tests.support.metrics import wait_until
@@ -90,10 +91,11 @@ def rollout(routed: Routed) -> admin_pb2.Rollout:
     return found
 
 
-def finished(routed: Routed, candidate: str) -> admin_pb2.Rollout:
-    """The rollout of ``candidate`` started from now, once it is over (promoted, rolled back
-    or aborted); an earlier one of a number used before does not count."""
-    since = time.time_ns()
+def finished(routed: Routed, candidate: str, since: int | None = None) -> admin_pb2.Rollout:
+    """The rollout of ``candidate`` started from now (or ``since``, wall-clock ns), once it
+    is over (promoted, rolled back or aborted); an earlier one of a number used before does
+    not count."""
+    since = time.time_ns() if since is None else since
 
     def over() -> bool:
         try:
@@ -127,6 +129,10 @@ def withdraw(routed: Routed, repository: Path, version: str) -> None:
 
     assert wait_until(gone, timeout_s=ROLLOUT_WAIT_S)
     wait_idle(routed.running)
+
+
+def backends(routed: Routed) -> list[BackendSettings]:
+    return list(routed.running.gateway.settings.backends)
 
 
 def serving(routed: Routed, repository: Path) -> str:
@@ -198,7 +204,12 @@ def test_a_good_version_dropped_under_load_reaches_all_traffic_with_no_failure(
         "shadow_fault_rate": "pass",
         "agreement": "pass",
         "argmax_agreement": "pass",
+        "non_finite": "pass",
     }
+    # The live steps compared copies of the candidate's calls answered by the baseline.
+    live_step = done.history[2]
+    live = {e.gate: e for e in live_step.evidence}
+    assert live["agreement"].outcome == "pass" and live["agreement"].candidate_calls >= 2
     route = routed.route("classifier")
     assert route is not None and [(v.version, v.weight) for v in route.variants] == [(new, 1)]
     assert classify(routed.running.url).get_response().model_version == new
@@ -394,6 +405,73 @@ def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
     assert [(v.version, v.weight) for v in route.variants] == [(current, 1), (new, 0)]
     assert not route.HasField("shadow")
 
+    # Brought in again without a shadow step: the live comparison (copies of its calls
+    # answered by the baseline) rolls it back, and the plan unloads it from the fleet.
+    live_only = admin_pb2.RolloutPlan(steps=[50, 100], min_requests=20, unload_rolled_back=True)
+    live_only.min_step.FromMilliseconds(500)
+    with SteadyLoad(routed.running.url) as load:
+        asked = time.time_ns()
+        routed.admin.StartRollout(
+            admin_pb2.StartRolloutRequest(
+                route="classifier", candidate=admin_pb2.Variant(version=new), plan=live_only
+            ),
+            metadata=AUTH,
+            timeout=10,
+        )
+        done = finished(routed, new, since=asked)
+    assert (done.status, done.step) == ("rolled_back", 0)
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert "agreement" in failed
+    assert load.failures == []
+    route = routed.route("classifier")
+    assert route is not None and [(v.version, v.weight) for v in route.variants] == [(current, 1)]
+    (model,) = routed.admin.ListModels(
+        admin_pb2.ListModelsRequest(name="classifier"), metadata=AUTH, timeout=10
+    ).models
+    assert [w.version for w in model.withheld] == [new]
+    assert wait_until(
+        lambda: not any(ready_on(b.address, "classifier", new) for b in backends(routed)),
+        timeout_s=ROLLOUT_WAIT_S,
+    ), "withheld: unloaded from every backend"
+    assert all(ready_on(b.address, "classifier", current) for b in backends(routed))
+
+
+def nan_version(source: Path, folder: Path) -> Path:
+    """``source``'s model answering NaN for every call whose inputs sum above zero (the
+    same answers for the others): the square root of minus their positive part is added to
+    the logits."""
+
+    def nodes(logits: str) -> tuple[list[onnx.NodeProto], str]:
+        return [
+            helper.make_node("ReduceSum", ["INPUT"], ["nan_sum"], keepdims=0),
+            helper.make_node("Relu", ["nan_sum"], ["nan_positive"]),
+            helper.make_node("Neg", ["nan_positive"], ["nan_negative"]),
+            helper.make_node("Sqrt", ["nan_negative"], ["nan_root"]),
+            helper.make_node("Add", [logits, "nan_root"], ["nan_logits"]),
+        ], "nan_logits"
+
+    return edited_version(source, folder, {}, nodes)
+
+
+def test_a_version_answering_nan_where_the_baseline_does_not_is_rolled_back(
+    setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
+) -> None:
+    routed, repository, _ = setup
+    assert (repository / "classifier" / GOLDEN_INPUTS).is_file(), "inputs summing below zero"
+    dropped = drop_under_load(
+        routed,
+        repository,
+        lambda current: nan_version(repository / "classifier" / current, tmp_path / "nan"),
+        varied=True,
+    )
+    done, load, new = dropped.done, dropped.load, dropped.new
+    assert (done.status, done.step) == ("rolled_back", 0)
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert "non_finite" in failed
+    assert load.failures == []
+    assert new not in load.versions
+    withdraw(routed, repository, new)
+
 
 def test_a_rollout_survives_a_gateway_restart_at_its_step(
     setup: tuple[Routed, Path, GatewaySettings], tmp_path: Path
@@ -439,3 +517,54 @@ def test_a_rollout_survives_a_gateway_restart_at_its_step(
             assert promoted.status == "promoted"
         finally:
             client.close()
+
+
+def test_a_routed_version_stays_loaded_until_its_route_moves_on_then_goes_by_policy(
+    setup: tuple[Routed, Path, GatewaySettings],
+) -> None:
+    """``version_policy: latest 2``: a third version dropped while the route serves the
+    oldest of the two keeps that one loaded (the route names it) until the rollout moves
+    the route on; then the policy unloads it. A plan's unload_replaced withholds a
+    replaced version the policy would keep; RestoreVersion serves it again."""
+    routed, repository, _ = setup
+    present = sorted(int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit())
+    older, newer = str(present[-2]), str(present[-1])
+    routed.split("classifier", {older: 100})
+    new = str(present[-1] + 1)
+    with SteadyLoad(routed.running.url) as load:
+        drop(repository / "classifier" / newer, repository / "classifier" / new)
+        done = finished(routed, new)
+        assert done.status == "promoted"
+        assert wait_until(
+            lambda: not any(ready_on(b.address, "classifier", older) for b in backends(routed)),
+            timeout_s=ROLLOUT_WAIT_S,
+        ), "no route names it and the policy leaves it out: unloaded"
+        assert all(ready_on(b.address, "classifier", newer) for b in backends(routed))
+
+        # Back to `newer` by hand, unloading the replaced one though the policy serves it.
+        quick = admin_pb2.RolloutPlan(steps=[100], min_requests=20, unload_replaced=True)
+        quick.min_step.FromMilliseconds(500)
+        asked = time.time_ns()
+        routed.admin.StartRollout(
+            admin_pb2.StartRolloutRequest(
+                route="classifier", candidate=admin_pb2.Variant(version=newer), plan=quick
+            ),
+            metadata=AUTH,
+            timeout=10,
+        )
+        assert finished(routed, newer, since=asked).status == "promoted"
+        assert wait_until(
+            lambda: not any(ready_on(b.address, "classifier", new) for b in backends(routed)),
+            timeout_s=ROLLOUT_WAIT_S,
+        ), "withheld by the plan"
+        asked = time.time_ns()
+        restored = routed.admin.RestoreVersion(
+            admin_pb2.RestoreVersionRequest(model="classifier", version=new),
+            metadata=AUTH,
+            timeout=10,
+        ).restored
+        assert restored.reason == f"replaced by {newer}"
+        # Served again, and being the newest, brought in by a rollout of its own.
+        assert finished(routed, new, since=asked).status == "promoted"
+        assert all(ready_on(b.address, "classifier", new) for b in backends(routed))
+    assert load.failures == []

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.repository.content import GOLDEN_INPUTS, served_versions
+from gateway.repository.content import GOLDEN_INPUTS, VersionPins, pinned, served_versions
 from gateway.repository.golden import Tolerance, golden_case, mismatch
 from gateway.repository.metrics import RepositoryMetrics
 from gateway.repository.scanner import RepositoryScanner
@@ -80,6 +80,33 @@ def test_every_example_model_is_valid_with_a_stable_digest() -> None:
     classifier = validate(MODEL_REPOSITORY / "classifier", LIMITS)
     assert classifier.versions == ("1", "2")
     assert [f.path for f in classifier.files] == ["1/model.onnx", "2/model.onnx"]
+
+
+def test_routes_keep_versions_and_withheld_ones_leave_until_their_files_change(
+    tmp_path: Path,
+) -> None:
+    directory = model_dir(tmp_path)  # Triton's default policy: the latest version only
+    identity_model(directory / "2" / "model.onnx")
+    identity_model(directory / "3" / "model.onnx")
+    content = validate(directory, LIMITS)
+    assert content.served_versions == ("3",)
+    assert pinned(content, VersionPins()) is content, "nothing asked: the same content"
+    kept = pinned(content, VersionPins(kept=frozenset({"1", "9"})))
+    assert kept.served_versions == ("1", "3"), "a version a route names stays (9 is absent)"
+    assert list(kept.config.version_policy.specific.versions) == [1, 3]
+    assert kept.digest != content.digest
+    assert kept.version_digest("3") == content.version_digest("3"), "the policy is left out"
+    withheld = VersionPins(withheld=frozenset({("3", content.version_digest("3"))}))
+    assert pinned(content, withheld) is content, "never every version"
+    both = pinned(content, VersionPins(frozenset({"1", "2"}), withheld.withheld))
+    assert both.served_versions == ("1", "2")
+    # Version 3 dropped again with other files: no longer the version that was withheld.
+    identity_model(directory / "3" / "model.onnx", opset=13)
+    changed = validate(directory, LIMITS)
+    assert pinned(changed, VersionPins(frozenset({"1"}), withheld.withheld)).served_versions == (
+        "1",
+        "3",
+    )
 
 
 def test_a_valid_drop_passes(tmp_path: Path) -> None:

@@ -25,7 +25,18 @@ class Fleet:
         self.totals: dict[tuple[str, str], VariantTotals] = {}
         self.now = 0.0
 
-    def serve(self, variant: str, calls: int = 0, agree: int = 0, disagree: int = 0) -> None:
+    def serve(
+        self,
+        variant: str,
+        calls: int = 0,
+        agree: int = 0,
+        disagree: int = 0,
+        *,
+        shadow_only_non_finite: int = 0,
+        primary_only_non_finite: int = 0,
+    ) -> None:
+        """``calls`` answered by ``variant``; ``agree``/``disagree``: copies it answered
+        (as the shadow), compared with their primary's answer."""
         before = self.totals.get(("classifier", variant))
         ok = (before.codes.get("OK", 0) if before else 0) + calls
         agreed = (before.shadow_results.get("agree", 0) if before else 0) + agree
@@ -38,20 +49,27 @@ class Fleet:
             argmax_rows=0,
             argmax_agreeing=0,
             shadow_codes={"OK": copies},
+            shadow_only_non_finite=(before.shadow_only_non_finite if before else 0)
+            + shadow_only_non_finite,
+            primary_only_non_finite=(before.primary_only_non_finite if before else 0)
+            + primary_only_non_finite,
         )
 
 
-def controller(path: Path, fleet: Fleet) -> tuple[TrafficState, RolloutController]:
+def controller(
+    path: Path, fleet: Fleet, settings: RolloutSettings = SETTINGS
+) -> tuple[TrafficState, RolloutController]:
     state = TrafficState(
         FileRouteStore(path), TrafficSettings(), lambda m, v: True, lambda: None, clock=lambda: 0.0
     )
     rollouts = RolloutController(
         state,
         lambda: fleet.totals,
-        SETTINGS,
+        settings,
         RolloutMetrics(CollectorRegistry()),
         clock=lambda: fleet.now,
         wall_clock=lambda: 1_700_000_000.0,
+        version_digest=lambda model, version: f"digest of {model} {version}",
     )
     return state, rollouts
 
@@ -89,6 +107,10 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
         await rollouts.tick()
         assert rollouts.rollout("classifier").step == 1
         assert weights(state) == [("1", 5_000), ("2", 5_000)]
+        # Live comparison: copies of a share of the candidate's calls go to the baseline.
+        compared = state.route("classifier")
+        assert compared is not None
+        assert (compared.shadow.target.name, compared.shadow.percent) == ("1", 10)
 
         # The gateway restarts: the same store, a new controller; the step goes on with a
         # fresh window (evidence is gathered again).
@@ -100,10 +122,16 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
         fleet.serve("2", calls=100)
         fleet.now = 30
         await rollouts.tick()
+        waiting = rollouts.rollout("classifier")
+        assert waiting.step == 1, "no live comparison yet: the agreement gate waits"
+        assert {e.gate: e.outcome for e in waiting.current}["agreement"] == "wait"
+        fleet.serve("1", agree=2)  # 10% of the step's 20 required calls
+        await rollouts.tick()
         assert rollouts.rollout("classifier").step == 2
         fleet.now = 32
         await rollouts.tick()  # the last step's window opens
         fleet.serve("2", calls=100)
+        fleet.serve("1", agree=10)
         fleet.now = 50
         await rollouts.tick()
         done = rollouts.rollout("classifier")
@@ -171,5 +199,81 @@ def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
         assert list(started.plan.steps) == [0, 10, 100]
         assert started.plan.min_requests == 5
         assert started.plan.min_step.ToSeconds() == own.min_step_s
+
+    asyncio.run(scenario())
+
+
+def test_live_disagreement_and_one_sided_nan_roll_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = Fleet()
+        state, rollouts = controller(tmp_path / "live.json", fleet)
+        await with_route(state)
+        await rollouts.begin(
+            "classifier",
+            admin_pb2.Variant(version="2"),
+            admin_pb2.RolloutPlan(steps=[50, 100], min_requests=20),
+        )
+        fleet.now = 1
+        await rollouts.tick()  # the window opens
+        fleet.serve("2", calls=40)
+        fleet.serve("1", calls=40, agree=2, disagree=30)  # the baseline's copies disagree
+        fleet.now = 2
+        await rollouts.tick()
+        live = rollouts.rollout("classifier")
+        assert live.status == "rolled_back", "clear live disagreement needs no full step"
+        assert "agreement" in live.history[-1].reason
+
+        # A candidate producing NaN where the baseline does not: one such output suffices.
+        fleet = Fleet()
+        state, rollouts = controller(tmp_path / "nan.json", fleet)
+        await with_route(state)
+        await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        fleet.now = 1
+        await rollouts.tick()
+        fleet.serve("2", agree=5, shadow_only_non_finite=1)
+        fleet.now = 2
+        await rollouts.tick()
+        nan = rollouts.rollout("classifier")
+        assert nan.status == "rolled_back"
+        assert "non_finite" in nan.history[-1].reason
+
+    asyncio.run(scenario())
+
+
+def test_the_plan_says_whether_replaced_and_rolled_back_versions_are_unloaded(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        unloading = RolloutSettings(
+            steps=[100], min_step_s=0, min_requests=1, unload_replaced=True, settle_s=0
+        )
+        fleet = Fleet()
+        state, rollouts = controller(tmp_path / "a.json", fleet, unloading)
+        await with_route(state)
+        assert state.pins("classifier").kept == {"1"}
+        await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        await rollouts.tick()
+        fleet.serve("2", calls=5)
+        fleet.serve("1", agree=1)
+        await rollouts.tick()
+        assert rollouts.rollout("classifier").status == "promoted"
+        assert weights(state) == [("2", 1)]
+        pins = state.pins("classifier")
+        assert pins.kept == {"2"}
+        assert pins.withheld == {("1", "digest of classifier 1")}
+        restored = await state.restore("classifier", "1")
+        assert restored.reason == "replaced by 2"
+        assert state.pins("classifier").withheld == frozenset()
+
+        # Rolled back with unload_rolled_back (asked in the plan): the candidate leaves the
+        # route and is withheld; without it, it stays at weight 0.
+        state, rollouts = controller(tmp_path / "b.json", fleet)
+        await with_route(state)
+        plan = admin_pb2.RolloutPlan(unload_rolled_back=True)
+        await rollouts.begin("classifier", admin_pb2.Variant(version="3"), plan)
+        await rollouts.abort("classifier")
+        assert weights(state) == [("1", 1)]
+        assert state.pins("classifier").withheld == {("3", "digest of classifier 3")}
+        assert rollouts.rollout("classifier").plan.unload_replaced is False
 
     asyncio.run(scenario())

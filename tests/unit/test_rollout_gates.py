@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from gateway.rollout.gates import GateSettings, judge_live, judge_shadow, wilson
+from gateway.rollout.gates import Comparison, GateSettings, judge_live, judge_shadow, wilson
 from gateway.traffic.figures import VariantTotals
 
 GATES = GateSettings()
@@ -90,7 +90,12 @@ def test_the_shadow_step_judges_agreement() -> None:
     argmax = judge_shadow(
         totals(agree=500, rows=500, rows_agreeing=400), NOTHING, GATES, enough=True
     )
-    assert [e.outcome for e in argmax.evidence] == ["pass", "pass", "fail"]
+    assert {e.gate: e.outcome for e in argmax.evidence} == {
+        "shadow_fault_rate": "pass",
+        "agreement": "pass",
+        "argmax_agreement": "fail",
+        "non_finite": "pass",
+    }
     # Copies the candidate fails count like live faults, before any client meets them.
     failing = dataclasses.replace(
         totals(agree=10), shadow_codes={"OK": 10, "INTERNAL": 10}, shadow_faults=10
@@ -98,6 +103,25 @@ def test_the_shadow_step_judges_agreement() -> None:
     verdict = judge_shadow(failing, NOTHING, GATES, enough=False)
     assert verdict.outcome == "fail"
     assert verdict.evidence[0].gate == "shadow_fault_rate"
+
+
+def test_nan_or_inf_only_in_the_candidates_outputs_fails_at_once() -> None:
+    overflowing = dataclasses.replace(totals(agree=50), shadow_only_non_finite=1)
+    verdict = judge_shadow(overflowing, NOTHING, GATES, enough=False)
+    assert {e.gate: e.outcome for e in verdict.evidence}["non_finite"] == "fail"
+    # NaN in the baseline's own answers (the primary's side) is not the candidate's doing.
+    inherited = dataclasses.replace(totals(agree=500), primary_only_non_finite=3)
+    assert judge_shadow(inherited, NOTHING, GATES, enough=True).outcome == "pass"
+    # At a live step the baseline answers the copies: the candidate is the primary side.
+    live = Comparison.of_live(dataclasses.replace(totals(agree=30), primary_only_non_finite=1))
+    verdict = judge_live(totals(calls=300), totals(calls=300), GATES, True, True, live, True)
+    assert verdict.outcome == "fail"
+    agreeing = Comparison.of_live(totals(agree=30))
+    verdict = judge_live(totals(calls=300), totals(calls=300), GATES, True, True, agreeing, True)
+    assert verdict.outcome == "pass"
+    # Too few copies compared yet: the output gates wait, whatever the rest says.
+    verdict = judge_live(totals(calls=300), totals(calls=300), GATES, True, True, agreeing, False)
+    assert verdict.outcome == "wait"
 
 
 def test_at_the_last_step_the_baseline_takes_no_calls_and_the_fault_gate_decides() -> None:
