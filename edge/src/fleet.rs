@@ -14,6 +14,7 @@ use crate::policy::retry_budget::RetryBudget;
 use crate::snapshot::{Policy, Snapshot};
 use crate::stamp::Stamp;
 use crate::traffic::{TrafficRoute, Variant};
+use crate::wire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -149,6 +150,9 @@ pub struct Fleet {
     plan: RwLock<Option<Arc<Plan>>>,
     pub budget: RetryBudget,
     pub sequences: RwLock<Arc<SequenceTable>>,
+    /// (traffic route, sequence id) → the variant the sequence started on: its state lives
+    /// there, so a split changed mid-sequence moves only sequences that start afterwards.
+    sequence_variants: RwLock<Arc<SequenceTable>>,
     draws: Draws,
 }
 
@@ -162,6 +166,10 @@ impl Fleet {
             plan: RwLock::new(None),
             budget: RetryBudget::new(0.2, 10.0, Duration::from_secs(10)),
             sequences: RwLock::new(Arc::new(SequenceTable::new(
+                Duration::from_secs(600),
+                MAX_PINNED_SEQUENCES,
+            ))),
+            sequence_variants: RwLock::new(Arc::new(SequenceTable::new(
                 Duration::from_secs(600),
                 MAX_PINNED_SEQUENCES,
             ))),
@@ -267,12 +275,42 @@ impl Fleet {
     }
 
     fn update_sequence_idle(&self, idle: Duration) {
-        let mut table = self.sequences.write().expect("sequence lock");
-        if table.idle() != idle {
-            // Pins live as long as the idle time they were made with; a new idle time takes
-            // effect for sequences started from now on.
-            *table = Arc::new(SequenceTable::new(idle, MAX_PINNED_SEQUENCES));
+        for tables in [&self.sequences, &self.sequence_variants] {
+            let mut table = tables.write().expect("sequence lock");
+            if table.idle() != idle {
+                // Pins live as long as the idle time they were made with; a new idle time
+                // takes effect for sequences started from now on.
+                *table = Arc::new(SequenceTable::new(idle, MAX_PINNED_SEQUENCES));
+            }
         }
+    }
+
+    /// The variant of `route` a request of a sequence goes to: the one its sequence started
+    /// on while the route still has it, else (its start, an edge that restarted, a variant
+    /// gone) `chosen`, pinned from then on. The pin ends with the sequence.
+    pub fn sequence_variant<'r>(
+        &self,
+        route: &'r TrafficRoute,
+        chosen: &'r Variant,
+        sequence: &wire::Sequence,
+        now: Instant,
+    ) -> &'r Variant {
+        let table = self.sequence_variants.read().expect("sequence lock").clone();
+        let pinned = if sequence.start {
+            None
+        } else {
+            table
+                .lookup(&route.name, &sequence.id, now)
+                .and_then(|name| route.variants.iter().find(|v| v.name == name))
+        };
+        let variant = pinned.unwrap_or_else(|| {
+            table.pin(&route.name, &sequence.id, chosen.name.clone(), now);
+            chosen
+        });
+        if sequence.end {
+            table.end(&route.name, &sequence.id);
+        }
+        variant
     }
 
     /// Backend states for the snapshot's backends: kept when name and address are unchanged,
@@ -505,4 +543,63 @@ fn route_stamp(snapshot: &Snapshot, model: &str, version: &str, variant: &str, r
     };
     let sha256 = served.map_or("", |stamp| stamp.sha256.as_str());
     Stamp::new(variant, version, sha256, revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto;
+
+    fn route(weights: &[(&str, u32)]) -> TrafficRoute {
+        TrafficRoute::from_proto(proto::TrafficRoute {
+            name: "accumulator".into(),
+            revision: 1,
+            variants: weights
+                .iter()
+                .map(|(name, weight)| proto::Variant {
+                    name: (*name).into(),
+                    model: "accumulator".into(),
+                    version: (*name).into(),
+                    weight: *weight,
+                })
+                .collect(),
+            key_header: String::new(),
+            key_parameter: String::new(),
+            salt: "accumulator".into(),
+            shadow: None,
+            versioned_model: String::new(),
+        })
+        .unwrap()
+    }
+
+    fn sequence(id: &str, start: bool, end: bool) -> wire::Sequence {
+        wire::Sequence {
+            id: id.into(),
+            start,
+            end,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sequence_keeps_its_variant_until_it_ends_or_idles_out() {
+        let fleet = Fleet::new(1);
+        let before = route(&[("1", 100), ("2", 0)]);
+        let after = route(&[("1", 0), ("2", 100)]);
+        let now = Instant::now();
+        let started = fleet.sequence_variant(&before, &before.variants[0], &sequence("7", true, false), now);
+        assert_eq!(&*started.name, "1");
+        // The split moved: the running sequence stays, a new one follows the split.
+        let next = fleet.sequence_variant(&after, &after.variants[1], &sequence("7", false, false), now);
+        assert_eq!(&*next.name, "1");
+        let other = fleet.sequence_variant(&after, &after.variants[1], &sequence("8", true, false), now);
+        assert_eq!(&*other.name, "2");
+        let last = fleet.sequence_variant(&after, &after.variants[1], &sequence("7", false, true), now);
+        assert_eq!(&*last.name, "1");
+        let ended = fleet.sequence_variant(&after, &after.variants[1], &sequence("7", false, false), now);
+        assert_eq!(&*ended.name, "2", "ended: no pin left");
+        // A pin idle past the sequence idle time is forgotten.
+        let later = now + Duration::from_secs(601);
+        let idle = fleet.sequence_variant(&before, &before.variants[0], &sequence("8", false, false), later);
+        assert_eq!(&*idle.name, "1");
+    }
 }

@@ -414,7 +414,14 @@ impl Edge {
                 target_names: Some((traffic.route.name.clone(), traffic.no_variant.clone())),
                 ..plain
             }),
-            Selected::Variant(variant) => {
+            Selected::Variant(chosen) => {
+                let variant = match sequence {
+                    Some(sequence) => {
+                        self.fleet
+                            .sequence_variant(&traffic.route, chosen, sequence, tokio::time::Instant::now())
+                    }
+                    None => chosen,
+                };
                 Ok(Target {
                     model: &variant.model,
                     version: &variant.version,
@@ -424,11 +431,14 @@ impl Edge {
                     stamp: Some(traffic.stamp(variant)),
                     variant: Some((traffic.route.name.clone(), variant.name.clone())),
                     target_names: Some((variant.model.clone(), variant.version.clone())),
-                    // Never mirrored to the variant that answers it: during a rollout's live
-                    // steps the shadow is the baseline, comparing the candidate's answers only.
-                    shadow: traffic.route.shadow.as_ref().filter(|shadow| {
-                        shadow.target.model != variant.model || shadow.target.version != variant.version
-                    }),
+                    // Never mirrored to the variant that answers it (the shadow target named
+                    // like it): during a rollout's live steps the shadow is the baseline,
+                    // comparing the candidate's answers only.
+                    shadow: traffic
+                        .route
+                        .shadow
+                        .as_ref()
+                        .filter(|shadow| shadow.target.name != variant.name),
                     client_model: model,
                 })
             }

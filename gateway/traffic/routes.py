@@ -45,6 +45,16 @@ def normalized(route: admin_pb2.Route, defaults: TrafficSettings) -> admin_pb2.R
     names = [v.name for v in filled.variants]
     if len(set(names)) != len(names):
         raise _invalid(f"route '{name}' names a variant twice: {', '.join(names)}")
+    if _shadowed(filled):
+        # A shadow target named like a variant is that variant: its own calls are not
+        # mirrored to it (tgw-edge compares by name).
+        target = filled.shadow.target
+        same = next((v for v in filled.variants if v.name == target.name), None)
+        if same is not None and (same.model, same.version) != (target.model, target.version):
+            raise _invalid(
+                f"route '{name}': shadow target '{target.name}' is named like a variant serving "
+                f"{same.model} version {same.version or 'latest'}: name it otherwise"
+            )
     if sum(v.weight for v in filled.variants) <= 0:
         raise _invalid(f"the weights of route '{name}' sum to zero: give one variant a weight")
     key = filled.key

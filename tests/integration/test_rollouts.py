@@ -532,7 +532,8 @@ def test_a_routed_version_stays_loaded_until_its_route_moves_on_then_goes_by_pol
     routed.split("classifier", {older: 100})
     new = str(present[-1] + 1)
     with SteadyLoad(routed.running.url) as load:
-        drop(repository / "classifier" / newer, repository / "classifier" / new)
+        # The route's version under a new number: it agrees, and is promoted.
+        drop(repository / "classifier" / older, repository / "classifier" / new)
         done = finished(routed, new)
         assert done.status == "promoted"
         assert wait_until(
@@ -541,18 +542,21 @@ def test_a_routed_version_stays_loaded_until_its_route_moves_on_then_goes_by_pol
         ), "no route names it and the policy leaves it out: unloaded"
         assert all(ready_on(b.address, "classifier", newer) for b in backends(routed))
 
-        # Back to `newer` by hand, unloading the replaced one though the policy serves it.
-        quick = admin_pb2.RolloutPlan(steps=[100], min_requests=20, unload_replaced=True)
-        quick.min_step.FromMilliseconds(500)
-        asked = time.time_ns()
+        # To `newer` by an operator's word, unloading the replaced one though the policy
+        # would serve it.
+        held = admin_pb2.RolloutPlan(steps=[0, 100], min_requests=1_000_000, unload_replaced=True)
+        held.min_step.FromSeconds(3600)
         routed.admin.StartRollout(
             admin_pb2.StartRolloutRequest(
-                route="classifier", candidate=admin_pb2.Variant(version=newer), plan=quick
+                route="classifier", candidate=admin_pb2.Variant(version=newer), plan=held
             ),
             metadata=AUTH,
             timeout=10,
         )
-        assert finished(routed, newer, since=asked).status == "promoted"
+        promoted = routed.admin.PromoteRollout(
+            admin_pb2.RolloutRequest(route="classifier"), metadata=AUTH, timeout=10
+        )
+        assert promoted.status == "promoted"
         assert wait_until(
             lambda: not any(ready_on(b.address, "classifier", new) for b in backends(routed)),
             timeout_s=ROLLOUT_WAIT_S,
@@ -564,7 +568,10 @@ def test_a_routed_version_stays_loaded_until_its_route_moves_on_then_goes_by_pol
             timeout=10,
         ).restored
         assert restored.reason == f"replaced by {newer}"
-        # Served again, and being the newest, brought in by a rollout of its own.
-        assert finished(routed, new, since=asked).status == "promoted"
-        assert all(ready_on(b.address, "classifier", new) for b in backends(routed))
+        assert wait_until(
+            lambda: all(ready_on(b.address, "classifier", new) for b in backends(routed)),
+            timeout_s=ROLLOUT_WAIT_S,
+        ), "served again"
+        # Being the newest, it is brought in by a rollout of its own (whatever its gates say).
+        finished(routed, new, since=asked)
     assert load.failures == []

@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
@@ -96,13 +97,35 @@ def test_the_comparison_shows_the_real_difference_between_versions(routed: Route
 
 
 def test_identical_variants_agree(routed: Routed) -> None:
-    routed.split("classifier", {"1": 100}, shadow=_shadow("1", model="classifier"))
+    # The same version under a name of its own: a call is never mirrored to the variant
+    # that answered it (the shadow target named like it), so it is named otherwise here.
+    twin = admin_pb2.Variant(name="1-twin", model="classifier", version="1")
+    routed.split("classifier", {"1": 100}, shadow=admin_pb2.Shadow(target=twin, percent=100))
     body = _request(classifier_features(batch=2, seed=12))
     for _ in range(10):
         routed.stamps(body)
-    figures = _compared(routed.running.gateway.metrics_port, "1", 10)
+    figures = _compared(routed.running.gateway.metrics_port, "1-twin", 10)
     assert figures["agree"] == 10 and figures["disagree"] == 0
     assert figures["shadow_max_abs_diff_sum"] == 0
+
+
+def test_a_call_is_not_mirrored_to_the_variant_that_answered_it(routed: Routed) -> None:
+    # A rollout's live step: the baseline (1) takes most calls and is the shadow target, so
+    # only the candidate's (2) calls are copied to it and compared.
+    routed.split("classifier", {"1": 50, "2": 50}, shadow=_shadow("1"))
+    port = routed.running.gateway.metrics_port
+    labels = {"route": "classifier", "variant": "1", "output": OUTPUT}
+    before = total(scrape_with_edge(port), "triton_gateway_shadow_comparisons_total", **labels)
+    body = _request(classifier_features(batch=2, seed=13))
+    answered = [routed.stamps(body)[1]["x-gateway-variant"] for _ in range(40)]
+    by_candidate = answered.count("2")
+    assert 0 < by_candidate < 40
+    _compared(port, "1", int(before) + by_candidate)
+    after = total(scrape_with_edge(port), "triton_gateway_shadow_comparisons_total", **labels)
+    assert after - before == by_candidate, "copies of the candidate's calls only"
+    with pytest.raises(grpc.RpcError, match="named like a variant"):
+        clash = admin_pb2.Variant(name="1", model="classifier", version="2")
+        routed.split("classifier", {"1": 100}, shadow=admin_pb2.Shadow(target=clash, percent=10))
 
 
 def test_a_failing_or_hung_shadow_never_touches_the_primary(

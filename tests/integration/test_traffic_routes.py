@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
@@ -327,6 +328,44 @@ def test_stream_messages_follow_the_split_and_carry_the_stamp(routed: Routed) ->
         assert stamps["x-gateway-variant"] == "2"
         assert stamps["x-gateway-route-revision"] == str(route.revision)
     assert by_id["r3"].model_version == "1"
+
+
+def _sequence_request(
+    sequence: int, value: int, *, start: bool = False, end: bool = False
+) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="accumulator")
+    request.inputs.add(name="INPUT", datatype="INT32", shape=[1, 1])
+    request.raw_input_contents.append(np.array([[value]], np.int32).tobytes())
+    request.parameters["sequence_id"].int64_param = sequence
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    return request.SerializeToString()
+
+
+def test_a_sequence_stays_on_the_variant_it_started_on_when_the_split_moves(
+    routed: Routed,
+) -> None:
+    """A sequence's state lives on the variant it started on: a split moved mid-sequence
+    (a rollout's next step) moves only the sequences that start afterwards."""
+    routed.split("accumulator", {"1": 100, "": 0})
+    try:
+        sequence = 4242
+        first = routed.stamps(_sequence_request(sequence, 5, start=True))[1]
+        assert first["x-gateway-variant"] == "1"
+        routed.split("accumulator", {"1": 0, "": 100})
+        answer, stamps = routed.stamps(_sequence_request(sequence, 7))
+        assert stamps["x-gateway-variant"] == "1", "the started sequence stays"
+        assert np.frombuffer(answer.raw_output_contents[0], np.int32)[0] == 12
+        other = routed.stamps(_sequence_request(sequence + 1, 1, start=True))[1]
+        assert other["x-gateway-variant"] == "latest", "a new sequence follows the split"
+        last = routed.stamps(_sequence_request(sequence, 1, end=True))[1]
+        assert last["x-gateway-variant"] == "1"
+        # Ended: the same id starting again follows the split.
+        again = routed.stamps(_sequence_request(sequence, 1, start=True, end=True))[1]
+        assert again["x-gateway-variant"] == "latest"
+        routed.stamps(_sequence_request(sequence + 1, 1, end=True))
+    finally:
+        routed.unroute("accumulator")
 
 
 def test_ctl_drives_a_rollout(routed: Routed, capsys: pytest.CaptureFixture[str]) -> None:
