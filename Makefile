@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 TRITON_HOME := .triton
+TOOLS := .tools
 BIN := $(VENV)/bin
 
 .PHONY: install demo test lint models fleet-up fleet-down clean
@@ -31,10 +32,15 @@ $(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
 $(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml edge/Cargo.lock edge/build.rs $(PROTOS) $(wildcard edge/src/*.rs edge/src/*/*.rs)
 	scripts/build_edge.sh $(BIN)
 
+# Tools only the tests use: a real DNS server for the discovery tests.
+$(TOOLS)/.installed: scripts/install_dnsmasq.sh
+	scripts/install_dnsmasq.sh $(TOOLS)
+	touch $@
+
 demo: install
 	$(BIN)/triton-gateway demo
 
-test: install
+test: install $(TOOLS)/.installed
 	$(BIN)/ruff check gateway tests load_tests scripts
 	$(BIN)/mypy
 	cd edge && PATH="$$HOME/.cargo/bin:$$PATH" cargo fmt --check
@@ -52,4 +58,4 @@ fleet-down:
 	$(BIN)/triton-gateway fleet down
 
 clean:
-	rm -rf $(VENV) $(TRITON_HOME) .fleet
+	rm -rf $(VENV) $(TRITON_HOME) $(TOOLS) .fleet

@@ -40,6 +40,7 @@ from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
 from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
+from gateway.discovery.dns import DnsDiscovery
 from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
 from gateway.observability.tracing import OpenTelemetryTracer, PassThroughTracer, Tracer
@@ -118,9 +119,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
-        self._discovery = discovery or StaticDiscovery(
-            Endpoint(name=b.name, address=b.address) for b in settings.backends
-        )
+        self._discovery = discovery or discovery_source(settings)
         backend_metadata = settings.security.backend_metadata()
         backend_credentials = settings.backend_tls.channel_credentials()
         self.pool = BackendPool(
@@ -590,3 +589,11 @@ class Gateway:
         )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
+
+
+def discovery_source(settings: GatewaySettings) -> Discovery:
+    """The backends' source the settings choose (``discovery.source``)."""
+    config = settings.discovery
+    if config.source == "dns" and config.dns is not None:
+        return DnsDiscovery(config.dns)
+    return StaticDiscovery(Endpoint(name=b.name, address=b.address) for b in settings.backends)

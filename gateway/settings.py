@@ -109,6 +109,49 @@ class BackendSettings(_Frozen):
     to drain or restore a backend without a restart."""
 
 
+class DnsDiscoverySettings(_Frozen):
+    """Backends from DNS (``discovery.source: dns``)."""
+
+    name: str
+    """The name looked up: a Kubernetes headless service
+    (``triton.inference.svc.cluster.local``) or, for SRV, the record's name
+    (``_grpc._tcp.triton.inference.svc.cluster.local``)."""
+    record: Literal["A/AAAA", "A", "AAAA", "SRV"] = "A/AAAA"
+    """A/AAAA: one backend per address, on ``port``; SRV: one per record, on its port."""
+    port: int = Field(default=8001, ge=1, le=65535)
+    """The backends' gRPC port for address records."""
+    resolver: str | None = None
+    """host:port of the DNS server to ask; null: the system's (/etc/resolv.conf)."""
+    interval_s: float = Field(default=5.0, gt=0)
+    """Looked up again at least this often (sooner when the answer's TTL runs out)."""
+    min_interval_s: float = Field(default=1.0, gt=0)
+    """Never more often (a TTL of 0), and the first wait after a failed lookup (doubling up
+    to interval_s; the last set keeps serving meanwhile)."""
+    timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("resolver")
+    @classmethod
+    def _host_and_port(cls, resolver: str | None) -> str | None:
+        if resolver is not None:
+            host, _, port = resolver.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"resolver '{resolver}' must be host:port, e.g. 127.0.0.1:53")
+        return resolver
+
+
+class DiscoverySettings(_Frozen):
+    """Where the backends come from: ``backends`` (static), DNS or Consul."""
+
+    source: Literal["static", "dns"] = "static"
+    dns: DnsDiscoverySettings | None = None
+
+    @model_validator(mode="after")
+    def _configured(self) -> DiscoverySettings:
+        if self.source == "dns" and self.dns is None:
+            raise ValueError("discovery.source is dns: set discovery.dns.name")
+        return self
+
+
 class HealthSettings(_Frozen):
     poll_interval_s: float = Field(default=1.0, gt=0)
     """How often each backend is asked for readiness and its READY model versions."""
@@ -537,7 +580,8 @@ class GatewaySettings(BaseSettings):
 
     server: ServerSettings = ServerSettings()
     backends: list[BackendSettings] = Field(default_factory=list)
-    """Static list of Triton backends."""
+    """Static list of Triton backends (``discovery.source: static``)."""
+    discovery: DiscoverySettings = DiscoverySettings()
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
     breaker: BreakerSettings = BreakerSettings()
