@@ -32,9 +32,11 @@ $(TRITON_HOME)/.installed: $(VENV)/.installed scripts/install_triton.sh
 $(BIN)/tgw-edge: $(VENV)/.installed scripts/build_edge.sh edge/Cargo.toml edge/Cargo.lock edge/build.rs $(PROTOS) $(wildcard edge/src/*.rs edge/src/*/*.rs)
 	scripts/build_edge.sh $(BIN)
 
-# Tools only the tests use: a real DNS server for the discovery tests.
-$(TOOLS)/.installed: scripts/install_dnsmasq.sh
+# Tools only the tests use: a real DNS server and a real Consul agent for the discovery and
+# shared-state tests.
+$(TOOLS)/.installed: scripts/install_dnsmasq.sh scripts/install_consul.sh
 	scripts/install_dnsmasq.sh $(TOOLS)
+	scripts/install_consul.sh $(TOOLS)
 	touch $@
 
 demo: install

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from gateway.admin.service import AdminMetrics, AdminServicer
 from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
+from gateway.consul_agent import ConsulAgent
 from gateway.control import snapshot
 from gateway.control.arguments import edge_arguments, find_edge_binary
 from gateway.control.listener import bind_public
@@ -40,6 +42,7 @@ from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
 from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
+from gateway.discovery.consul import ConsulDiscovery, health_query
 from gateway.discovery.dns import DnsDiscovery
 from gateway.discovery.static import StaticDiscovery
 from gateway.observability.metrics import BackendGauge, RequestMetrics
@@ -53,17 +56,23 @@ from gateway.repository.scanner import RepositoryScanner
 from gateway.repository.store import ContentStore
 from gateway.repository.validation import Limits
 from gateway.rollout.controller import RolloutController, RolloutMetrics
+from gateway.rollout.leadership import ConsulLeadership, Leadership, SoleLeader
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings, load_settings
+from gateway.traffic.consul_store import ConsulRouteStore
 from gateway.traffic.figures import VariantTotals, figures
 from gateway.traffic.routes import edge_route
 from gateway.traffic.state import TrafficState
-from gateway.traffic.store import FileRouteStore
+from gateway.traffic.store import FileRouteStore, RouteStore
 
 log = structlog.get_logger(__name__)
+
+ADMIN_SERVICE = "tgw.admin.v1.GatewayAdmin"
+"""The admin service's name in grpc.health.v1 (NOT_SERVING while the shared state's store
+cannot be reached)."""
 
 _EDGE_METRICS_TIMEOUT_S = 5.0
 """How long a scrape waits for tgw-edge's counters (Prometheus' own scrape timeout is 10 s):
@@ -119,7 +128,20 @@ class Gateway:
     ) -> None:
         self.settings = settings
         max_bytes = settings.server.max_message_bytes
-        self._discovery = discovery or discovery_source(settings)
+        uses_consul = (
+            settings.discovery.source == "consul" or settings.admin.state_store == "consul"
+        )
+        self._consul = ConsulAgent(settings.consul) if uses_consul else None
+        self._discovery = discovery or discovery_source(settings, self._consul)
+        self._leadership: Leadership = (
+            ConsulLeadership(
+                self._consul,
+                f"{settings.admin.state_key}/rollout-leader",
+                replica=f"{socket.gethostname()}:{os.getpid()}",
+            )
+            if self._consul is not None and settings.admin.state_store == "consul"
+            else SoleLeader()
+        )
         backend_metadata = settings.security.backend_metadata()
         backend_credentials = settings.backend_tls.channel_credentials()
         self.pool = BackendPool(
@@ -200,7 +222,7 @@ class Gateway:
         self._runtime_dir = runtime
         state_dir = self.settings.admin.state_dir or runtime
         self.traffic = TrafficState(
-            FileRouteStore(state_dir / "traffic.json"),
+            self._route_store(state_dir),
             self.settings.traffic,
             self._servable,
             self._traffic_changed,
@@ -214,7 +236,10 @@ class Gateway:
             clock=self._clock,
             wall_clock=self._wall_clock,
             version_digest=self._version_digest,
+            leads=self._leadership.leads,
         )
+        await self.traffic.start()
+        self._leadership.start()
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
             await self.repository.start(self.settings.health.startup_wait_s)
@@ -284,6 +309,9 @@ class Gateway:
             await self._admin_server.stop(1.0)
         if self.rollouts is not None:
             await self.rollouts.close()
+        await self._leadership.close()
+        if self.traffic is not None:
+            await self.traffic.close()
         if self.edge is not None:
             await self.edge.stop(grace)
         log.info("draining_calls", in_flight=self._gate.in_flight, grace_s=grace)
@@ -298,7 +326,14 @@ class Gateway:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
+        await self._close_resources()
+        log.info("gateway_stopped")
+
+    async def _close_resources(self) -> None:
+        """What stays open once no call is in flight: backends, Consul, the fallback."""
         await self.pool.close()
+        if self._consul is not None:
+            await self._consul.close()
         if self.fallback is not None:
             self.fallback.close()
         if self._metrics_server is not None:
@@ -308,7 +343,6 @@ class Gateway:
             (self._runtime_dir / "gateway.sock").unlink(missing_ok=True)
             if self._fresh_runtime:
                 shutil.rmtree(self._runtime_dir, ignore_errors=True)
-        log.info("gateway_stopped")
 
     async def run_until_signal(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain."""
@@ -436,6 +470,33 @@ class Gateway:
     def _apply_drains(self) -> None:
         drained = self.traffic.drained() if self.traffic is not None else frozenset()
         self.pool.set_drained(self._config_drained | drained)
+
+    def leads_rollouts(self) -> bool:
+        """Whether this replica judges the progressive rollouts (always, alone)."""
+        return self._leadership.leads()
+
+    def _route_store(self, state_dir: Path) -> RouteStore:
+        admin = self.settings.admin
+        if admin.state_store == "consul" and self._consul is not None:
+            return ConsulRouteStore(
+                self._consul, admin.state_key, on_reachable=self._state_store_reachable
+            )
+        return FileRouteStore(state_dir / "traffic.json")
+
+    def _state_store_reachable(self, reachable: bool) -> None:
+        """The shared state's store: unreachable, this replica serves its last state and
+        takes no admin change; its admin service reports NOT_SERVING meanwhile."""
+        self.metrics.state_store_reachable.set(1 if reachable else 0)
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reachable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.create_task(self._health.set(ADMIN_SERVICE, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     def _traffic_changed(self) -> None:
         self._apply_drains()
@@ -591,9 +652,11 @@ class Gateway:
             await self._health.set(service, status)
 
 
-def discovery_source(settings: GatewaySettings) -> Discovery:
+def discovery_source(settings: GatewaySettings, consul: ConsulAgent | None) -> Discovery:
     """The backends' source the settings choose (``discovery.source``)."""
     config = settings.discovery
     if config.source == "dns" and config.dns is not None:
         return DnsDiscovery(config.dns)
+    if config.source == "consul" and config.consul is not None and consul is not None:
+        return ConsulDiscovery(health_query(consul, config.consul), config.consul)
     return StaticDiscovery(Endpoint(name=b.name, address=b.address) for b in settings.backends)

@@ -139,16 +139,55 @@ class DnsDiscoverySettings(_Frozen):
         return resolver
 
 
+class ConsulDiscoverySettings(_Frozen):
+    """Backends from Consul's catalog (``discovery.source: consul``; the agent: ``consul``)."""
+
+    service: str
+    """The Triton servers' service name; its instances whose checks all pass are backends,
+    named by service ID, at the service's address (else the node's) and port."""
+    tag: str | None = None
+    """Only the instances with this tag."""
+    wait_s: float = Field(default=30.0, gt=0)
+    """Longest wait of one blocking query (Consul answers at once when the set changes)."""
+    retry_min_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+    """Back-off between tries while Consul cannot be reached (the last set keeps serving)."""
+
+
+class ConsulSettings(_Frozen):
+    """The Consul agent the gateway talks to (Consul discovery, the shared traffic state)."""
+
+    address: str = "127.0.0.1:8500"
+    """host:port of the agent's HTTP API (CONSUL_HTTP_ADDR is not read: set it here)."""
+    scheme: Literal["http", "https"] = "http"
+    token: SecretStr | None = None
+    """ACL token (GATEWAY_CONSUL__TOKEN)."""
+    datacenter: str | None = None
+    ca_file: Path | None = None
+    """CA of an https agent; null: the system's trust store."""
+
+    @field_validator("address")
+    @classmethod
+    def _host_and_port(cls, address: str) -> str:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"consul.address '{address}' must be host:port, e.g. 127.0.0.1:8500")
+        return address
+
+
 class DiscoverySettings(_Frozen):
     """Where the backends come from: ``backends`` (static), DNS or Consul."""
 
-    source: Literal["static", "dns"] = "static"
+    source: Literal["static", "dns", "consul"] = "static"
     dns: DnsDiscoverySettings | None = None
+    consul: ConsulDiscoverySettings | None = None
 
     @model_validator(mode="after")
     def _configured(self) -> DiscoverySettings:
         if self.source == "dns" and self.dns is None:
             raise ValueError("discovery.source is dns: set discovery.dns.name")
+        if self.source == "consul" and self.consul is None:
+            raise ValueError("discovery.source is consul: set discovery.consul.service")
         return self
 
 
@@ -450,6 +489,13 @@ class AdminSettings(_Frozen):
     """Where routes and drains are kept across restarts (``traffic.json``). None: the runtime
     folder (kept across restarts of the gateway for a fixed public port, a fresh temporary
     one for port 0)."""
+    state_store: Literal["file", "consul"] = "file"
+    """file: ``<state_dir>/traffic.json``, one gateway. consul: one key of Consul's KV store
+    (the ``consul`` section's agent), shared by every replica: a change made through any
+    replica's admin service reaches all of them; concurrent changes never overwrite each
+    other."""
+    state_key: str = "triton-gateway/traffic-state"
+    """The Consul key of the shared state (replicas of one gateway share it)."""
 
     tls: TlsSettings = TlsSettings()
     """TLS of the admin port; none by default (it listens on localhost)."""
@@ -582,6 +628,7 @@ class GatewaySettings(BaseSettings):
     backends: list[BackendSettings] = Field(default_factory=list)
     """Static list of Triton backends (``discovery.source: static``)."""
     discovery: DiscoverySettings = DiscoverySettings()
+    consul: ConsulSettings = ConsulSettings()
     health: HealthSettings = HealthSettings()
     edge: EdgeSettings = EdgeSettings()
     breaker: BreakerSettings = BreakerSettings()

@@ -92,6 +92,13 @@ class RequestMetrics(Collector):
             "Times tgw-edge was found dead or unresponsive and restarted.",
             registry=registry,
         )
+        self.state_store_reachable = Gauge(
+            f"{PREFIX}_state_store_reachable",
+            "1 while the store of the traffic state (file, or Consul shared by the replicas) "
+            "answers; 0: serving the last state, admin changes refused.",
+            registry=registry,
+        )
+        self.state_store_reachable.set(1)
 
     def observe(self, key: RequestKey, seconds: float) -> None:
         """One finished call of the Python data path."""

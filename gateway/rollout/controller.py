@@ -85,8 +85,10 @@ class RolloutController:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         version_digest: Callable[[str, str], str | None] = lambda model, version: None,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._traffic = traffic
+        self._leads = leads
         self._version_digest = version_digest
         self._totals = totals
         self._settings = settings
@@ -217,7 +219,11 @@ class RolloutController:
     # -- judging -----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Judge every running rollout's step once."""
+        """Judge every running rollout's step once (the leading replica only: the others
+        follow the state it saves; one that starts leading judges fresh windows)."""
+        if not self._leads():
+            self._windows.clear()
+            return
         async with self._lock:
             totals = self._totals()
             for rollout in self._traffic.rollouts():
@@ -505,7 +511,7 @@ class RolloutController:
         """A content of ``model`` serving ``versions`` finished its fleet rollout: when the
         model has a route whose one weighted variant is an older version of it, its newest
         version starts a progressive rollout (``rollout.automatic``)."""
-        if not self._settings.automatic or not versions:
+        if not self._settings.automatic or not versions or not self._leads():
             return
         route = self._traffic.route(model)
         current = self._traffic.rollout(model)

@@ -4,6 +4,7 @@ revision the caller read, saved before anyone sees it, and announced to the edge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import grpc
@@ -13,9 +14,11 @@ from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.repository.content import VersionPins
 from gateway.settings import TrafficSettings
 from gateway.traffic.routes import AdminError, normalized, targets
-from gateway.traffic.store import RouteStore, RouteStoreError
+from gateway.traffic.store import RouteStore, RouteStoreError, StateConflict
 
 log = structlog.get_logger(__name__)
+
+_CONFLICT_RETRIES = 5
 
 Servable = Callable[[str, str], bool]
 """(model, version "" for its latest) -> whether a backend holds it READY or the fallback
@@ -36,8 +39,30 @@ class TrafficState:
         self._servable = servable
         self._on_change = on_change
         self._clock = clock
-        self._state = store.load()
+        self._state = admin_pb2.State()
         self._lock = asyncio.Lock()
+        self._following: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read the saved state; with a store shared by replicas, follow their changes."""
+        self._state = await self._store.load()
+        self._following = asyncio.create_task(self._store.follow(self._adopt), name="state")
+
+    async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+
+    async def _adopt(self, state: admin_pb2.State) -> None:
+        """A state another replica saved: it replaces ours (theirs is newer: the store
+        orders every save)."""
+        async with self._lock:
+            if state.revision == self._state.revision and state == self._state:
+                return
+            self._state = state
+        log.info("traffic_state_followed", revision=state.revision)
+        self._on_change()
 
     @property
     def revision(self) -> int:
@@ -73,17 +98,19 @@ class TrafficState:
         return VersionPins(frozenset(kept), frozenset(withheld))
 
     async def restore(self, model: str, version: str) -> admin_pb2.WithheldVersion:
-        async with self._lock:
-            found = [w for w in self._state.withheld if (w.model, w.version) == (model, version)]
+        found: list[admin_pb2.WithheldVersion] = []
+
+        def restore(state: admin_pb2.State) -> None:
+            found[:] = [w for w in state.withheld if (w.model, w.version) == (model, version)]
             if not found:
                 raise AdminError(
                     grpc.StatusCode.NOT_FOUND, f"version {version} of '{model}' is not withheld"
                 )
-            state = self._next()
             kept = [w for w in state.withheld if (w.model, w.version) != (model, version)]
             del state.withheld[:]
             state.withheld.extend(kept)
-            await self._commit(state)
+
+        await self._change(restore)
         log.info("version_restored", model=model, version=version, revision=self.revision)
         return found[0]
 
@@ -98,21 +125,12 @@ class TrafficState:
         the revision the rollout last set (``rollout.route_revision``; 0 for one the rollout
         did not set yet)."""
         saved = admin_pb2.Rollout()
-        saved.CopyFrom(rollout)
         filled = normalized(route, self._defaults) if route is not None else None
-        async with self._lock:
-            state = self._next()
+
+        def keep(state: admin_pb2.State) -> None:
+            saved.CopyFrom(rollout)
             if filled is not None:
-                current = self.route(filled.name)
-                self._check_revision(filled.name, current, saved.route_revision)
-                missing = self._missing(filled)
-                if missing:
-                    raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, missing)
-                filled.revision = state.revision
-                filled.updated.FromNanoseconds(int(self._clock() * 1e9))
-                kept = [r for r in state.routes if r.name != filled.name]
-                del state.routes[:]
-                state.routes.extend([*kept, filled])
+                self._place_route(state, filled, saved.route_revision)
                 saved.route_revision = state.revision
             others = [r for r in state.rollouts if r.route != saved.route]
             del state.rollouts[:]
@@ -125,7 +143,8 @@ class TrafficState:
                 ]
                 del state.withheld[:]
                 state.withheld.extend([*still, withhold])
-            await self._commit(state)
+
+        await self._change(keep)
         if withhold is not None:
             log.info(
                 "version_withheld",
@@ -142,19 +161,7 @@ class TrafficState:
         """Create or replace a route whole; its new revision is the state's next one."""
         filled = normalized(route, self._defaults)
         filled.ClearField("figures")  # the gateway's to fill, never stored
-        async with self._lock:
-            current = self.route(filled.name)
-            self._check_revision(filled.name, current, expected_revision)
-            missing = self._missing(filled)
-            if missing:
-                raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, missing)
-            state = self._next()
-            filled.revision = state.revision
-            filled.updated.FromNanoseconds(int(self._clock() * 1e9))
-            kept = [r for r in state.routes if r.name != filled.name]
-            del state.routes[:]
-            state.routes.extend([*kept, filled])
-            await self._commit(state)
+        await self._change(lambda state: self._place_route(state, filled, expected_revision))
         log.info(
             "route_set",
             route=filled.name,
@@ -165,23 +172,23 @@ class TrafficState:
         return filled
 
     async def delete_route(self, name: str, expected_revision: int) -> None:
-        async with self._lock:
-            current = self.route(name)
+        def delete(state: admin_pb2.State) -> None:
+            current = next((r for r in state.routes if r.name == name), None)
             if current is None:
                 raise AdminError(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no route")
             self._check_revision(name, current, expected_revision)
-            state = self._next()
             kept = [r for r in state.routes if r.name != name]
             del state.routes[:]
             state.routes.extend(kept)
-            await self._commit(state)
+
+        await self._change(delete)
         log.info("route_deleted", route=name, revision=self.revision)
 
     async def set_drained(self, backend: str, drained: bool) -> None:
-        async with self._lock:
-            if (backend in self.drained()) == drained:
-                return
-            state = self._next()
+        if (backend in self.drained()) == drained:
+            return
+
+        def drain(state: admin_pb2.State) -> None:
             names = set(state.drained_backends)
             if drained:
                 names.add(backend)
@@ -189,8 +196,25 @@ class TrafficState:
                 names.discard(backend)
             del state.drained_backends[:]
             state.drained_backends.extend(sorted(names))
-            await self._commit(state)
+
+        await self._change(drain)
         log.info("backend_drain_set", backend=backend, drained=drained, revision=self.revision)
+
+    def _place_route(
+        self, state: admin_pb2.State, filled: admin_pb2.Route, expected_revision: int
+    ) -> None:
+        """Put ``filled`` into ``state`` (the next revision) if its current revision there is
+        the expected one and what it names can be served."""
+        current = next((r for r in state.routes if r.name == filled.name), None)
+        self._check_revision(filled.name, current, expected_revision)
+        missing = self._missing(filled)
+        if missing:
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, missing)
+        filled.revision = state.revision
+        filled.updated.FromNanoseconds(int(self._clock() * 1e9))
+        kept = [r for r in state.routes if r.name != filled.name]
+        del state.routes[:]
+        state.routes.extend([*kept, filled])
 
     def _missing(self, route: admin_pb2.Route) -> str:
         """Why the route cannot be served ("" when it can)."""
@@ -220,17 +244,36 @@ class TrafficState:
                 "create it with revision 0",
             )
 
-    def _next(self) -> admin_pb2.State:
-        state = admin_pb2.State()
-        state.CopyFrom(self._state)
-        state.revision += 1
-        return state
+    async def _change(self, change: Callable[[admin_pb2.State], None]) -> None:
+        """Apply ``change`` (which checks what it relies on, raising AdminError) to the next
+        revision of the state and save it. When another replica saved first (a shared
+        store), the change is checked and applied again on top of theirs: two changes never
+        overwrite each other, and one made on what is no longer there is refused."""
+        async with self._lock:
+            for _ in range(_CONFLICT_RETRIES):
+                state = admin_pb2.State()
+                state.CopyFrom(self._state)
+                state.revision += 1
+                change(state)
+                try:
+                    # Durable before visible: a crash right after the answer keeps the change.
+                    await self._store.save(state)
+                except StateConflict:
+                    self._state = await self._reload()
+                    self._on_change()
+                    continue
+                except RouteStoreError as exc:
+                    raise AdminError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+                self._state = state
+                self._on_change()
+                return
+        raise AdminError(
+            grpc.StatusCode.ABORTED,
+            "the traffic state kept changing under this change (other replicas): retry",
+        )
 
-    async def _commit(self, state: admin_pb2.State) -> None:
-        # Durable before visible: a crash right after the answer keeps the change.
+    async def _reload(self) -> admin_pb2.State:
         try:
-            await asyncio.to_thread(self._store.save, state)
+            return await self._store.load()
         except RouteStoreError as exc:
             raise AdminError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
-        self._state = state
-        self._on_change()

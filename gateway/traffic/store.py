@@ -9,11 +9,13 @@ left the gateway refuses to start rather than silently forget every split.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -29,22 +31,46 @@ class RouteStoreError(Exception):
     """The state cannot be read or written; the message says what to do."""
 
 
+class StateConflict(Exception):
+    """Another replica saved the shared state since this one last read it."""
+
+
+Adopt = Callable[[admin_pb2.State], Awaitable[None]]
+
+
 class RouteStore(Protocol):
-    def load(self) -> admin_pb2.State:
+    async def load(self) -> admin_pb2.State:
         """The last saved state (empty when none was ever saved)."""
         ...
 
-    def save(self, state: admin_pb2.State) -> None:
-        """Durably, before returning."""
+    async def save(self, state: admin_pb2.State) -> None:
+        """Durably, before returning; StateConflict when the store holds a state saved by
+        someone else since this store's last load or save (a shared store)."""
+        ...
+
+    async def follow(self, adopt: Adopt) -> None:
+        """Until cancelled, hand ``adopt`` every state someone else saves (returns at once
+        for a store only this gateway writes)."""
         ...
 
 
 class FileRouteStore:
+    """The single-replica default: a file only this gateway writes."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.copy = path.with_name(path.name + ".bak")
 
-    def load(self) -> admin_pb2.State:
+    async def load(self) -> admin_pb2.State:
+        return await asyncio.to_thread(self.load_now)
+
+    async def save(self, state: admin_pb2.State) -> None:
+        await asyncio.to_thread(self.save_now, state)
+
+    async def follow(self, adopt: Adopt) -> None:
+        return  # nobody else writes it
+
+    def load_now(self) -> admin_pb2.State:
         problems: list[str] = []
         for candidate in (self.path, self.copy):
             try:
@@ -55,7 +81,7 @@ class FileRouteStore:
                 problems.append(f"{candidate}: {exc.strerror or exc}")
                 continue
             try:
-                state = _parse(text)
+                state = parse_state(text)
             except ValueError as exc:
                 problems.append(f"{candidate}: {exc}")
                 log.error("route_state_corrupt", path=str(candidate), error=str(exc))
@@ -71,8 +97,8 @@ class FileRouteStore:
             )
         return admin_pb2.State()
 
-    def save(self, state: admin_pb2.State) -> None:
-        text = json_format.MessageToJson(state, indent=1, preserving_proto_field_name=True)
+    def save_now(self, state: admin_pb2.State) -> None:
+        text = state_document(state)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.path, text)
@@ -86,7 +112,7 @@ class FileRouteStore:
             path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
 
 
-def _parse(text: str) -> admin_pb2.State:
+def parse_state(text: str) -> admin_pb2.State:
     """A document this store wrote: a JSON object with a positive revision (every save has
     one), else ValueError — an empty or foreign file must not pass for "no routes"."""
     try:
@@ -98,6 +124,10 @@ def _parse(text: str) -> admin_pb2.State:
     if state.revision <= 0:
         raise ValueError("no revision: not a state this gateway wrote")
     return state
+
+
+def state_document(state: admin_pb2.State) -> str:
+    return json_format.MessageToJson(state, indent=1, preserving_proto_field_name=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:

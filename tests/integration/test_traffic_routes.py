@@ -165,6 +165,7 @@ def test_admin_calls_need_the_token(routed: Routed) -> None:
         ("LoadModel", admin_pb2.FleetModelRequest(name="simple")),
         ("UnloadModel", admin_pb2.FleetModelRequest(name="simple")),
         ("ListModels", admin_pb2.ListModelsRequest()),
+        ("RestoreVersion", admin_pb2.RestoreVersionRequest(model="classifier", version="1")),
         ("StartRollout", admin_pb2.StartRolloutRequest(route="classifier")),
         ("GetRollout", admin_pb2.RolloutRequest(route="classifier")),
         ("ListRollouts", admin_pb2.ListRolloutsRequest()),

@@ -56,12 +56,13 @@ class Fleet:
         )
 
 
-def controller(
+async def controller(
     path: Path, fleet: Fleet, settings: RolloutSettings = SETTINGS
 ) -> tuple[TrafficState, RolloutController]:
     state = TrafficState(
         FileRouteStore(path), TrafficSettings(), lambda m, v: True, lambda: None, clock=lambda: 0.0
     )
+    await state.start()
     rollouts = RolloutController(
         state,
         lambda: fleet.totals,
@@ -89,7 +90,7 @@ def weights(state: TrafficState) -> list[tuple[str, int]]:
 def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "traffic.json", fleet)
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
         await with_route(state)
         started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         assert (started.status, started.step) == ("running", 0)
@@ -114,7 +115,7 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
 
         # The gateway restarts: the same store, a new controller; the step goes on with a
         # fresh window (evidence is gathered again).
-        state, rollouts = controller(tmp_path / "traffic.json", fleet)
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
         resumed = rollouts.rollout("classifier")
         assert (resumed.status, resumed.step) == ("running", 1)
         await rollouts.tick()  # opens the window
@@ -145,7 +146,7 @@ def test_steps_survive_a_restart_and_end_promoted(tmp_path: Path) -> None:
 def test_a_route_changed_by_someone_else_pauses_the_rollout(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "traffic.json", fleet)
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
         await with_route(state)
         started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         # An operator sets the split back by hand.
@@ -165,7 +166,7 @@ def test_a_route_changed_by_someone_else_pauses_the_rollout(tmp_path: Path) -> N
 def test_disagreement_rolls_back_before_the_step_is_up(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "traffic.json", fleet)
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
         await with_route(state)
         await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         fleet.now = 1
@@ -184,7 +185,7 @@ def test_disagreement_rolls_back_before_the_step_is_up(tmp_path: Path) -> None:
 def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
-        state, _ = controller(tmp_path / "traffic.json", fleet)
+        state, _ = await controller(tmp_path / "traffic.json", fleet)
         own = RolloutSettings(plans={"classifier": {"steps": [0, 10, 100], "min_requests": 5}})
         rollouts = RolloutController(
             state,
@@ -206,7 +207,7 @@ def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
 def test_live_disagreement_and_one_sided_nan_roll_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "live.json", fleet)
+        state, rollouts = await controller(tmp_path / "live.json", fleet)
         await with_route(state)
         await rollouts.begin(
             "classifier",
@@ -225,7 +226,7 @@ def test_live_disagreement_and_one_sided_nan_roll_back(tmp_path: Path) -> None:
 
         # A candidate producing NaN where the baseline does not: one such output suffices.
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "nan.json", fleet)
+        state, rollouts = await controller(tmp_path / "nan.json", fleet)
         await with_route(state)
         await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         fleet.now = 1
@@ -248,7 +249,7 @@ def test_the_plan_says_whether_replaced_and_rolled_back_versions_are_unloaded(
             steps=[100], min_step_s=0, min_requests=1, unload_replaced=True, settle_s=0
         )
         fleet = Fleet()
-        state, rollouts = controller(tmp_path / "a.json", fleet, unloading)
+        state, rollouts = await controller(tmp_path / "a.json", fleet, unloading)
         await with_route(state)
         assert state.pins("classifier").kept == {"1"}
         await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
@@ -267,7 +268,7 @@ def test_the_plan_says_whether_replaced_and_rolled_back_versions_are_unloaded(
 
         # Rolled back with unload_rolled_back (asked in the plan): the candidate leaves the
         # route and is withheld; without it, it stays at weight 0.
-        state, rollouts = controller(tmp_path / "b.json", fleet)
+        state, rollouts = await controller(tmp_path / "b.json", fleet)
         await with_route(state)
         plan = admin_pb2.RolloutPlan(unload_rolled_back=True)
         await rollouts.begin("classifier", admin_pb2.Variant(version="3"), plan)

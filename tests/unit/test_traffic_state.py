@@ -91,13 +91,15 @@ def test_bad_routes_are_invalid_arguments(bad: admin_pb2.Route, says: str) -> No
 
 def _state(path: Path, servable: set[tuple[str, str]] | None = None) -> TrafficState:
     changes: list[int] = []
-    return TrafficState(
+    state = TrafficState(
         FileRouteStore(path),
         DEFAULTS,
         lambda model, version: servable is None or (model, version) in servable,
         lambda: changes.append(1),
         clock=lambda: 1_700_000_000.0,
     )
+    asyncio.run(state.start())
+    return state
 
 
 def test_changes_carry_revisions_and_survive_a_restart(tmp_path: Path) -> None:

@@ -1,0 +1,201 @@
+"""Consul, for real (a ``consul agent -dev`` built by ``make test``): backends from its
+catalog moving in and out under load, and two gateway replicas sharing one traffic state in
+its KV store — a change through either reaches both, concurrent changes never overwrite each
+other, one replica drives the rollouts, and losing Consul keeps the last state serving."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway._protos.tgw.admin.v1 import admin_pb2
+from gateway.app import Gateway
+from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
+from gateway.settings import GatewaySettings
+from tests.support.background import BackgroundGateway
+from tests.support.consul import ConsulServer
+from tests.support.drops import SteadyLoad, classify
+from tests.support.metrics import scrape, total, wait_until
+from tests.support.models import MODEL_REPOSITORY
+from tests.support.settings import gateway_settings
+from tests.support.traffic import AUTH, TOKEN, Routed, classifier_request
+
+SERVICE = "triton"
+
+
+@pytest.fixture
+def consul_server(tmp_path: Path) -> Iterator[ConsulServer]:
+    with ConsulServer(tmp_path) as server:
+        yield server
+
+
+def test_catalog_changes_move_backends_under_load_with_no_failure(
+    triton_installation: TritonInstallation,
+    tmp_path_factory: pytest.TempPathFactory,
+    consul_server: ConsulServer,
+) -> None:
+    specs = [
+        ServerSpec("cat-a", models=("classifier",)),
+        ServerSpec("cat-b", models=("classifier",)),
+    ]
+    with LocalFleet(
+        triton_installation, MODEL_REPOSITORY, tmp_path_factory.mktemp("fleet"), specs
+    ) as fleet:
+        a, b = fleet.servers["cat-a"].address, fleet.servers["cat-b"].address
+        consul_server.register("triton-a", SERVICE, a, passing=True)
+        consul_server.register("triton-b", SERVICE, b, passing=False)  # not passing: left out
+        config = gateway_settings(
+            fleet,
+            discovery={"source": "consul", "consul": {"service": SERVICE, "wait_s": 5}},
+            consul={"address": consul_server.address},
+            fallback={"enabled": False},  # every answer comes from a discovered backend
+            health={"poll_interval_s": 0.2},
+        )
+        with BackgroundGateway(Gateway(config)) as running:
+            pool = running.gateway.pool
+
+            def backends() -> set[str]:
+                return {backend.name for backend in pool.backends}
+
+            def serving(name: str) -> bool:
+                return any(
+                    b.name == name for b in pool.table.candidates.get(("classifier", ""), ())
+                )
+
+            assert backends() == {"triton-a"}
+            with SteadyLoad(running.url) as load:
+                consul_server.set_check("triton-b", passing=True)
+                assert wait_until(lambda: serving("triton-b"), timeout_s=20), "b passes: added"
+                consul_server.set_check("triton-a", passing=False)
+                assert wait_until(lambda: backends() == {"triton-b"}, timeout_s=20), "a fails"
+                consul_server.set_check("triton-a", passing=True)
+                assert wait_until(lambda: serving("triton-a"), timeout_s=20)
+                consul_server.deregister("triton-b")
+                assert wait_until(lambda: backends() == {"triton-a"}, timeout_s=20), "b gone"
+                # Consul goes away: the last set keeps serving.
+                consul_server.stop()
+                sent = load.sent
+                assert wait_until(lambda: load.sent > sent + 50, timeout_s=30)
+            assert load.failures == []
+            assert backends() == {"triton-a"}
+
+
+def replica_settings(
+    fleet: LocalFleet, consul_server: ConsulServer, state_dir: Path
+) -> GatewaySettings:
+    return gateway_settings(
+        fleet,
+        admin={
+            "port": 0,
+            "token": TOKEN,
+            "state_dir": str(state_dir),
+            "state_store": "consul",
+            "state_key": "tests/traffic-state",
+        },
+        consul={"address": consul_server.address},
+        health={"poll_interval_s": 0.2},
+    )
+
+
+def test_two_replicas_share_one_traffic_state(
+    fleet: LocalFleet, tmp_path: Path, consul_server: ConsulServer
+) -> None:
+    with (
+        BackgroundGateway(
+            Gateway(replica_settings(fleet, consul_server, tmp_path / "one"))
+        ) as one_running,
+        BackgroundGateway(
+            Gateway(replica_settings(fleet, consul_server, tmp_path / "two"))
+        ) as two_running,
+    ):
+        one, two = Routed(one_running), Routed(two_running)
+        try:
+            _a_split_through_one_reaches_the_other(one, two)
+            _concurrent_changes_never_overwrite_each_other(one, two)
+            _a_drain_through_one_drains_on_both(one, two)
+            # One replica judges the rollouts.
+            assert wait_until(
+                lambda: sum(r.running.gateway.leads_rollouts() for r in (one, two)) == 1,
+                timeout_s=30,
+            )
+            _losing_consul_keeps_the_last_state_serving(one, consul_server)
+        finally:
+            one.close()
+            two.close()
+
+
+def _a_split_through_one_reaches_the_other(one: Routed, two: Routed) -> None:
+    asked = time.monotonic()
+    route = one.split("classifier", {"1": 50, "2": 50})
+    traffic = two.running.gateway.traffic
+    assert traffic is not None
+    assert wait_until(
+        lambda: (
+            (found := traffic.route("classifier")) is not None and found.revision == route.revision
+        ),
+        timeout_s=10,
+    )
+    seconds = time.monotonic() - asked
+    two.running.run(two.running.gateway.edge.sync(5.0))  # type: ignore[union-attr]
+    print(f"a split set through one replica reached the other in {seconds * 1000:.0f} ms")
+    # Sticky keys: the same variant through either replica (no per-replica state).
+    keyed = [(classifier_request(key=f"user-{i}"), ()) for i in range(60)]
+    through_one, through_two = one.variants_of(keyed), two.variants_of(keyed)
+    assert through_one == through_two
+    assert set(through_one) == {"1", "2"}
+
+
+def _concurrent_changes_never_overwrite_each_other(one: Routed, two: Routed) -> None:
+    current = one.route("classifier")
+    assert current is not None
+
+    def change(replica: Routed, weights: tuple[int, int]) -> str:
+        request = admin_pb2.SetRouteRequest(
+            route=admin_pb2.Route(
+                name="classifier",
+                variants=[
+                    admin_pb2.Variant(version="1", weight=weights[0]),
+                    admin_pb2.Variant(version="2", weight=weights[1]),
+                ],
+            ),
+            expected_revision=current.revision,
+        )
+        try:
+            replica.admin.SetRoute(request, metadata=AUTH, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return "OK"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(lambda args: change(*args), [(one, (80, 20)), (two, (20, 80))]))
+    assert outcomes == ["ABORTED", "OK"]
+
+
+def _a_drain_through_one_drains_on_both(one: Routed, two: Routed) -> None:
+    one.admin.DrainBackend(admin_pb2.BackendRequest(name="triton-b"), metadata=AUTH, timeout=10)
+    try:
+        assert wait_until(lambda: two.running.gateway.pool.is_drained("triton-b"), timeout_s=10)
+    finally:
+        one.admin.UndrainBackend(
+            admin_pb2.BackendRequest(name="triton-b"), metadata=AUTH, timeout=10
+        )
+    assert wait_until(lambda: not two.running.gateway.pool.is_drained("triton-b"), timeout_s=10)
+
+
+def _losing_consul_keeps_the_last_state_serving(one: Routed, consul_server: ConsulServer) -> None:
+    consul_server.stop()
+    port = one.running.gateway.metrics_port
+    assert wait_until(
+        lambda: total(scrape(port), "triton_gateway_state_store_reachable") == 0, timeout_s=30
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        one.split("classifier", {"1": 100})
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    _, stamps = one.stamps(classifier_request())
+    assert stamps["x-gateway-variant"] in {"1", "2"}, "still split by the last state"
+    assert classify(one.running.url).get_response().model_name == "classifier"
