@@ -70,6 +70,9 @@ from gateway.traffic.store import FileRouteStore, RouteStore
 
 log = structlog.get_logger(__name__)
 
+LIVENESS_SERVICE = "triton-gateway.live"
+"""grpc.health.v1 service SERVING while the gateway runs: a liveness probe that a fleet
+with no ready backend does not fail (readiness, the service "", does)."""
 ADMIN_SERVICE = "tgw.admin.v1.GatewayAdmin"
 """The admin service's name in grpc.health.v1 (NOT_SERVING while the shared state's store
 cannot be reached)."""
@@ -208,6 +211,8 @@ class Gateway:
         """Bind, learn the fleet, start serving; returns the bound port."""
         # grpc.aio objects bind to the running loop, so they are built here, not in __init__.
         self._health = health_aio.HealthServicer()
+        # Liveness: SERVING while the process runs (readiness, "", follows the backends).
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._server = self._build_server()
         binary = find_edge_binary(self.settings.edge.binary)
         if binary is None:
