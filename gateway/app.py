@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import shutil
@@ -34,10 +35,13 @@ from gateway.admin.service import AdminMetrics, AdminServicer
 from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
+from gateway.config_errors import ConfigError, load_checked
 from gateway.consul_agent import ConsulAgent
 from gateway.control import snapshot
 from gateway.control.arguments import edge_arguments, find_edge_binary
+from gateway.control.errors import ControlError
 from gateway.control.listener import bind_public
+from gateway.control.ports import taken
 from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
 from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
@@ -61,7 +65,8 @@ from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
 from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_handler
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import GatewaySettings
+from gateway.settings_diff import changed_keys, is_drain
 from gateway.traffic.consul_store import ConsulRouteStore
 from gateway.traffic.figures import VariantTotals, figures
 from gateway.traffic.routes import edge_route
@@ -130,6 +135,8 @@ class Gateway:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._loaded_settings = settings
+        """The settings file's content when last read (a reload reports what changed)."""
         max_bytes = settings.server.max_message_bytes
         uses_consul = (
             settings.discovery.source == "consul" or settings.admin.state_store == "consul"
@@ -257,9 +264,13 @@ class Gateway:
             raise OSError(f"cannot listen on {self.private_address}")
         self.pool.on_change(self._report_readiness)
         if self.settings.metrics.enabled:
-            server, _ = start_http_server(
-                self.settings.metrics.port, self.settings.metrics.host, registry=self.registry
-            )
+            metrics = self.settings.metrics
+            try:
+                server, _ = start_http_server(metrics.port, metrics.host, registry=self.registry)
+            except OSError as exc:
+                raise ControlError(
+                    taken("metrics", metrics.host, metrics.port, exc, "metrics.port")
+                ) from exc
             self._metrics_server = server
             self.metrics_port = server.server_port
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
@@ -374,8 +385,8 @@ class Gateway:
         (ports, edge limits, discovery) take effect at the next start."""
         async for _ in awatch(path, debounce=200, step=50):
             try:
-                settings = load_settings(path)
-            except (OSError, ValueError) as exc:
+                settings = load_checked(path)
+            except ConfigError as exc:
                 log.warning("config_reload_rejected", path=str(path), error=str(exc))
                 continue
             changed = sorted(
@@ -391,7 +402,18 @@ class Gateway:
                     self.edge.publish()
             self._config_drained = frozenset(b.name for b in settings.backends if b.drained)
             self._apply_drains()
-            log.info("config_reloaded", path=str(path), policy_changed=changed)
+            keys = changed_keys(self._loaded_settings.model_dump(), settings.model_dump())
+            self._loaded_settings = settings
+            applied = [k for k in keys if k.split(".")[0] in POLICY_SECTIONS or is_drain(k)]
+            restart = [k for k in keys if k not in applied]
+            log.info("config_reloaded", path=str(path), applied=applied, needs_restart=restart)
+            if restart:
+                log.warning(
+                    "config_needs_restart",
+                    path=str(path),
+                    keys=restart,
+                    hint="these take effect when the gateway restarts",
+                )
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
@@ -445,7 +467,9 @@ class Gateway:
             else server.add_insecure_port(address)
         )
         if port == 0:
-            raise OSError(f"cannot listen on {address} (admin service): is the port taken?")
+            in_use = OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+            wanted = admin.listen_port(self.settings.server.port)
+            raise ControlError(taken("the admin service", admin.host, wanted, in_use, "admin.port"))
         await server.start()
         self._admin_server = server
         self.admin_port = port

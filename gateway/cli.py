@@ -13,11 +13,12 @@ from gateway import __version__
 from gateway.admin import ctl
 from gateway.admin.auth import AdminTokenError
 from gateway.app import Gateway
+from gateway.config_errors import ConfigError, load_checked
 from gateway.control.errors import ControlError
 from gateway.devfleet import FleetError, LocalFleet, ServerSpec, TritonInstallation
-from gateway.devfleet.fleet import stop_detached
+from gateway.devfleet.fleet import detached_servers, is_running, stop_detached
 from gateway.observability.logging import configure_logging
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import GatewaySettings
 from gateway.traffic.store import RouteStoreError
 
 DEFAULT_TRITON_HOME = Path(os.environ.get("GATEWAY_TRITON_HOME", ".triton"))
@@ -28,7 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except (FleetError, ControlError, ctl.CtlError, RouteStoreError, AdminTokenError) as exc:
+    except (
+        ConfigError,
+        FleetError,
+        ControlError,
+        ctl.CtlError,
+        RouteStoreError,
+        AdminTokenError,
+    ) as exc:
         print(f"triton-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -54,11 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML settings file (GATEWAY_* env overrides)")
     serve.set_defaults(run=_serve)
 
+    check = commands.add_parser(
+        "check", help="validate a settings file without starting (exit 2 with the reason)"
+    )
+    check.add_argument("--config", type=Path, required=True, help="YAML settings file")
+    check.set_defaults(run=_check)
+
     fleet = commands.add_parser("fleet", help="local Triton servers for development")
     fleet_commands = fleet.add_subparsers(required=True, metavar="ACTION")
     up = fleet_commands.add_parser("up", help="start local Triton servers in the background")
     _fleet_options(up)
     up.set_defaults(run=_fleet_up)
+    status = fleet_commands.add_parser("status", help="the servers 'fleet up' started")
+    status.add_argument("--work-dir", type=Path, default=DEFAULT_FLEET_DIR)
+    status.set_defaults(run=_fleet_status)
     down = fleet_commands.add_parser("down", help="stop the servers started by 'fleet up'")
     down.add_argument("--work-dir", type=Path, default=DEFAULT_FLEET_DIR)
     down.set_defaults(run=_fleet_down)
@@ -102,7 +119,7 @@ def _fleet(
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_checked(args.config)
     configure_logging(settings.logging)
     asyncio.run(Gateway(settings, config_path=args.config).run_until_signal())
     return 0
@@ -115,6 +132,36 @@ def _fleet_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    settings = load_checked(args.config)
+    discovery = settings.discovery
+    if discovery.source == "static":
+        source = f"static, {len(settings.backends)} backend(s)"
+    elif discovery.source == "dns" and discovery.dns is not None:
+        source = f"dns {discovery.dns.record} {discovery.dns.name}"
+    else:
+        source = f"consul service {discovery.consul.service if discovery.consul else '?'}"
+    admin = settings.admin
+    print(
+        f"{args.config}: valid; public port {settings.server.port}, admin "
+        f"{admin.host}:{admin.listen_port(settings.server.port)}, metrics "
+        f"{settings.metrics.port if settings.metrics.enabled else 'off'}; discovery {source}; "
+        f"traffic state {admin.state_store}"
+    )
+    return 0
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    servers = detached_servers(args.work_dir)
+    if not servers:
+        print(f"no fleet was started from {args.work_dir} ('triton-gateway fleet up' starts one)")
+        return 0
+    for server in servers:
+        state = "running" if is_running(server) else "stopped"
+        print(f"{server.name}\t{server.address}\tpid {server.pid}\t{state}\tlog {server.log_path}")
+    return 0
+
+
 def _fleet_down(args: argparse.Namespace) -> int:
     stopped = stop_detached(args.work_dir)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -122,7 +169,7 @@ def _fleet_down(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    base = load_settings(args.config)
+    base = load_checked(args.config)
     configure_logging(base.logging)
     # The servers start empty: the gateway pushes the repository's models to them, as it does
     # to a real fleet (the local servers have no GPU: GPU instances are pushed as CPU ones).

@@ -23,8 +23,9 @@ from google.protobuf.message import Message
 
 from gateway._protos.tgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway.admin.auth import TOKEN_FILE, read_token
+from gateway.config_errors import ConfigError, load_checked
 from gateway.control.runtime import default_runtime_dir
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import GatewaySettings
 from gateway.traffic.routes import variant_name
 
 Printer = Callable[[str], None]
@@ -549,9 +550,9 @@ def _run(args: argparse.Namespace, run: Callable[[Admin, argparse.Namespace], An
 
 def _connection(args: argparse.Namespace) -> tuple[str, str, grpc.ChannelCredentials | None]:
     try:
-        settings = load_settings(args.config)
-    except (OSError, ValueError) as exc:
-        raise CtlError(f"cannot read the settings: {exc}".splitlines()[0]) from None
+        settings = load_checked(args.config)
+    except ConfigError as exc:
+        raise CtlError(str(exc)) from None
     admin = settings.admin
     port = admin.listen_port(settings.server.port)
     address = args.address or os.environ.get("GATEWAY_ADMIN_ADDRESS") or f"{admin.host}:{port}"

@@ -214,8 +214,14 @@ class BackendPool:
             log.info("backend_ready", backend=backend.name, models=sorted(health.models))
             for listener in self._restart_listeners:
                 listener(backend.name)
-        elif previous.ready and not health.ready:
-            log.warning("backend_not_ready", backend=backend.name)
+        elif not health.ready:
+            # At start and on every change of reason: where it is and why it cannot be used.
+            log.warning(
+                "backend_unreachable" if not previous.ready else "backend_not_ready",
+                backend=backend.name,
+                address=backend.address,
+                reason=health.reason,
+            )
         else:
             log.info("backend_models_changed", backend=backend.name, models=sorted(health.models))
         return True

@@ -52,10 +52,12 @@ class BackendHealth:
     """READY versions whose stream answers need not follow request order: decoupled models
     (zero or many answers per request), and those whose config could not be read (an order
     waited for on them could wait for ever)."""
+    reason: str = ""
+    """Why it is down (the status and message of the failed call)."""
 
     @classmethod
-    def down(cls) -> BackendHealth:
-        return cls(ready=False, models=frozenset())
+    def down(cls, reason: str = "not polled yet") -> BackendHealth:
+        return cls(ready=False, models=frozenset(), reason=reason)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -123,18 +125,18 @@ class TritonBackend:
                 service_pb2.ServerLiveRequest(), timeout=timeout_s, metadata=metadata
             )
             if not live.live:
-                return BackendHealth.down()
+                return BackendHealth.down("ServerLive answered not live")
         except grpc.aio.AioRpcError as exc:
             # A server that refuses the call for want of a header answered: it is live.
             if not self._refused_as_restricted(exc, "health"):
-                return BackendHealth.down()
+                return BackendHealth.down(_failure(exc))
         try:
             index = await self.stub.RepositoryIndex(
                 service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout_s, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             if not self._refused_as_restricted(exc, "model-repository"):
-                return BackendHealth.down()
+                return BackendHealth.down(_failure(exc))
             # It serves, but will not say what: keep routing what it last said it had, rather
             # than sending every request to the fallback.
             return BackendHealth(
@@ -226,3 +228,9 @@ class TritonBackend:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _failure(exc: grpc.aio.AioRpcError) -> str:
+    """A failed call as a person reads it: its status and the first line of its message."""
+    details = (exc.details() or "").splitlines()
+    return f"{exc.code().name}: {details[0]}" if details else exc.code().name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 from gateway.control.errors import ControlError
+from gateway.control.ports import taken
 
 BACKLOG = 1024
 
@@ -34,10 +35,7 @@ def bind_public(host: str, port: int) -> socket.socket:
         listener.listen(BACKLOG)
     except OSError as exc:
         listener.close()
-        raise PublicPortError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another process "
-            "serving it? set server.port)"
-        ) from exc
+        raise PublicPortError(taken("the public port", host, port, exc, "server.port")) from exc
     return listener
 
 

@@ -333,13 +333,13 @@ class LocalFleet:
         (self._work_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
-    """Stop a fleet started with ``detached=True`` from its state file; return stopped names."""
+def detached_servers(work_dir: Path) -> list[TritonServer]:
+    """The servers of a fleet started with ``detached=True`` (none when none was)."""
     state_path = work_dir / STATE_FILE
     if not state_path.is_file():
         return []
     state = json.loads(state_path.read_text())
-    servers = [
+    return [
         TritonServer(
             name=item["name"],
             grpc_port=item["grpc_port"],
@@ -349,6 +349,16 @@ def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
         )
         for item in state["servers"]
     ]
+
+
+def is_running(server: TritonServer) -> bool:
+    return _is_tritonserver(server.pid)
+
+
+def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
+    """Stop a fleet started with ``detached=True`` from its state file; return stopped names."""
+    state_path = work_dir / STATE_FILE
+    servers = detached_servers(work_dir)
     running = [s for s in servers if _is_tritonserver(s.pid)]
     for server in running:
         _terminate(server.pid)

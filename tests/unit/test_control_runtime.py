@@ -103,8 +103,9 @@ def test_a_port_in_use_is_one_actionable_line() -> None:
     message = str(info.value)
     assert isinstance(info.value, ControlError)
     assert "\n" not in message
-    assert f"cannot listen on 127.0.0.1:{port}" in message
+    assert f"cannot serve the public port on 127.0.0.1:{port}" in message
     assert "server.port" in message
+    assert f"by pid {os.getpid()} " in message, "what holds it (this test's own socket)"
 
 
 def test_the_public_port_listens_and_port_0_picks_a_free_one() -> None:
