@@ -296,6 +296,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1, help="size of dynamic batch dims")
     parser.add_argument("--json", type=Path, help="write the result as JSON here")
     parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
+    parser.add_argument(
+        "--histogram", type=Path, help="write the latency histogram here (HdrHistogram, base64)"
+    )
+    parser.add_argument(
+        "--max-p99", type=float, help="exit 1 when the p99 latency is above this many ms"
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.0,
+        help="exit 1 when more than this share of calls fail (default 0: any failure)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
@@ -323,7 +335,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plots:
         for path in write_plots(result, args.plots):
             print(f"plot {path}")
-    return 0
+    if args.histogram:
+        # The standard encoding: HdrHistogram tools (and HdrHistogram.decode) read it back.
+        args.histogram.write_bytes(result.latency.encode())
+        print(f"histogram {args.histogram}")
+    crossed = thresholds_crossed(result, args.max_p99, args.max_error_rate)
+    for line in crossed:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if crossed else 0
+
+
+def thresholds_crossed(
+    result: LoadResult, max_p99_ms: float | None, max_error_rate: float
+) -> list[str]:
+    """Why the run fails its thresholds (none: it passes)."""
+    crossed = []
+    rate = result.failed / result.sent if result.sent else 0.0
+    if rate > max_error_rate:
+        crossed.append(
+            f"{result.failed} of {result.sent} calls failed ({rate:.2%} > {max_error_rate:.2%}): "
+            + ", ".join(f"{code} x{count}" for code, count in result.errors.most_common())
+        )
+    p99_ms = result.percentiles()["p99"] / 1000
+    if max_p99_ms is not None and p99_ms > max_p99_ms:
+        crossed.append(f"p99 {p99_ms:.2f} ms > {max_p99_ms:g} ms")
+    return crossed
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,4 +45,29 @@ def write_plots(result: LoadResult, folder: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(curve, dpi=100)
     plt.close(figure)
-    return [over_time, curve]
+    return [over_time, curve, _throughput_and_errors(result, folder)]
+
+
+def _throughput_and_errors(result: LoadResult, folder: Path) -> Path:
+    """Answers and failures per second of the run (by intended send time): a dip, a burst of
+    errors, and when they happened."""
+    path = folder / "throughput_and_errors.png"
+    length = max(1, math.ceil(max([t for t, _ in result.timeline + result.failures], default=0)))
+    answered = [0] * (length + 1)
+    failed = [0] * (length + 1)
+    for offset, _ in result.timeline:
+        answered[int(offset)] += 1
+    for offset, _ in result.failures:
+        failed[int(offset)] += 1
+    figure, axes = plt.subplots(figsize=(9, 4))
+    seconds = list(range(length + 1))
+    axes.plot(seconds, answered, label="answered / s", drawstyle="steps-post")
+    axes.plot(seconds, failed, label="failed / s", color="tab:red", drawstyle="steps-post")
+    axes.set_xlabel("seconds since start (intended send time)")
+    axes.set_ylabel("calls per second")
+    axes.legend()
+    axes.set_title(f"throughput and errors: {result.failed} of {result.sent} failed")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -7,6 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from hdrh.histogram import HdrHistogram
+
 from load_tests import loadgen
 from tests.support.background import BackgroundGateway
 
@@ -69,4 +71,23 @@ def test_cli_writes_json_and_plots(gateway: BackgroundGateway, tmp_path: Path, c
     assert data["latency_us"]["p50"] <= data["latency_us"]["p99"]
     assert (tmp_path / "plots" / "latency_over_time.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "percentiles.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "throughput_and_errors.png").stat().st_size > 1000
     assert "sent 50" in capsys.readouterr().out
+
+
+def test_cli_exits_non_zero_on_failed_calls_or_a_crossed_threshold(  # type: ignore[no-untyped-def]
+    gateway: BackgroundGateway, tmp_path: Path, capsys
+) -> None:
+    base = ["--target", gateway.url, "--duration", "1", "--max-requests", "20", "--quiet"]
+    histogram = tmp_path / "latency.hdr"
+    ok = loadgen.main([*base, "--model", "simple", "--histogram", str(histogram)])
+    assert ok == 0
+    decoded = HdrHistogram.decode(histogram.read_bytes())
+    assert decoded.get_total_count() == 20
+    # A version that does not exist: every call fails.
+    assert loadgen.main([*base, "--model", "simple", "--version", "9"]) == 1
+    assert "FAILED: 20 of 20 calls failed" in capsys.readouterr().err
+    tolerated = ["--model", "simple", "--version", "9", "--max-error-rate", "1"]
+    assert loadgen.main([*base, *tolerated]) == 0
+    assert loadgen.main([*base, "--model", "simple", "--max-p99", "0.000001"]) == 1
+    assert "FAILED: p99" in capsys.readouterr().err

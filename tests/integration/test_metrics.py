@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -90,3 +92,17 @@ def test_dashboard_uses_only_exported_metrics(gateway: BackgroundGateway) -> Non
     exported = exported_names(port)
     assert used
     assert used <= exported, used - exported
+    # Every panel has an id of its own (Grafana keys links and state on it), and latency
+    # panels show inference calls only (not health checks or metadata calls).
+    panels: list[dict[str, Any]] = []
+    pending = list(json.loads(dashboard)["panels"])
+    while pending:
+        panel = pending.pop()
+        panels.append(panel)
+        pending.extend(panel.get("panels", []))
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        for target in panel.get("targets", []):
+            if "triton_gateway_request_duration_seconds" in target.get("expr", ""):
+                assert 'method=~"ModelInfer|ModelStreamInfer"' in target["expr"], panel["title"]
