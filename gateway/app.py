@@ -67,6 +67,8 @@ from gateway.server.inference import SERVICE_NAME, InferenceServicer, inference_
 from gateway.server.interceptor import ErrorMappingInterceptor, counter_request_ids
 from gateway.settings import GatewaySettings
 from gateway.settings_diff import changed_keys, is_drain
+from gateway.shm.calls import SharedMemoryCalls
+from gateway.shm.regions import SharedMemoryRegions
 from gateway.traffic.consul_store import ConsulRouteStore
 from gateway.traffic.figures import VariantTotals, figures
 from gateway.traffic.routes import edge_route
@@ -143,6 +145,8 @@ class Gateway:
         )
         self._consul = ConsulAgent(settings.consul) if uses_consul else None
         self._discovery = discovery or discovery_source(settings, self._consul)
+        self.shared_memory = SharedMemoryCalls(SharedMemoryRegions(), self._loopback_address)
+        """System shared-memory regions of clients on this host, and their calls."""
         self._leadership: Leadership = (
             ConsulLeadership(
                 self._consul,
@@ -347,6 +351,8 @@ class Gateway:
 
     async def _close_resources(self) -> None:
         """What stays open once no call is in flight: backends, Consul, the fallback."""
+        await self.shared_memory.close()
+        self.shared_memory.regions.close()
         await self.pool.close()
         if self._consul is not None:
             await self._consul.close()
@@ -428,7 +434,8 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.dataplane)),))
+        servicer = InferenceServicer(self.dataplane, self.shared_memory)
+        server.add_generic_rpc_handlers((inference_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -499,6 +506,19 @@ class Gateway:
     def _apply_drains(self) -> None:
         drained = self.traffic.drained() if self.traffic is not None else frozenset()
         self.pool.set_drained(self._config_drained | drained)
+
+    def _loopback_address(self) -> str | None:
+        """Where this host reaches the public port (None before it serves, or with TLS: the
+        shared-memory calls' loopback is plaintext)."""
+        server = self.settings.server
+        if not self.port or server.tls.enabled:
+            return None
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+            server.host, server.host
+        )
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
 
     def leads_rollouts(self) -> bool:
         """Whether this replica judges the progressive rollouts (always, alone)."""

@@ -224,6 +224,11 @@ impl Edge {
         let Some(canonical) = version::canonical(spelled) else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
         };
+        if method == "ModelInfer" && wire::uses_shared_memory(reading) {
+            // The client's regions are the gateway's: it puts the tensors inline and sends
+            // the call back through this port.
+            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
+        }
         let sequence = if method == "ModelInfer" {
             wire::sequence(reading)
         } else {

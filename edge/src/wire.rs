@@ -266,6 +266,38 @@ pub struct Sequence {
     pub end: bool,
 }
 
+/// Whether an input or a requested output of the request names a shared-memory region (its
+/// `shared_memory_region` parameter): such calls go to the gateway, which holds the client's
+/// regions. Only the small tensor descriptions are read, never the raw contents.
+pub fn uses_shared_memory(frame: &[u8]) -> bool {
+    let Some(message) = message_of(frame) else {
+        return false;
+    };
+    let Some(top) = fields(message) else {
+        return false;
+    };
+    top.into_iter().any(|(field, _, from, to)| {
+        // ModelInferRequest.inputs (5): parameters are field 4; outputs (6): field 2.
+        let parameters = match field {
+            5 => 4,
+            6 => 2,
+            _ => return false,
+        };
+        let tensor = &message[from..to];
+        fields(tensor).into_iter().flatten().any(|(tensor_field, _, s, e)| {
+            tensor_field == parameters && map_key(&tensor[s..e]) == Some(b"shared_memory_region".as_slice())
+        })
+    })
+}
+
+/// The key (field 1) of a map entry.
+fn map_key(entry: &[u8]) -> Option<&[u8]> {
+    fields(entry)?
+        .into_iter()
+        .find(|(field, _, _, _)| *field == 1)
+        .map(|(_, _, s, e)| &entry[s..e])
+}
+
 /// The request's sequence, when it has a `sequence_id` parameter.
 pub fn sequence(frame: &[u8]) -> Option<Sequence> {
     let length = u32::from_be_bytes([*frame.get(1)?, *frame.get(2)?, *frame.get(3)?, *frame.get(4)?]);
@@ -390,6 +422,29 @@ mod tests {
         .concat();
         let read = super::sequence(&frame(&message)).unwrap();
         assert!(read.start && !read.end);
+    }
+
+    #[test]
+    fn finds_shared_memory_regions_in_inputs_and_outputs_only() {
+        // parameters { key: "shared_memory_region" value { string_param: "r" } }
+        let entry = [b"\x0a\x14shared_memory_region".as_slice(), b"\x12\x03\x1a\x01r"].concat();
+        let in_input = [b"\x0a\x02IN".as_slice(), &[0x22, entry.len() as u8], &entry].concat();
+        let request = [b"\x0a\x01m".as_slice(), &[0x2a, in_input.len() as u8], &in_input].concat();
+        assert!(super::uses_shared_memory(&frame(&request)));
+        let in_output = [b"\x0a\x03OUT".as_slice(), &[0x12, entry.len() as u8], &entry].concat();
+        let request = [b"\x0a\x01m".as_slice(), &[0x32, in_output.len() as u8], &in_output].concat();
+        assert!(super::uses_shared_memory(&frame(&request)));
+        // The same bytes as a request parameter or inside raw contents are not a region.
+        let elsewhere = [
+            b"\x0a\x01m".as_slice(),
+            &[0x22, entry.len() as u8],
+            &entry,
+            &[0x3a, in_input.len() as u8],
+            &in_input,
+        ]
+        .concat();
+        assert!(!super::uses_shared_memory(&frame(&elsewhere)));
+        assert!(!super::uses_shared_memory(&frame(b"\x0a\x01m")));
     }
 
     #[test]

@@ -28,10 +28,12 @@ GATEWAY_EXTENSIONS = frozenset(
         "binary_tensor_data",
         "parameters",
         "statistics",
+        "system_shared_memory",
     }
 )
-"""Extensions the gateway honours. The shared-memory ones are left out on purpose: a region
-registered through the gateway would live on one backend, not where the next request lands."""
+"""Extensions the gateway honours. System shared memory is the gateway's own (regions on its
+host, tensors sent inline); CUDA shared memory is left out: a client's GPU memory cannot
+reach the backends' GPUs through it."""
 
 
 def policy(settings: GatewaySettings) -> control_pb2.Policy:

@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2
 
 from gateway.dataplane import DataPlane
 from gateway.errors import UnsupportedMethodError
+from gateway.shm.calls import SharedMemoryCalls
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 # Methods whose request and response stay bytes end to end (routed by fields 1 and 2).
@@ -17,17 +18,19 @@ RAW_METHODS = frozenset(
     {"ModelInfer", "ModelStreamInfer", "ModelReady", "ModelMetadata", "ModelConfig"}
 )
 
-_SHARED_MEMORY = (
-    "is not supported by triton-gateway: a shared-memory region is local to one server, and "
-    "requests through the gateway may run on any backend; send tensors in the request instead"
+_CUDA_SHARED_MEMORY = (
+    "is not supported by triton-gateway: a CUDA region lives in the client's GPU memory, which "
+    "the backends' GPUs cannot read through the gateway; use system shared memory (with the "
+    "gateway on the client's host) or send tensors in the request"
 )
 
 
 class InferenceServicer:
     """Each method unpacks, delegates to the data plane and returns."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, shared_memory: SharedMemoryCalls) -> None:
         self._dataplane = dataplane
+        self._shared_memory = shared_memory
 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -45,6 +48,11 @@ class InferenceServicer:
         return self._dataplane.server_metadata()
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # tgw-edge hands over the calls naming shared-memory regions (it never reads client
+        # memory); every other call here is one its backends could not serve.
+        in_shared_memory = self._shared_memory.applies(request)
+        if in_shared_memory is not None:
+            return await self._shared_memory.infer(in_shared_memory, context)
         return await self._dataplane.model_infer(request, context)
 
     def ModelStreamInfer(
@@ -81,23 +89,44 @@ class InferenceServicer:
     ) -> service_pb2.RepositoryModelUnloadResponse:
         return await self._dataplane.repository_model_unload(request, context)
 
-    async def SystemSharedMemoryStatus(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"SystemSharedMemoryStatus {_SHARED_MEMORY}")
+    async def SystemSharedMemoryStatus(
+        self,
+        request: service_pb2.SystemSharedMemoryStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryStatusResponse:
+        response = service_pb2.SystemSharedMemoryStatusResponse()
+        for region in self._shared_memory.regions.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
 
-    async def SystemSharedMemoryRegister(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"SystemSharedMemoryRegister {_SHARED_MEMORY}")
+    async def SystemSharedMemoryRegister(
+        self,
+        request: service_pb2.SystemSharedMemoryRegisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryRegisterResponse:
+        self._shared_memory.regions.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return service_pb2.SystemSharedMemoryRegisterResponse()
 
-    async def SystemSharedMemoryUnregister(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"SystemSharedMemoryUnregister {_SHARED_MEMORY}")
+    async def SystemSharedMemoryUnregister(
+        self,
+        request: service_pb2.SystemSharedMemoryUnregisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryUnregisterResponse:
+        self._shared_memory.regions.unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"CudaSharedMemoryStatus {_SHARED_MEMORY}")
+        raise UnsupportedMethodError(f"CudaSharedMemoryStatus {_CUDA_SHARED_MEMORY}")
 
     async def CudaSharedMemoryRegister(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"CudaSharedMemoryRegister {_SHARED_MEMORY}")
+        raise UnsupportedMethodError(f"CudaSharedMemoryRegister {_CUDA_SHARED_MEMORY}")
 
     async def CudaSharedMemoryUnregister(self, request: object, context: object) -> None:
-        raise UnsupportedMethodError(f"CudaSharedMemoryUnregister {_SHARED_MEMORY}")
+        raise UnsupportedMethodError(f"CudaSharedMemoryUnregister {_CUDA_SHARED_MEMORY}")
 
     async def TraceSetting(self, request: object, context: object) -> None:
         raise UnsupportedMethodError(

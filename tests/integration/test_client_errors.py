@@ -61,10 +61,9 @@ def test_an_unknown_shared_memory_region_is_the_clients_not_found(fleet: LocalFl
             assert (code, message) == (grpc.StatusCode.NOT_FOUND, SHM_NOT_FOUND)
             assert FALLBACK not in trailers
         samples = scrape_with_edge(port)
-        # tgw-edge sent every one to a backend and passed its answer back...
-        assert total(samples, REQUESTS, path="edge", model="simple", code="NOT_FOUND") == 10
-        # ...tried none again, asked no fallback...
-        assert total(samples, REQUESTS, path="edge") == 10
+        # The regions are the gateway's (a client on its host registers them there): it
+        # answers in Triton's words, sends nothing to a backend, tries none again, asks no
+        # fallback...
         counted = {
             "triton_gateway_retries_total",
             "triton_gateway_hedges_total",

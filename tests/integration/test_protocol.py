@@ -53,7 +53,8 @@ def test_server_live_ready_and_metadata(
     # The extensions every backend and the gateway honour, in Triton's order.
     assert list(metadata.extensions) == [e for e in triton.extensions if e in metadata.extensions]
     assert "model_repository" in metadata.extensions
-    assert "system_shared_memory" not in metadata.extensions
+    assert "system_shared_memory" in metadata.extensions, "the gateway's own regions"
+    assert "cuda_shared_memory" not in metadata.extensions
 
 
 def test_model_metadata_and_config_match_triton(
@@ -199,13 +200,13 @@ def test_fleet_changes_without_a_configured_key_are_refused_with_how_to_enable_t
     assert _direct(fleet, "triton-b").is_model_ready("simple")
 
 
-def test_shared_memory_is_unimplemented_with_a_reason(
+def test_cuda_shared_memory_is_unimplemented_with_a_reason(
     client: grpcclient.InferenceServerClient,
 ) -> None:
     with pytest.raises(InferenceServerException) as info:
-        client.register_system_shared_memory("region", "/key", 64)
+        client.get_cuda_shared_memory_status()
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "shared-memory region is local to one server" in info.value.message()
+    assert "CUDA region lives in the client's GPU memory" in info.value.message()
 
 
 def test_malformed_request_bytes_are_answered_as_triton_answers_them(

@@ -1,0 +1,1 @@
+"""System shared memory for clients on the gateway's host."""
