@@ -8,6 +8,8 @@ set -euo pipefail
 tools=${1:?install folder}
 version=v1.16.1
 mkdir -p "$tools/bin"
+# Go's usual places, for a shell whose PATH lacks them (CI runs with a minimal one).
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 if found=$(command -v consul); then
     ln -sf "$found" "$tools/bin/consul"
     exit 0
