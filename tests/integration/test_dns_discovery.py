@@ -5,6 +5,7 @@ of a gateway under load as records are added and removed, with no failed request
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +18,9 @@ from gateway.discovery.dns import DnsDiscovery, LookupFailed
 from gateway.settings import DnsDiscoverySettings
 from tests.support.background import BackgroundGateway
 from tests.support.dns import TTL_S, DnsServer
-from tests.support.drops import SteadyLoad, classify
+from tests.support.drops import SteadyLoad, classify, pushing_settings, ready_on, wait_idle
 from tests.support.metrics import wait_until
 from tests.support.models import MODEL_REPOSITORY
-from tests.support.settings import gateway_settings
 
 SERVICE = "triton.inference.svc.test"
 SRV_NAME = f"_grpc._tcp.{SERVICE}"
@@ -109,10 +109,12 @@ def test_records_added_and_removed_move_backends_under_load_with_no_failure(
     tmp_path_factory: pytest.TempPathFactory,
     dns_server: DnsServer,
 ) -> None:
-    specs = [
-        ServerSpec("dns-a", models=("classifier",)),
-        ServerSpec("dns-b", models=("classifier",)),
-    ]
+    """Servers started empty: the gateway pushes its repository's model to each one DNS
+    brings in (the drops' reconciliation) before that one takes calls."""
+    repository = tmp_path_factory.mktemp("dns-repository") / "model_repository"
+    repository.mkdir()
+    shutil.copytree(MODEL_REPOSITORY / "classifier", repository / "classifier")
+    specs = [ServerSpec("dns-a", models=()), ServerSpec("dns-b", models=())]
     with LocalFleet(
         triton_installation, MODEL_REPOSITORY, tmp_path_factory.mktemp("fleet"), specs
     ) as fleet:
@@ -121,37 +123,42 @@ def test_records_added_and_removed_move_backends_under_load_with_no_failure(
         a = ("a.triton.test", ports["dns-a"])
         b = ("b.triton.test", ports["dns-b"])
         dns_server.serve(hosts=hosts, srv={SRV_NAME: [a]})
-        config = gateway_settings(
-            fleet,
-            discovery={
-                "source": "dns",
-                "dns": {
-                    "name": SRV_NAME,
-                    "record": "SRV",
-                    "resolver": dns_server.address,
-                    "min_interval_s": 0.2,
-                    "interval_s": 1.0,
-                    "timeout_s": 0.5,
-                },
+        discovery = {
+            "source": "dns",
+            "dns": {
+                "name": SRV_NAME,
+                "record": "SRV",
+                "resolver": dns_server.address,
+                "min_interval_s": 0.2,
+                "interval_s": 1.0,
+                "timeout_s": 0.5,
             },
-            fallback={"enabled": False},  # every answer comes from a discovered backend
-            health={"poll_interval_s": 0.2},
+        }
+        config = pushing_settings(
+            {},
+            repository,
+            # Every answer comes from a discovered backend (no local fallback).
+            {"discovery": discovery, "fallback": {"enabled": False}},
+            settle_s=0.3,
+            reconcile_interval_s=0.5,
         )
-        with BackgroundGateway(Gateway(config)) as running:
+        with BackgroundGateway(Gateway(config), start_timeout_s=60) as running:
+            wait_idle(running)
             pool = running.gateway.pool
 
             def backends() -> set[str]:
-                return {b.name for b in pool.backends}
+                return {backend.name for backend in pool.backends}
 
             def serving(name: str) -> bool:
                 holders = pool.table.candidates.get(("classifier", ""), ())
-                return any(b.name == name for b in holders)
+                return any(backend.name == name for backend in holders)
 
             name_a, name_b = f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"
-            assert backends() == {name_a}
+            assert backends() == {name_a} and serving(name_a)
             with SteadyLoad(running.url) as load:
                 dns_server.serve(hosts=hosts, srv={SRV_NAME: [a, b]})
-                assert wait_until(lambda: serving(name_b), timeout_s=20), "b added"
+                assert wait_until(lambda: serving(name_b), timeout_s=60), "b added, then served"
+                assert ready_on(fleet.servers["dns-b"].address, "classifier", "2")
                 dns_server.serve(hosts=hosts, srv={SRV_NAME: [b]})
                 assert wait_until(lambda: backends() == {name_b}, timeout_s=20), "a removed"
                 sent = load.sent
@@ -163,3 +170,4 @@ def test_records_added_and_removed_move_backends_under_load_with_no_failure(
             assert load.failures == []
             assert backends() == {name_b}
             assert classify(running.url).get_response().model_name == "classifier"
+            print(f"DNS: {load.sent} calls while b came and a went, {len(load.failures)} failed")

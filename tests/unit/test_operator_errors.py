@@ -4,6 +4,10 @@ without starting; a reload says which keys it applied and which wait for a resta
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,37 @@ def test_a_reload_names_the_keys_it_applies_and_those_needing_a_restart() -> Non
     keys = changed_keys(before, after)
     assert keys == ["backends.0.drained", "retry.max_attempts", "server.port"]
     assert [k for k in keys if is_drain(k)] == ["backends.0.drained"]
+
+
+def test_a_taken_port_names_what_holds_it(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"server: {{host: 127.0.0.1, port: 0}}\n"
+            f"metrics: {{host: 127.0.0.1, port: {port}}}\n"
+            f"repository: {{path: {tmp_path / 'none'}}}\n"
+            f"admin: {{state_dir: {tmp_path / 'state'}}}\n"
+            "backends: []\nhealth: {startup_wait_s: 0}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"triton-gateway: cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+        f"by pid {os.getpid()} ({_command()}); stop it or set metrics.port"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def _command() -> str:
+    return Path(f"/proc/{os.getpid()}/comm").read_text().strip()
