@@ -31,4 +31,4 @@ for sub in api envoyextensions proto-public sdk troubleshoot; do
 done
 (cd "$work/consul" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$work/consul-bin" .)
 mv "$work/consul-bin" "$tools/bin/consul"
-"$tools/bin/consul" version | head -1
+"$tools/bin/consul" version | sed -n 1p

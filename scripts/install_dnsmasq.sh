@@ -30,4 +30,4 @@ export LD_LIBRARY_PATH="$(cd "$root" && pwd)/usr/lib/x86_64-linux-gnu:$(cd "$roo
 exec "$(cd "$root" && pwd)/usr/sbin/dnsmasq" "\$@"
 WRAPPER
 chmod +x "$tools/bin/dnsmasq"
-"$tools/bin/dnsmasq" --version | head -1
+"$tools/bin/dnsmasq" --version | sed -n 1p
