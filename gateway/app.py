@@ -152,6 +152,7 @@ class Gateway:
                 self._consul,
                 f"{settings.admin.state_key}/rollout-leader",
                 replica=f"{socket.gethostname()}:{os.getpid()}",
+                clock=clock,
             )
             if self._consul is not None and settings.admin.state_store == "consul"
             else SoleLeader()

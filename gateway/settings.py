@@ -144,7 +144,7 @@ class ConsulDiscoverySettings(_Frozen):
 
     service: str
     """The Triton servers' service name; its instances whose checks all pass are backends,
-    named by service ID, at the service's address (else the node's) and port."""
+    named ``node/service ID``, at the service's address (else the node's) and port."""
     tag: str | None = None
     """Only the instances with this tag."""
     wait_s: float = Field(default=30.0, gt=0)

@@ -37,6 +37,9 @@ const STREAMING_METHODS: [&str; 1] = ["ModelStreamInfer"];
 /// Set by the edge on a call it hands over after backends failed it (the backends, comma
 /// separated); never taken from clients.
 pub const TRIED_HEADER: &str = "x-gateway-tried";
+/// Set by the edge (and only by it) on a call from a client on this host: the gateway lets
+/// only such clients register and use shared-memory regions.
+pub const LOCAL_HEADER: &str = "x-gateway-local-client";
 /// The authority of calls to the gateway (the Unix socket ignores it; the pool keys on it).
 pub const GATEWAY_AUTHORITY: &str = "gateway";
 const DEADLINE_EXCEEDED: u32 = 4;
@@ -157,16 +160,26 @@ impl Edge {
         self: Arc<Self>,
         request: Request<Incoming>,
         call: ActiveCall,
+        local: bool,
     ) -> Result<Response<ObservedBody>, BadHeader> {
-        let response = self.route(request).await?;
+        let response = self.route(request, local).await?;
         let (head, body) = response.into_parts();
         Ok(Response::from_parts(head, body.on_connection(call)))
     }
 
-    async fn route(self: &Arc<Self>, request: Request<Incoming>) -> Result<Response<ObservedBody>, BadHeader> {
+    async fn route(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        local: bool,
+    ) -> Result<Response<ObservedBody>, BadHeader> {
         let (mut parts, body) = request.into_parts();
-        // Only the edge may tell the gateway which backends already failed a call.
+        // Only the edge may tell the gateway which backends already failed a call, and
+        // whether its client is on this host.
         parts.headers.remove(TRIED_HEADER);
+        parts.headers.remove(LOCAL_HEADER);
+        if local {
+            parts.headers.insert(LOCAL_HEADER, HeaderValue::from_static("1"));
+        }
         grpc::check_headers(&mut parts.headers)?;
         Ok(self.dispatch(parts, body).await)
     }

@@ -127,7 +127,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = stop.changed() => break,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             // Out of descriptors or a connection reset before accept: keep serving the rest.
             Err(error) => {
@@ -142,16 +142,18 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Only a client on this host may use its shared memory through the gateway.
+        let local = peer.ip().is_loopback();
         let (builder, limits, edge, stop) = (builder.clone(), limits.clone(), edge.clone(), stop.clone());
         let tls = tls.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await,
+                None => serve_connection(TokioIo::new(stream), builder, limits, edge, stop, local).await,
                 Some(acceptor) => {
                     // The TLS handshake counts against the handshake timeout too.
                     let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
                     if let Ok(Ok(stream)) = handshake.await {
-                        serve_connection(TokioIo::new(stream), builder, limits, edge, stop).await;
+                        serve_connection(TokioIo::new(stream), builder, limits, edge, stop, local).await;
                     }
                 }
             }
@@ -169,6 +171,7 @@ async fn serve_connection<I>(
     limits: ConnectionLimits,
     edge: Arc<Edge>,
     mut stop: watch::Receiver<bool>,
+    local: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -180,7 +183,7 @@ async fn serve_connection<I>(
     let calls = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let call = calls.enter();
-        edge.clone().handle(request, call)
+        edge.clone().handle(request, call, local)
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);

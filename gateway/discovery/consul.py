@@ -57,8 +57,9 @@ class ConsulDiscovery:
                 backoff = min(backoff * 2, settings.retry_max_s)
                 continue
             backoff = settings.retry_min_s
-            # An index that went backwards (or is not positive) restarts the blocking queries.
-            index = new_index if index is None or new_index > index else None
+            # A blocking query waits past the index it is given; one that went backwards
+            # (Consul restarted, or its state restored) starts the queries over.
+            index = new_index if index is None or new_index >= index else None
             endpoints = tuple(sorted((_endpoint(i) for i in instances), key=lambda e: e.name))
             if endpoints != current:
                 log.info(
@@ -74,7 +75,8 @@ def _endpoint(instance: dict[str, Any]) -> Endpoint:
     service, node = instance["Service"], instance["Node"]
     host = service.get("Address") or node["Address"]
     address = f"[{host}]:{service['Port']}" if ":" in host else f"{host}:{service['Port']}"
-    return Endpoint(name=service["ID"], address=address)
+    # A service ID is unique on its node only (it defaults to the service's name).
+    return Endpoint(name=f"{node['Node']}/{service['ID']}", address=address)
 
 
 def health_query(agent: ConsulAgent, settings: ConsulDiscoverySettings) -> HealthQuery:

@@ -231,7 +231,12 @@ class RolloutController:
                     continue
                 copy = admin_pb2.Rollout()
                 copy.CopyFrom(rollout)
-                await self._judge(copy, totals)
+                try:
+                    await self._judge(copy, totals)
+                except AdminError as exc:
+                    # Its route could not be changed (the state store unreachable, say): this
+                    # rollout waits paused with the reason; the others go on.
+                    await self._pause_for(rollout, exc.message)
 
     async def _judge(
         self, rollout: admin_pb2.Rollout, totals: Mapping[tuple[str, str], VariantTotals]
@@ -310,6 +315,16 @@ class RolloutController:
             return
         self._record(rollout, "step", f"step {percent:g}% passed", evidence, rollout.step + 1)
         await self._enter(rollout, route, rollout.step + 1)
+
+    async def _pause_for(self, rollout: admin_pb2.Rollout, reason: str) -> None:
+        paused = admin_pb2.Rollout()
+        paused.CopyFrom(rollout)
+        paused.status = "paused"
+        self._record(paused, "paused", f"{reason}; resume to go on")
+        try:
+            await self._traffic.save_rollout(paused)
+        except AdminError as exc:
+            log.error("rollout_pause_failed", route=rollout.route, reason=exc.message)
 
     # -- applying ----------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -43,17 +45,30 @@ class SoleLeader:
 
 
 class ConsulLeadership:
-    def __init__(self, agent: ConsulAgent, key: str, replica: str, *, ttl_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        agent: ConsulAgent,
+        key: str,
+        replica: str,
+        *,
+        ttl_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._agent = agent
         self._key = key
         self._replica = replica
         self._ttl_s = max(ttl_s, 10.0)  # Consul's shortest session TTL
+        self._clock = clock
         self._session: str | None = None
         self._leading = False
+        self._confirmed_at = float("-inf")
+        """When a round last found this replica holding the lock."""
         self._task: asyncio.Task[None] | None = None
 
     def leads(self) -> bool:
-        return self._leading
+        # Not confirmed for two thirds of the TTL (Consul unreachable, a call hanging):
+        # another replica may take the lock once the session expires, so this one stops first.
+        return self._leading and self._clock() - self._confirmed_at < self._ttl_s * 2 / 3
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rollout-leadership")
@@ -66,17 +81,25 @@ class ConsulLeadership:
         if self._session is not None:
             # Handing the lock on at once rather than at the session's expiry.
             with contextlib.suppress(Exception):
-                await self._agent.client.session.destroy(self._session)
+                await asyncio.wait_for(
+                    self._agent.client.session.destroy(self._session), self._ttl_s / 3
+                )
         self._set(False)
 
     async def _run(self) -> None:
         while True:
             try:
-                await self._round()
+                await asyncio.wait_for(self._round(), self._ttl_s / 3)
             except Exception as exc:  # Consul unreachable, the session gone: not leading
                 self._set(False)
-                self._session = None
+                lost, self._session = self._session, None
                 log.warning("rollout_leadership_lost", error=f"{type(exc).__name__}: {exc}")
+                if lost is not None:
+                    # Handed on at once if Consul hears it; otherwise it expires.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(
+                            self._agent.client.session.destroy(lost), self._ttl_s / 3
+                        )
             await asyncio.sleep(self._ttl_s / 3)
 
     async def _round(self) -> None:
@@ -92,9 +115,19 @@ class ConsulLeadership:
             renewed = await client.session.renew(self._session)
             if renewed is None:
                 raise LookupError("the session expired")
-        if not self._leading:
-            acquired = await client.kv.put(self._key, self._replica, acquire=self._session)
-            self._set(bool(acquired))
+        _, entry = await client.kv.get(self._key)
+        holder = entry.get("Session") if entry is not None else None
+        if holder != self._session:
+            # Not ours (any more: the key deleted or restored): ask for it.
+            holder = (
+                self._session
+                if await client.kv.put(self._key, self._replica, acquire=self._session)
+                else holder
+            )
+        leading = holder == self._session
+        if leading:
+            self._confirmed_at = self._clock()
+        self._set(leading)
 
     def _set(self, leading: bool) -> None:
         if leading != self._leading:

@@ -94,6 +94,7 @@ class InferenceServicer:
         request: service_pb2.SystemSharedMemoryStatusRequest,
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.SystemSharedMemoryStatusResponse:
+        self._shared_memory.require_local(context)
         response = service_pb2.SystemSharedMemoryStatusResponse()
         for region in self._shared_memory.regions.status(request.name):
             status = response.regions[region.name]
@@ -106,6 +107,7 @@ class InferenceServicer:
         request: service_pb2.SystemSharedMemoryRegisterRequest,
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.SystemSharedMemoryRegisterResponse:
+        self._shared_memory.require_local(context)
         self._shared_memory.regions.register(
             request.name, request.key, request.offset, request.byte_size
         )
@@ -116,6 +118,7 @@ class InferenceServicer:
         request: service_pb2.SystemSharedMemoryUnregisterRequest,
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.SystemSharedMemoryUnregisterResponse:
+        self._shared_memory.require_local(context)
         self._shared_memory.regions.unregister(request.name)
         return service_pb2.SystemSharedMemoryUnregisterResponse()
 

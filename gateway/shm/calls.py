@@ -21,7 +21,17 @@ from gateway.shm.inline import inline, uses_shared_memory, write_outputs
 from gateway.shm.regions import SharedMemoryRegions
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-_NOT_FORWARDED = ("grpc-", "content-type", "te", "user-agent", "x-gateway-tried")
+LOCAL_METADATA = "x-gateway-local-client"
+"""Set by tgw-edge (and only by it: it strips the header from clients) on a call from a
+client on this host."""
+_NOT_FORWARDED = (
+    "grpc-",
+    "content-type",
+    "te",
+    "user-agent",
+    "x-gateway-tried",
+    "x-gateway-local-client",
+)
 
 
 class SharedMemoryCalls:
@@ -45,7 +55,20 @@ class SharedMemoryCalls:
             return None
         return parsed if uses_shared_memory(parsed) else None
 
+    @staticmethod
+    def require_local(context: CallContext) -> None:
+        """Shared memory is for a client on this host: a remote one must not read or write
+        this host's memory through the gateway."""
+        metadata = context.invocation_metadata() or ()
+        if not any(key == LOCAL_METADATA for key, _ in metadata):
+            raise GatewayError(
+                "shared memory through triton-gateway is for clients on its host, and this call "
+                "came from another host: send tensors in the request",
+                code=grpc.StatusCode.PERMISSION_DENIED,
+            )
+
     async def infer(self, request: service_pb2.ModelInferRequest, context: CallContext) -> bytes:
+        self.require_local(context)
         inline_request, targets = inline(request, self.regions)
         call = self._stub()(
             inline_request.SerializeToString(),

@@ -31,11 +31,17 @@ class Region:
 
     def read(self, offset: int, byte_size: int) -> bytes:
         start = self.offset + offset
-        return self.mapping[start : start + byte_size]
+        try:
+            return self.mapping[start : start + byte_size]
+        except ValueError:  # unregistered while this call used it
+            raise _gone(self.name) from None
 
     def write(self, offset: int, data: bytes) -> None:
         start = self.offset + offset
-        self.mapping[start : start + len(data)] = data
+        try:
+            self.mapping[start : start + len(data)] = data
+        except ValueError:
+            raise _gone(self.name) from None
 
     def holds(self, offset: int, byte_size: int) -> bool:
         return offset >= 0 and byte_size >= 0 and offset + byte_size <= self.byte_size
@@ -73,9 +79,7 @@ class SharedMemoryRegions:
     def get(self, name: str) -> Region:
         region = self._regions.get(name)
         if region is None:
-            raise GatewayError(
-                f"Unable to find shared memory region: '{name}'", code=grpc.StatusCode.NOT_FOUND
-            )
+            raise _gone(name)
         return region
 
     def status(self, name: str) -> list[Region]:
@@ -101,3 +105,9 @@ class SharedMemoryRegions:
 
     def close(self) -> None:
         self.unregister("")
+
+
+def _gone(name: str) -> GatewayError:
+    return GatewayError(
+        f"Unable to find shared memory region: '{name}'", code=grpc.StatusCode.NOT_FOUND
+    )

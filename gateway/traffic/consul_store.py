@@ -79,9 +79,10 @@ class ConsulRouteStore:
         try:
             answer = await self._agent.client.txn.put([operation])
         except Exception as exc:
-            if str(exc).startswith("409"):
+            if str(exc).startswith("409") and "stale" in str(exc):
                 raise StateConflict from exc  # someone saved since this replica read
-            self._on_reachable(False)
+            if not str(exc).startswith("409"):
+                self._on_reachable(False)
             raise RouteStoreError(
                 f"cannot save the shared traffic state to Consul ({self._key}): "
                 f"{type(exc).__name__}: {exc}; the change was not made"
@@ -91,12 +92,24 @@ class ConsulRouteStore:
 
     async def follow(self, adopt: Adopt) -> None:
         backoff = self._retry_min_s
-        index = self._index
+        index = 0
         while True:
             try:
                 found_index, entry = await self._agent.client.kv.get(
                     self._key, index=index or None, wait=f"{self._wait_s:g}s"
                 )
+                found_index = int(found_index)
+                modified = int(entry["ModifyIndex"]) if entry is not None else 0
+                # Newer than what this replica holds: saved by another one. The index moves
+                # only once the state is held: a save in between fails its check-and-set and
+                # is applied again on top (never over a state it has not seen).
+                if entry is not None and modified > self._index and await adopt(_parsed(entry)):
+                    self._index = max(self._index, modified)
+            except RouteStoreError as exc:  # a document this gateway cannot read
+                self._on_reachable(False)
+                log.error("traffic_state_unreadable", key=self._key, error=str(exc))
+                await asyncio.sleep(self._retry_max_s)
+                continue
             except Exception as exc:
                 self._on_reachable(False)
                 log.warning(
@@ -111,14 +124,9 @@ class ConsulRouteStore:
                 continue
             backoff = self._retry_min_s
             self._on_reachable(True)
-            found_index = int(found_index)
-            # An index that went backwards (Consul restored) starts the queries over.
-            index = found_index if found_index > index else 0
-            modified = int(entry["ModifyIndex"]) if entry is not None else 0
-            # Newer than what this replica holds: saved by another one (its own saves, and
-            # answers that crossed them, are not taken back).
-            if entry is not None and modified > self._index:
-                await adopt(self._held(entry))
+            # A blocking query waits past the index it is given; one that went backwards
+            # (Consul restored) starts the queries over.
+            index = found_index if found_index >= index else 0
 
     def _held(self, entry: dict[str, Any] | None) -> admin_pb2.State:
         """The state of ``entry`` (None: no state saved yet), now the one this replica
@@ -126,12 +134,16 @@ class ConsulRouteStore:
         if entry is None:
             self._index = 0
             return admin_pb2.State()
-        try:
-            state = parse_state((entry["Value"] or b"").decode())
-        except ValueError as exc:
-            raise RouteStoreError(
-                f"the shared traffic state in Consul ({self._key}) cannot be read ({exc}): "
-                "restore it from a backup or delete the key to start with no routes"
-            ) from exc
+        state = _parsed(entry)
         self._index = int(entry["ModifyIndex"])
         return state
+
+
+def _parsed(entry: dict[str, Any]) -> admin_pb2.State:
+    try:
+        return parse_state((entry["Value"] or b"").decode())
+    except ValueError as exc:
+        raise RouteStoreError(
+            f"the shared traffic state in Consul ({entry['Key']}) cannot be read ({exc}): "
+            "restore it from a backup or delete the key to start with no routes"
+        ) from exc

@@ -79,8 +79,10 @@ def normalized(route: admin_pb2.Route, defaults: TrafficSettings) -> admin_pb2.R
 
 
 def targets(route: admin_pb2.Route) -> list[tuple[str, str]]:
-    """(model, version) of every variant and of the shadow target."""
-    found = [(v.model, v.version) for v in route.variants]
+    """(model, version) of every variant given traffic and of the shadow target: what must be
+    servable. A variant at weight 0 (a rolled-back candidate kept for inspection) need not be:
+    only a call forcing it by name reaches it."""
+    found = [(v.model, v.version) for v in route.variants if v.weight > 0]
     if _shadowed(route):
         found.append((route.shadow.target.model, route.shadow.target.version))
     return found

@@ -54,15 +54,16 @@ class TrafficState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._following
 
-    async def _adopt(self, state: admin_pb2.State) -> None:
-        """A state another replica saved: it replaces ours (theirs is newer: the store
-        orders every save)."""
+    async def _adopt(self, state: admin_pb2.State) -> bool:
+        """A state another replica saved: it replaces ours when it is newer (every save of the
+        shared store has the next revision; an older one crossed a save of ours)."""
         async with self._lock:
-            if state.revision == self._state.revision and state == self._state:
-                return
+            if state.revision <= self._state.revision:
+                return False
             self._state = state
         log.info("traffic_state_followed", revision=state.revision)
         self._on_change()
+        return True
 
     @property
     def revision(self) -> int:

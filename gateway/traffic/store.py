@@ -35,7 +35,8 @@ class StateConflict(Exception):
     """Another replica saved the shared state since this one last read it."""
 
 
-Adopt = Callable[[admin_pb2.State], Awaitable[None]]
+Adopt = Callable[[admin_pb2.State], Awaitable[bool]]
+"""Takes a state someone else saved; False when it is not newer than the one held."""
 
 
 class RouteStore(Protocol):

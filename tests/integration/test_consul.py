@@ -58,9 +58,10 @@ def test_catalog_changes_move_backends_under_load_with_no_failure(
         )
         with BackgroundGateway(Gateway(config)) as running:
             pool = running.gateway.pool
+            node = consul_server.node
 
             def backends() -> set[str]:
-                return {backend.name for backend in pool.backends}
+                return {backend.name.removeprefix(f"{node}/") for backend in pool.backends}
 
             def serving(name: str) -> bool:
                 return any(

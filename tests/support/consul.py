@@ -38,6 +38,7 @@ class ConsulServer:
         self.folder = folder
         self.http_port = _free_port()
         self.address = f"127.0.0.1:{self.http_port}"
+        self.node = f"tests-{self.http_port}"
         self._ports = {"server": _free_port(), "serf_lan": _free_port()}
         self._process: subprocess.Popen[bytes] | None = None
         self.client: Any = consul.Consul(host="127.0.0.1", port=self.http_port)
@@ -55,7 +56,7 @@ class ConsulServer:
                 "-dev",
                 "-bind=127.0.0.1",
                 "-client=127.0.0.1",
-                f"-node=tests-{self.http_port}",
+                f"-node={self.node}",
                 f"-hcl={ports}",
             ],
             stdout=(self.folder / "consul.log").open("ab"),

@@ -166,3 +166,15 @@ def test_variant_figures_read_the_edges_report() -> None:
     )
     assert shown.p99.ToNanoseconds() == round((0.002 + 0.003 * 0.9) * 1e9)
     assert VariantTotals.from_report(control_pb2.VariantReport()).quantile(0.5) is None
+
+
+def test_a_followed_state_replaces_ours_only_when_newer(tmp_path: Path) -> None:
+    state = _state(tmp_path / "traffic.json")
+    asyncio.run(state.set_route(route(v1=1), 0))
+    asyncio.run(state.set_route(route(v1=1, v2=1), 1))
+    older = admin_pb2.State(revision=1, routes=[normalized(route(v1=1), DEFAULTS)])
+    assert not asyncio.run(state._adopt(older)), "it crossed a save of ours: dropped"
+    assert state.revision == 2
+    newer = admin_pb2.State(revision=3)
+    assert asyncio.run(state._adopt(newer))
+    assert state.revision == 3 and state.routes() == []
