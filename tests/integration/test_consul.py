@@ -64,9 +64,8 @@ def test_catalog_changes_move_backends_under_load_with_no_failure(
                 return {backend.name.removeprefix(f"{node}/") for backend in pool.backends}
 
             def serving(name: str) -> bool:
-                return any(
-                    b.name == name for b in pool.table.candidates.get(("classifier", ""), ())
-                )
+                holders = pool.table.candidates.get(("classifier", ""), ())
+                return any(b.name == f"{node}/{name}" for b in holders)
 
             assert backends() == {"triton-a"}
             with SteadyLoad(running.url) as load:
