@@ -537,14 +537,7 @@ class Gateway:
         """The shared state's store: unreachable, this replica serves its last state and
         takes no admin change; its admin service reports NOT_SERVING meanwhile."""
         self.metrics.state_store_reachable.set(1 if reachable else 0)
-        if self._health is None:
-            return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if reachable
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        task = asyncio.create_task(self._health.set(ADMIN_SERVICE, status))
+        task = asyncio.create_task(self._set_health(reachable, (ADMIN_SERVICE,)))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
@@ -691,6 +684,9 @@ class Gateway:
         task.add_done_callback(self._health_updates.discard)
 
     async def _set_serving(self, serving: bool) -> None:
+        await self._set_health(serving, ("", SERVICE_NAME))
+
+    async def _set_health(self, serving: bool, services: tuple[str, ...]) -> None:
         if self._health is None:
             return
         status = (
@@ -698,7 +694,7 @@ class Gateway:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
+        for service in services:
             await self._health.set(service, status)
 
 

@@ -4,8 +4,6 @@ through py-consul's plain client."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,22 +11,7 @@ from typing import Any
 
 import consul  # type: ignore[import-untyped]
 
-from tests.support.models import MODEL_REPOSITORY
-
-
-def consul_binary() -> str:
-    installed = MODEL_REPOSITORY.parent / ".tools" / "bin" / "consul"
-    if installed.exists():
-        return str(installed)
-    found = shutil.which("consul")
-    assert found, "consul is missing: 'make test' builds it into .tools/"
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.tools import free_port, tool
 
 
 class ConsulServer:
@@ -36,10 +19,10 @@ class ConsulServer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.http_port = _free_port()
+        self.http_port = free_port()
         self.address = f"127.0.0.1:{self.http_port}"
         self.node = f"tests-{self.http_port}"
-        self._ports = {"server": _free_port(), "serf_lan": _free_port()}
+        self._ports = {"server": free_port(), "serf_lan": free_port()}
         self._process: subprocess.Popen[bytes] | None = None
         self.client: Any = consul.Consul(host="127.0.0.1", port=self.http_port)
 
@@ -51,7 +34,7 @@ class ConsulServer:
         )
         self._process = subprocess.Popen(
             [
-                consul_binary(),
+                tool("consul"),
                 "agent",
                 "-dev",
                 "-bind=127.0.0.1",

@@ -3,7 +3,6 @@ into .tools/), answering only for the records a test gives it — no upstream, n
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -14,25 +13,10 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from tests.support.models import MODEL_REPOSITORY
+from tests.support.tools import free_port, tool
 
 TTL_S = 1
 """The records' TTL: the discovery looks up again this often."""
-
-
-def dnsmasq_binary() -> str:
-    installed = MODEL_REPOSITORY.parent / ".tools" / "bin" / "dnsmasq"
-    if installed.exists():
-        return str(installed)
-    found = shutil.which("dnsmasq")
-    assert found, "dnsmasq is missing: 'make test' installs it into .tools/"
-    return found
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class DnsServer:
@@ -42,7 +26,7 @@ class DnsServer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = _free_udp_port()
+        self.port = free_port(socket.SOCK_DGRAM)
         self.address = f"127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -72,7 +56,7 @@ class DnsServer:
         config.write_text("\n".join(lines) + "\n")
         self.stop()
         self._process = subprocess.Popen(
-            [dnsmasq_binary(), "--keep-in-foreground", f"--conf-file={config}"],
+            [tool("dnsmasq"), "--keep-in-foreground", f"--conf-file={config}"],
             stdout=subprocess.DEVNULL,
             stderr=(self.folder / "dnsmasq.log").open("ab"),
         )
