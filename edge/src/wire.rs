@@ -46,34 +46,47 @@ pub fn model_key(frame: &[u8]) -> Option<(&str, &str)> {
     Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(version).ok()?))
 }
 
-/// Top-level fields of a protobuf message: (field number, wire type, start, end of value).
+/// Top-level fields of a protobuf message: (field number, wire type, start, end of value);
+/// None when the message is malformed.
 fn fields(message: &[u8]) -> Option<Vec<(u64, u64, usize, usize)>> {
-    let mut found = Vec::new();
-    let mut pos = 0usize;
-    while pos < message.len() {
-        let (tag, next) = varint(message, pos)?;
-        pos = next;
+    let mut iter = FieldIter { message, pos: 0 };
+    let found: Vec<_> = iter.by_ref().collect();
+    (iter.pos == message.len()).then_some(found)
+}
+
+/// The top-level fields of a message one by one, without allocating; it stops at the first
+/// malformed one (then `pos` is not the message's end).
+struct FieldIter<'a> {
+    message: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for FieldIter<'_> {
+    type Item = (u64, u64, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let message = self.message;
+        if self.pos >= message.len() {
+            return None;
+        }
+        let (tag, start) = varint(message, self.pos)?;
         let (field, wire) = (tag >> 3, tag & 7);
-        let start = pos;
-        match wire {
-            0 => pos = varint(message, pos)?.1,
-            1 => pos += 8,
-            5 => pos += 4,
+        let (from, end) = match wire {
+            0 => (start, varint(message, start)?.1),
+            1 => (start, start.checked_add(8)?),
+            5 => (start, start.checked_add(4)?),
             2 => {
-                let (length, next) = varint(message, pos)?;
-                let end = next.checked_add(usize::try_from(length).ok()?)?;
-                found.push((field, wire, next, end));
-                pos = end;
-                continue;
+                let (length, next) = varint(message, start)?;
+                (next, next.checked_add(usize::try_from(length).ok()?)?)
             }
             _ => return None,
+        };
+        if end > message.len() {
+            return None;
         }
-        found.push((field, wire, start, pos));
+        self.pos = end;
+        Some((field, wire, from, end))
     }
-    if pos > message.len() {
-        return None;
-    }
-    Some(found)
 }
 
 /// The `id` (field 3) of a ModelInferRequest frame ("" when it has none or is malformed).
@@ -273,10 +286,7 @@ pub fn uses_shared_memory(frame: &[u8]) -> bool {
     let Some(message) = message_of(frame) else {
         return false;
     };
-    let Some(top) = fields(message) else {
-        return false;
-    };
-    top.into_iter().any(|(field, _, from, to)| {
+    FieldIter { message, pos: 0 }.any(|(field, _, from, to)| {
         // ModelInferRequest.inputs (5): parameters are field 4; outputs (6): field 2.
         let parameters = match field {
             5 => 4,
@@ -284,7 +294,11 @@ pub fn uses_shared_memory(frame: &[u8]) -> bool {
             _ => return false,
         };
         let tensor = &message[from..to];
-        fields(tensor).into_iter().flatten().any(|(tensor_field, _, s, e)| {
+        FieldIter {
+            message: tensor,
+            pos: 0,
+        }
+        .any(|(tensor_field, _, s, e)| {
             tensor_field == parameters && map_key(&tensor[s..e]) == Some(b"shared_memory_region".as_slice())
         })
     })
@@ -292,8 +306,7 @@ pub fn uses_shared_memory(frame: &[u8]) -> bool {
 
 /// The key (field 1) of a map entry.
 fn map_key(entry: &[u8]) -> Option<&[u8]> {
-    fields(entry)?
-        .into_iter()
+    FieldIter { message: entry, pos: 0 }
         .find(|(field, _, _, _)| *field == 1)
         .map(|(_, _, s, e)| &entry[s..e])
 }
