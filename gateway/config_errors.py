@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -61,12 +61,17 @@ def describe(error: ValidationError) -> str:
 def _close_key(location: tuple[int | str, ...]) -> str | None:
     """The valid key closest to the unknown last one of ``location``, if any is close."""
     model: Any = GatewaySettings
+    keyed = False
     for part in location[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False  # a list index, or a key of a dict field (a route's name, say)
             continue
         field = _fields(model).get(str(part))
         if field is None:
             return None
+        keyed = get_origin(field.annotation) is dict or any(
+            get_origin(arg) is dict for arg in get_args(field.annotation)
+        )
         model = _model_of(field.annotation)
         if model is None:
             return None
