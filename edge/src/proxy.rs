@@ -237,16 +237,17 @@ impl Edge {
         let Some(canonical) = version::canonical(spelled) else {
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes.clone()))).await;
         };
-        if method == "ModelInfer" && wire::uses_shared_memory(reading) {
+        let facts = if method == "ModelInfer" {
+            wire::infer_facts(reading)
+        } else {
+            wire::InferFacts::default()
+        };
+        if facts.shared_memory {
             // The client's regions are the gateway's: it puts the tensors inline and sends
             // the call back through this port.
             return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
         }
-        let sequence = if method == "ModelInfer" {
-            wire::sequence(reading)
-        } else {
-            None
-        };
+        let sequence = facts.sequence;
         let started = Instant::now();
         let target = match self.target(&plan, &parts, reading, model, spelled, &canonical, sequence.as_ref()) {
             Ok(target) => target,

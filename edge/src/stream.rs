@@ -308,12 +308,13 @@ impl Session {
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);
         };
-        if wire::uses_shared_memory(reading) {
+        let facts = wire::infer_facts(reading);
+        if facts.shared_memory {
             // The client's regions are the gateway's (see `Edge::handle`).
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);
         }
-        let sequence = wire::sequence(reading);
+        let sequence = facts.sequence;
         let Some(plan) = self.edge.fleet.plan() else {
             let slot = Some(self.order.reserve());
             return self.hand_over(frame, &[], slot);

@@ -279,64 +279,81 @@ pub struct Sequence {
     pub end: bool,
 }
 
-/// Whether an input or a requested output of the request names a shared-memory region (its
-/// `shared_memory_region` parameter): such calls go to the gateway, which holds the client's
-/// regions. Only the small tensor descriptions are read, never the raw contents.
-pub fn uses_shared_memory(frame: &[u8]) -> bool {
+/// What routing reads of a ModelInferRequest beyond its model, in one pass over its fields.
+#[derive(Debug, Default)]
+pub struct InferFacts {
+    /// Its sequence, when it has a `sequence_id` parameter.
+    pub sequence: Option<Sequence>,
+    /// Whether an input or a requested output names a shared-memory region (its
+    /// `shared_memory_region` parameter): such calls go to the gateway, which holds the
+    /// client's regions. Only the small tensor descriptions are read, never raw contents.
+    pub shared_memory: bool,
+}
+
+/// The facts of a request frame; none of a malformed one (its backend answers it).
+pub fn infer_facts(frame: &[u8]) -> InferFacts {
     let Some(message) = message_of(frame) else {
-        return false;
+        return InferFacts::default();
     };
-    FieldIter { message, pos: 0 }.any(|(field, _, from, to)| {
-        // ModelInferRequest.inputs (5): parameters are field 4; outputs (6): field 2.
-        let parameters = match field {
-            5 => 4,
-            6 => 2,
-            _ => return false,
-        };
-        let tensor = &message[from..to];
-        FieldIter {
-            message: tensor,
-            pos: 0,
-        }
-        .any(|(tensor_field, _, s, e)| {
-            tensor_field == parameters && map_key(&tensor[s..e]) == Some(b"shared_memory_region".as_slice())
-        })
-    })
-}
-
-/// The key (field 1) of a map entry.
-fn map_key(entry: &[u8]) -> Option<&[u8]> {
-    FieldIter { message: entry, pos: 0 }
-        .find(|(field, _, _, _)| *field == 1)
-        .map(|(_, _, s, e)| &entry[s..e])
-}
-
-/// The request's sequence, when it has a `sequence_id` parameter.
-pub fn sequence(frame: &[u8]) -> Option<Sequence> {
-    let length = u32::from_be_bytes([*frame.get(1)?, *frame.get(2)?, *frame.get(3)?, *frame.get(4)?]);
-    let message = frame.get(5..5 + length as usize)?;
-    let (mut id, mut start, mut end) = (None, false, false);
-    for (field, _, from, to) in fields(message)? {
-        if field != 4 {
-            continue; // ModelInferRequest.parameters: map<string, InferParameter>
-        }
-        let entry = &message[from..to];
-        let (mut key, mut value) = (None, None);
-        for (entry_field, _, s, e) in fields(entry)? {
-            match entry_field {
-                1 => key = Some(&entry[s..e]),
-                2 => value = Some(&entry[s..e]),
-                _ => {}
+    let (mut id, mut start, mut end, mut shared_memory) = (None, false, false, false);
+    let mut top = FieldIter { message, pos: 0 };
+    for (field, _, from, to) in top.by_ref() {
+        let value = &message[from..to];
+        match field {
+            // ModelInferRequest.parameters: map<string, InferParameter>
+            4 => {
+                let Some((key, parameter)) = map_entry(value) else {
+                    return InferFacts::default();
+                };
+                match (key, parameter) {
+                    (b"sequence_id", Some(parameter)) => id = sequence_id(parameter),
+                    (b"sequence_start", Some(parameter)) => start = flag(parameter),
+                    (b"sequence_end", Some(parameter)) => end = flag(parameter),
+                    (b"sequence_id" | b"sequence_start" | b"sequence_end", None) => {
+                        return InferFacts::default();
+                    }
+                    _ => {}
+                }
             }
-        }
-        match key {
-            Some(b"sequence_id") => id = sequence_id(value?),
-            Some(b"sequence_start") => start = flag(value?),
-            Some(b"sequence_end") => end = flag(value?),
+            // inputs: their parameters are field 4; requested outputs: field 2.
+            5 => shared_memory |= names_region(value, 4),
+            6 => shared_memory |= names_region(value, 2),
             _ => {}
         }
     }
-    id.map(|id| Sequence { id, start, end })
+    if top.pos != message.len() {
+        return InferFacts::default();
+    }
+    InferFacts {
+        sequence: id.map(|id| Sequence { id, start, end }),
+        shared_memory,
+    }
+}
+
+/// Whether a tensor description's parameters (field `parameters`) name a region.
+fn names_region(tensor: &[u8], parameters: u64) -> bool {
+    FieldIter {
+        message: tensor,
+        pos: 0,
+    }
+    .any(|(field, _, s, e)| {
+        field == parameters && map_entry(&tensor[s..e]).is_some_and(|(key, _)| key == b"shared_memory_region")
+    })
+}
+
+/// A map entry's key (field 1) and value (field 2); None when malformed or keyless.
+fn map_entry(entry: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let mut fields = FieldIter { message: entry, pos: 0 };
+    let (mut key, mut value) = (None, None);
+    for (field, _, s, e) in fields.by_ref() {
+        match field {
+            1 => key = Some(&entry[s..e]),
+            2 => value = Some(&entry[s..e]),
+            _ => {}
+        }
+    }
+    (fields.pos == entry.len()).then_some(())?;
+    Some((key?, value))
 }
 
 /// InferParameter's int64_param (2), uint64_param (5) or string_param (3) as text.
@@ -381,7 +398,15 @@ pub fn varint(data: &[u8], mut pos: usize) -> Option<(u64, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::model_key;
+    use super::{model_key, Sequence};
+
+    fn sequence(frame: &[u8]) -> Option<Sequence> {
+        super::infer_facts(frame).sequence
+    }
+
+    fn uses_shared_memory(frame: &[u8]) -> bool {
+        super::infer_facts(frame).shared_memory
+    }
 
     fn frame(message: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8];
@@ -418,12 +443,12 @@ mod tests {
         // parameters { key: "sequence_id" value { int64_param: 1234 } }
         let int_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x10\xd2\x09"].concat();
         let message = [b"\x0a\x01m".as_slice(), &[0x22, int_entry.len() as u8], &int_entry].concat();
-        let read = super::sequence(&frame(&message)).unwrap();
+        let read = sequence(&frame(&message)).unwrap();
         assert_eq!((read.id.as_str(), read.start, read.end), ("1234", false, false));
         let text_entry = [b"\x0a\x0bsequence_id".as_slice(), b"\x12\x03\x1a\x01s"].concat();
         let message = [&[0x22, text_entry.len() as u8], text_entry.as_slice()].concat();
-        assert_eq!(super::sequence(&frame(&message)).unwrap().id, "s");
-        assert_eq!(super::sequence(&frame(b"\x0a\x01m")), None);
+        assert_eq!(sequence(&frame(&message)).unwrap().id, "s");
+        assert_eq!(sequence(&frame(b"\x0a\x01m")), None);
         // parameters { key: "sequence_start" value { bool_param: true } } beside a string id
         let start_entry = [b"\x0a\x0esequence_start".as_slice(), b"\x12\x02\x08\x01"].concat();
         let message = [
@@ -433,7 +458,7 @@ mod tests {
             start_entry.as_slice(),
         ]
         .concat();
-        let read = super::sequence(&frame(&message)).unwrap();
+        let read = sequence(&frame(&message)).unwrap();
         assert!(read.start && !read.end);
     }
 
@@ -443,10 +468,10 @@ mod tests {
         let entry = [b"\x0a\x14shared_memory_region".as_slice(), b"\x12\x03\x1a\x01r"].concat();
         let in_input = [b"\x0a\x02IN".as_slice(), &[0x22, entry.len() as u8], &entry].concat();
         let request = [b"\x0a\x01m".as_slice(), &[0x2a, in_input.len() as u8], &in_input].concat();
-        assert!(super::uses_shared_memory(&frame(&request)));
+        assert!(uses_shared_memory(&frame(&request)));
         let in_output = [b"\x0a\x03OUT".as_slice(), &[0x12, entry.len() as u8], &entry].concat();
         let request = [b"\x0a\x01m".as_slice(), &[0x32, in_output.len() as u8], &in_output].concat();
-        assert!(super::uses_shared_memory(&frame(&request)));
+        assert!(uses_shared_memory(&frame(&request)));
         // The same bytes as a request parameter or inside raw contents are not a region.
         let elsewhere = [
             b"\x0a\x01m".as_slice(),
@@ -456,8 +481,8 @@ mod tests {
             &in_input,
         ]
         .concat();
-        assert!(!super::uses_shared_memory(&frame(&elsewhere)));
-        assert!(!super::uses_shared_memory(&frame(b"\x0a\x01m")));
+        assert!(!uses_shared_memory(&frame(&elsewhere)));
+        assert!(!uses_shared_memory(&frame(b"\x0a\x01m")));
     }
 
     #[test]
