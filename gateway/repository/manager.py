@@ -631,7 +631,11 @@ class RepositoryManager:
             tuple(b.name for b in backends),
             seconds=seconds,
         )
-        self._on_rolled_out(content)
+        desired = self._desired.get(content.name)
+        if desired is not None and desired.digest == content.digest:
+            # Not when a newer content was accepted meanwhile (a version withheld while this
+            # one rolled out, say): that one's completion speaks for the model.
+            self._on_rolled_out(content)
         log.info(
             "model_rollout_completed",
             model=content.name,

@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from gateway.rollout.gates import Comparison, GateSettings, judge_live, judge_shadow, wilson
+from gateway.rollout.gates import (
+    Comparison,
+    GateSettings,
+    judge_live,
+    judge_shadow,
+    quantile_ranks,
+    wilson,
+)
 from gateway.traffic.figures import VariantTotals
 
 GATES = GateSettings()
@@ -80,6 +87,50 @@ def test_a_slower_candidate_fails_its_p99_gate_with_enough_calls() -> None:
     assert latency.observed is not None and latency.observed > GATES.max_p99_ratio
 
 
+def test_quantile_ranks_are_exact_binomial_bounds() -> None:
+    def at_least(n: int, k: int) -> float:
+        """P(Binomial(n, 0.99) >= k), summed term by term."""
+        return sum(math.comb(n, j) * 0.99**j * 0.01 ** (n - j) for j in range(k, n + 1))
+
+    tail = 0.5 * math.erfc(GATES.z / math.sqrt(2))
+    assert quantile_ranks(1, 0.99, GATES.z) == (None, None), "one call bounds nothing"
+    for n in (10, 26, 100, 527, 528, 1000):
+        low, high = quantile_ranks(n, 0.99, GATES.z)
+        assert low is not None and at_least(n, low) >= 1 - tail
+        assert low == n or at_least(n, low + 1) < 1 - tail, "the largest such rank"
+        if high is None:
+            assert at_least(n, n) > tail, "even the largest call is no upper bound"
+        else:
+            assert at_least(n, high) <= tail and at_least(n, high - 1) > tail
+    # Fewer than 528 calls: the largest is below the true p99 too often to bound it.
+    assert quantile_ranks(527, 0.99, GATES.z)[1] is None
+    assert quantile_ranks(528, 0.99, GATES.z)[1] == 528
+    # Past the exact range, the normal approximation lands within a few ranks of it.
+    low, high = quantile_ranks(100_001, 0.99, GATES.z)
+    exact_low, exact_high = quantile_ranks(100_000, 0.99, GATES.z)
+    assert low is not None and high is not None and exact_low is not None and exact_high
+    assert abs(low - exact_low) <= 5 and abs(high - exact_high) <= 5
+
+
+def test_a_p99_from_a_few_dozen_calls_waits_for_more_instead_of_failing() -> None:
+    """Two slow calls in 26, against a baseline of 26: the observed ratio is far past the
+    threshold, but the baseline's p99 has no upper bound yet; more calls, not a verdict."""
+    noisy = VariantTotals(
+        codes={"OK": 26},
+        latency=((0.001, 24), (0.01, 26), (math.inf, 26)),
+        shadow_results={},
+        argmax_rows=0,
+        argmax_agreeing=0,
+    )
+    verdict = judge_live(noisy, totals(calls=26), GATES, enough=True)
+    latency = next(e for e in verdict.evidence if e.gate == "p99_ratio")
+    assert latency.observed is not None and latency.observed > GATES.max_p99_ratio
+    assert latency.bound is None and latency.outcome == "wait"
+    # Slow throughout and a baseline with enough calls: beyond doubt.
+    verdict = judge_live(totals(calls=26, slow=True), totals(calls=1000), GATES, enough=True)
+    assert verdict.outcome == "fail"
+
+
 def test_the_shadow_step_judges_agreement() -> None:
     assert judge_shadow(totals(disagree=50), NOTHING, GATES, enough=False).outcome == "fail"
     assert judge_shadow(totals(agree=50), NOTHING, GATES, enough=False).outcome == "wait"
@@ -132,4 +183,5 @@ def test_at_the_last_step_the_baseline_takes_no_calls_and_the_fault_gate_decides
     stragglers = totals(calls=2)
     slow = totals(calls=300, slow=True)
     assert judge_live(slow, stragglers, GATES, True, baseline_enough=False).outcome == "pass"
-    assert judge_live(slow, stragglers, GATES, True, baseline_enough=True).outcome == "fail"
+    # Even counted, two calls bound no p99: the step would wait for the baseline's.
+    assert judge_live(slow, stragglers, GATES, True, baseline_enough=True).outcome == "wait"
