@@ -394,7 +394,10 @@ class RepositoryManager:
                 stale.append(backend)
         if not stale:
             good = self._good.get(content.name)
-            if not failed and (good is None or good.digest != content.digest):
+            # Finished too when the fleet went back to the last good content by a rollout of
+            # its own (a version withheld, then restored before the first change completed).
+            rolled_out = content.name in self._rolled_out
+            if not failed and (good is None or good.digest != content.digest or rolled_out):
                 self._finish(content, backends)
             return False
         previous = None if failed else self._good.get(content.name)
