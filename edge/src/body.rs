@@ -2,6 +2,7 @@
 //!
 //! Enums rather than boxed trait objects, so a call allocates no body box.
 
+use crate::backend_client::{BackendBody, Error};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -20,12 +21,12 @@ pub enum Outgoing {
 
 impl Body for Outgoing {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.get_mut() {
             Outgoing::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Outgoing::Streamed(incoming) => Pin::new(incoming).poll_frame(cx),
+            Outgoing::Streamed(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::from),
             Outgoing::Routed(messages) => messages
                 .poll_recv(cx)
                 .map(|message| message.map(|m| Ok(Frame::data(m)))),
@@ -50,21 +51,23 @@ impl Body for Outgoing {
     }
 }
 
-/// An upstream answer's body, none (a trailers-only gRPC answer made by the edge), or the
-/// frames of a stream the edge answers from several backends.
+/// An upstream answer's body (the gateway's, or a backend's), none (a trailers-only gRPC
+/// answer made by the edge), or the frames of a stream the edge answers from several backends.
 pub enum Upstream {
     Answer(Incoming),
+    Backend(BackendBody),
     Empty,
     Merged(mpsc::Receiver<Frame<Bytes>>),
 }
 
 impl Body for Upstream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.get_mut() {
-            Upstream::Answer(incoming) => Pin::new(incoming).poll_frame(cx),
+            Upstream::Answer(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::from),
+            Upstream::Backend(body) => Pin::new(body).poll_frame(cx),
             Upstream::Empty => Poll::Ready(None),
             Upstream::Merged(frames) => frames.poll_recv(cx).map(|frame| frame.map(Ok)),
         }
@@ -73,6 +76,7 @@ impl Body for Upstream {
     fn is_end_stream(&self) -> bool {
         match self {
             Upstream::Answer(incoming) => incoming.is_end_stream(),
+            Upstream::Backend(body) => body.is_end_stream(),
             Upstream::Empty => true,
             Upstream::Merged(frames) => frames.is_closed() && frames.is_empty(),
         }
@@ -81,6 +85,7 @@ impl Body for Upstream {
     fn size_hint(&self) -> SizeHint {
         match self {
             Upstream::Answer(incoming) => incoming.size_hint(),
+            Upstream::Backend(body) => body.size_hint(),
             Upstream::Empty => SizeHint::with_exact(0),
             Upstream::Merged(_) => SizeHint::default(),
         }

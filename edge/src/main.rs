@@ -12,6 +12,7 @@
 //! (the control protocol's Shutdown, SIGTERM or SIGINT), after draining calls in flight.
 
 mod attempt;
+mod backend_client;
 mod balancer;
 mod body;
 mod compare;
@@ -106,7 +107,7 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     let (ready, mut first_snapshot) = watch::channel(false);
     let edge = Arc::new(proxy::Edge {
         backend_scheme: if options.backend_tls { "https" } else { "http" },
-        backends: upstream::backend_client(window, backend_tls),
+        backends: backend_client::BackendClient::new(window, options.backend_tls.then_some(backend_tls)),
         gateway: upstream::gateway_client(options.gateway_socket.clone(), window),
         fleet: Arc::new(fleet::Fleet::new(options.seed.unwrap_or_else(time_seed))),
         shared: Arc::new(attempt::Shared {

@@ -17,7 +17,8 @@ use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
 use crate::stamp::Stamp;
 use crate::traffic::{self, Selected, Shadow};
-use crate::upstream::{BackendClient, GatewayClient};
+use crate::backend_client::{BackendBody, BackendClient};
+use crate::upstream::GatewayClient;
 use crate::{compression, report, stream, version, wire};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -148,7 +149,7 @@ struct Failure {
     code: &'static str,
     scope: Scope,
     /// Triton's own answer (trailers-only), returned as is when no other try is made.
-    answer: Option<Response<Incoming>>,
+    answer: Option<Response<BackendBody>>,
     /// What the client is told when there is no answer to return.
     message: String,
 }
@@ -644,9 +645,9 @@ impl Edge {
             }
             Some(_) => {
                 attempt.finish("OK", "");
-                Tried::Answer(response.map(|body| ObservedBody::from(Upstream::Answer(body))))
+                Tried::Answer(response.map(|body| ObservedBody::from(Upstream::Backend(body))))
             }
-            None => Tried::Answer(response.map(|body| ObservedBody::settling(Upstream::Answer(body), attempt))),
+            None => Tried::Answer(response.map(|body| ObservedBody::settling(Upstream::Backend(body), attempt))),
         }
     }
 
@@ -658,7 +659,7 @@ impl Edge {
             return self.hand_over(call, tried).await;
         }
         match failure.answer {
-            Some(answer) => answer.map(|body| ObservedBody::from(Upstream::Answer(body))),
+            Some(answer) => answer.map(|body| ObservedBody::from(Upstream::Backend(body))),
             None => grpc::trailers_only(code::UNAVAILABLE, &failure.message),
         }
     }
@@ -687,7 +688,7 @@ impl Edge {
             .await
     }
 
-    async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<Incoming>, String> {
+    async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<BackendBody>, String> {
         let request = with_address(request, self.backend_scheme, address).map_err(|refusal| refusal.message)?;
         self.backends
             .request(request)

@@ -13,7 +13,7 @@ use crate::faults::fault_scope;
 use crate::fleet::{Fleet, Plan};
 use crate::metrics::Metrics;
 use crate::traffic::Shadow;
-use crate::upstream::BackendClient;
+use crate::backend_client::{BackendBody, BackendClient};
 use crate::{compression, log, wire};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -251,7 +251,7 @@ fn plain_message(frame: &Bytes, encoding: Option<&HeaderValue>, limit: usize) ->
 
 /// The shadow's answer: its data and grpc-encoding when its status is OK; else the status.
 async fn read_answer(
-    response: http::Response<hyper::body::Incoming>,
+    response: http::Response<BackendBody>,
     limit: usize,
 ) -> Result<(Bytes, Option<HeaderValue>), (&'static str, String)> {
     let (head, mut body) = response.into_parts();

@@ -733,7 +733,7 @@ impl Session {
 /// Reads one upstream stream's answers into the session; returns how it ended.
 async fn read_answers(
     upstream: u64,
-    response: http::Response<Incoming>,
+    response: http::Response<crate::backend_client::BackendBody>,
     events: &mpsc::Sender<Event>,
 ) -> (&'static str, String) {
     if let Some(status) = response.headers().get("grpc-status") {

@@ -1,14 +1,12 @@
-//! The edge's HTTP/2 clients: one to the Triton backends (TCP), one to the gateway (a Unix
-//! socket only the gateway's user can open, so no other local process can reach the hand-over
-//! path and skip the edge's checks).
+//! The edge's HTTP/2 client to the gateway (a Unix socket only the gateway's user can open, so
+//! no other local process can reach the hand-over path and skip the edge's checks); the one to
+//! the backends is `backend_client`.
 //!
-//! Both keep one connection per destination. Its window is the largest HTTP/2 allows while
+//! It keeps one connection. Its window is the largest HTTP/2 allows while
 //! each stream's stays small: a client that stops reading its answers holds at most one
 //! stream window of buffered bytes and never stalls the other calls sharing the connection.
 
 use crate::body::Outgoing;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
@@ -21,7 +19,6 @@ use std::time::Duration;
 /// The HTTP/2 connection window: 2^31 - 1, the protocol's largest.
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
-pub type BackendClient = Client<HttpsConnector<HttpConnector>, Outgoing>;
 pub type GatewayClient = Client<UnixConnector, Outgoing>;
 
 /// `stream_window_bytes`: the flow-control window of one stream.
@@ -41,20 +38,6 @@ fn builder(stream_window_bytes: u32) -> hyper_util::client::legacy::Builder {
         .http2_keep_alive_while_idle(true)
         .pool_idle_timeout(None::<Duration>);
     builder
-}
-
-/// `tls`: how backends addressed as https are checked (plain http ones ignore it).
-pub fn backend_client(stream_window_bytes: u32, tls: rustls::ClientConfig) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http2()
-        .wrap_connector(connector);
-    builder(stream_window_bytes).build(connector)
 }
 
 pub fn gateway_client(socket: PathBuf, stream_window_bytes: u32) -> GatewayClient {

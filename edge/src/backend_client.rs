@@ -1,0 +1,333 @@
+//! The edge's HTTP/2 client to the Triton backends, on the `h2` crate directly: one
+//! connection per backend address, shared by every call to it.
+//!
+//! Why not hyper's client: it sends a request's HEADERS and its DATA in two writes (a new
+//! stream gets no send capacity until its HEADERS are out, and hyper waits for capacity before
+//! it hands over the body), and it moves each request through a dispatch channel and one or
+//! two spawned tasks. Here a buffered message is queued with its HEADERS in the caller's own
+//! task, so both leave in one write, and the answer is awaited where it was asked for.
+//!
+//! Flow control as before: the connection window is the largest HTTP/2 allows while each
+//! stream's stays small, so an answer nobody reads holds at most one stream window. A routed
+//! stream's messages are sent as send capacity allows, one message buffered at most.
+
+use crate::body::Outgoing;
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use h2::client::SendRequest;
+use h2::{Ping, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use rustls_pki_types::ServerName;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+/// The HTTP/2 connection window: 2^31 - 1, the protocol's largest.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// Answers as large as a message may be, plus room for their trailers.
+const MAX_HEADER_LIST_BYTES: u32 = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection is pinged this often and dropped when a ping goes unanswered this long
+/// (a backend that hangs or vanished without a FIN).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Cheap to clone: every clone shares the connections.
+#[derive(Clone)]
+pub struct BackendClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stream_window_bytes: u32,
+    /// Set when backends are reached over TLS (`https`).
+    tls: Option<TlsConnector>,
+    connections: Mutex<HashMap<Box<str>, Slot>>,
+    next_generation: AtomicU64,
+}
+
+/// One backend's connection, or the attempt to make it that every caller meanwhile awaits.
+#[derive(Clone)]
+struct Slot {
+    generation: u64,
+    ready: Shared<BoxFuture<'static, Result<SendRequest<Bytes>, Arc<str>>>>,
+}
+
+impl BackendClient {
+    /// `tls`: how backends are checked when reached over TLS; None for plain HTTP/2.
+    pub fn new(stream_window_bytes: u32, tls: Option<rustls::ClientConfig>) -> BackendClient {
+        let tls = tls.map(|mut config| {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            TlsConnector::from(Arc::new(config))
+        });
+        BackendClient {
+            inner: Arc::new(Inner {
+                stream_window_bytes,
+                tls,
+                connections: Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sends `request` (its URI names the backend's address) and waits for the answer's
+    /// head. A connection found closed before the request goes out is made anew.
+    pub async fn request(&self, request: Request<Outgoing>) -> Result<Response<BackendBody>, Error> {
+        let address = request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+            .ok_or("a backend request without an address")?;
+        let (parts, body) = request.into_parts();
+        let head = Request::from_parts(parts, ());
+        let mut sender = self.ready_sender(&address).await?;
+        let (answer, stream) = sender.send_request(head, body.is_end_stream())?;
+        send_body(body, stream);
+        let response = answer.await?;
+        Ok(response.map(BackendBody::new))
+    }
+
+    /// A sender ready for one more stream on the backend's connection (made when missing).
+    async fn ready_sender(&self, address: &str) -> Result<SendRequest<Bytes>, Error> {
+        for _ in 0..2 {
+            let slot = self.slot(address);
+            let sender = match slot.ready.await {
+                Ok(sender) => sender,
+                Err(reason) => {
+                    self.forget(address, Some(slot.generation));
+                    return Err(reason.to_string().into());
+                }
+            };
+            match sender.ready().await {
+                Ok(sender) => return Ok(sender),
+                // Closed since it was made: forget it and connect again.
+                Err(_) => self.forget(address, Some(slot.generation)),
+            }
+        }
+        Err(format!("the connection to {address} keeps closing").into())
+    }
+
+    fn slot(&self, address: &str) -> Slot {
+        let mut connections = self.inner.connections.lock().expect("connections lock");
+        if let Some(slot) = connections.get(address) {
+            return slot.clone();
+        }
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let connecting = connect(self.clone(), address.to_owned(), generation).boxed().shared();
+        let slot = Slot {
+            generation,
+            ready: connecting,
+        };
+        connections.insert(address.into(), slot.clone());
+        slot
+    }
+
+    /// Drops the backend's connection from the map (only `generation`'s, when given: a
+    /// newer one stays).
+    fn forget(&self, address: &str, generation: Option<u64>) {
+        let mut connections = self.inner.connections.lock().expect("connections lock");
+        if let Some(slot) = connections.get(address) {
+            if generation.is_none_or(|generation| slot.generation == generation) {
+                connections.remove(address);
+            }
+        }
+    }
+}
+
+/// Connects, speaks HTTP/2 (over TLS when set), and drives the connection on its own task;
+/// the map forgets it when it ends.
+async fn connect(client: BackendClient, address: String, generation: u64) -> Result<SendRequest<Bytes>, Arc<str>> {
+    let failed = |reason: String| -> Arc<str> { format!("cannot connect to {address}: {reason}").into() };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address))
+        .await
+        .map_err(|_| failed(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|error| failed(error.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let mut builder = h2::client::Builder::new();
+    builder
+        .enable_push(false)
+        .initial_window_size(client.inner.stream_window_bytes)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES);
+    let (sender, driver) = match &client.inner.tls {
+        None => {
+            let (sender, connection) = builder.handshake(tcp).await.map_err(|error| failed(error.to_string()))?;
+            (sender, drive(connection).boxed())
+        }
+        Some(tls) => {
+            let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned()).map_err(|error| failed(error.to_string()))?;
+            let stream = tls.connect(name, tcp).await.map_err(|error| failed(error.to_string()))?;
+            let (sender, connection) = builder.handshake(stream).await.map_err(|error| failed(error.to_string()))?;
+            (sender, drive(connection).boxed())
+        }
+    };
+    tokio::spawn(async move {
+        driver.await;
+        client.forget(&address, Some(generation));
+    });
+    Ok(sender)
+}
+
+/// Runs the connection until it ends or a keepalive ping goes unanswered.
+async fn drive<T>(mut connection: h2::client::Connection<T, Bytes>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(mut ping_pong) = connection.ping_pong() else {
+        let _ = connection.await;
+        return;
+    };
+    let keepalive = async move {
+        loop {
+            tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+            match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping_pong.ping(Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = connection => {}
+        () = keepalive => {}
+    }
+}
+
+/// Queues a buffered message with its HEADERS (no capacity wait: it leaves in the same write);
+/// pipes a routed stream's messages as capacity allows, on a task of its own.
+fn send_body(body: Outgoing, mut stream: SendStream<Bytes>) {
+    match body {
+        Outgoing::Buffered(Some(bytes)) => {
+            let _ = stream.send_data(bytes, true);
+        }
+        Outgoing::Buffered(None) => {}
+        Outgoing::Routed(messages) => {
+            tokio::spawn(pipe(messages, stream));
+        }
+        Outgoing::Streamed(incoming) => {
+            tokio::spawn(pipe_incoming(incoming, stream));
+        }
+    }
+}
+
+/// A routed stream's messages to the backend; the sender dropped is the client's half-close.
+/// Ends early when the backend resets the stream.
+async fn pipe(mut messages: mpsc::Receiver<Bytes>, mut stream: SendStream<Bytes>) {
+    loop {
+        if wait_capacity(&mut stream).await.is_err() {
+            return;
+        }
+        let next = tokio::select! {
+            next = messages.recv() => next,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let (data, end) = match next {
+            Some(message) => (message, false),
+            None => (Bytes::new(), true),
+        };
+        if stream.send_data(data, end).is_err() || end {
+            return;
+        }
+    }
+}
+
+/// A client's body passed through as it arrives (frames and trailers).
+async fn pipe_incoming(mut incoming: hyper::body::Incoming, mut stream: SendStream<Bytes>) {
+    use http_body_util::BodyExt;
+    loop {
+        if wait_capacity(&mut stream).await.is_err() {
+            return;
+        }
+        let frame = tokio::select! {
+            frame = incoming.frame() => frame,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let sent = match frame {
+            None => stream.send_data(Bytes::new(), true).map(|()| true),
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => stream.send_data(data, false).map(|()| false),
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => stream.send_trailers(trailers).map(|()| true),
+                    Err(_) => Ok(false),
+                },
+            },
+        };
+        if !matches!(sent, Ok(false)) {
+            return;
+        }
+    }
+}
+
+/// Waits until the last message left (some send capacity is free again), so at most one
+/// message is buffered per stream whatever the backend reads.
+async fn wait_capacity(stream: &mut SendStream<Bytes>) -> Result<(), ()> {
+    stream.reserve_capacity(1);
+    while stream.capacity() == 0 {
+        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+/// A backend's answer body: its DATA (the window given back as it is read), then its
+/// trailers.
+pub struct BackendBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl BackendBody {
+    fn new(recv: RecvStream) -> BackendBody {
+        BackendBody { recv, data_done: false }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match this.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(None) => this.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match this.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
