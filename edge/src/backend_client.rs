@@ -9,7 +9,7 @@
 //!
 //! Flow control as before: the connection window is the largest HTTP/2 allows while each
 //! stream's stays small, so an answer nobody reads holds at most one stream window. A routed
-//! stream's messages are sent as send capacity allows, one message buffered at most.
+//! stream's messages are sent as send capacity allows, one batch buffered at most.
 
 use crate::body::Outgoing;
 use bytes::Bytes;
@@ -160,15 +160,24 @@ async fn connect(client: BackendClient, address: String, generation: u64) -> Res
         .max_header_list_size(MAX_HEADER_LIST_BYTES);
     let (sender, driver) = match &client.inner.tls {
         None => {
-            let (sender, connection) = builder.handshake(tcp).await.map_err(|error| failed(error.to_string()))?;
+            let (sender, connection) = builder
+                .handshake(tcp)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
             (sender, drive(connection).boxed())
         }
         Some(tls) => {
             let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let name = ServerName::try_from(host.to_owned()).map_err(|error| failed(error.to_string()))?;
-            let stream = tls.connect(name, tcp).await.map_err(|error| failed(error.to_string()))?;
-            let (sender, connection) = builder.handshake(stream).await.map_err(|error| failed(error.to_string()))?;
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            let (sender, connection) = builder
+                .handshake(stream)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
             (sender, drive(connection).boxed())
         }
     };
@@ -221,25 +230,42 @@ fn send_body(body: Outgoing, mut stream: SendStream<Bytes>) {
 }
 
 /// A routed stream's messages to the backend; the sender dropped is the client's half-close.
-/// Ends early when the backend resets the stream.
+/// Messages already waiting go out together (up to `BATCH_BYTES`), so a pipelining client
+/// costs one wake-up per batch, not per message. Ends early when the backend resets the
+/// stream.
 async fn pipe(mut messages: mpsc::Receiver<Bytes>, mut stream: SendStream<Bytes>) {
     loop {
         if wait_capacity(&mut stream).await.is_err() {
             return;
         }
-        let next = tokio::select! {
+        let mut next = tokio::select! {
             next = messages.recv() => next,
             _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
         };
-        let (data, end) = match next {
-            Some(message) => (message, false),
-            None => (Bytes::new(), true),
-        };
-        if stream.send_data(data, end).is_err() || end {
-            return;
+        let mut batched = 0usize;
+        loop {
+            let Some(message) = next else {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            };
+            batched += message.len();
+            if stream.send_data(message, false).is_err() {
+                return;
+            }
+            if batched >= BATCH_BYTES {
+                break;
+            }
+            next = match messages.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
         }
     }
 }
+
+/// Bytes of a stream's waiting messages queued at once before waiting for them to leave.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// A client's body passed through as it arrives (frames and trailers).
 async fn pipe_incoming(mut incoming: hyper::body::Incoming, mut stream: SendStream<Bytes>) {
@@ -272,8 +298,8 @@ async fn pipe_incoming(mut incoming: hyper::body::Incoming, mut stream: SendStre
     }
 }
 
-/// Waits until the last message left (some send capacity is free again), so at most one
-/// message is buffered per stream whatever the backend reads.
+/// Waits until what was queued left (some send capacity is free again), so at most one batch
+/// is buffered per stream whatever the backend reads.
 async fn wait_capacity(stream: &mut SendStream<Bytes>) -> Result<(), ()> {
     stream.reserve_capacity(1);
     while stream.capacity() == 0 {

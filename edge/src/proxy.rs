@@ -6,6 +6,7 @@
 //! fleet or the fallback stay the gateway's.
 
 use crate::attempt::{self, Attempt, Scope};
+use crate::backend_client::{BackendBody, BackendClient};
 use crate::body::{Outgoing, Upstream};
 use crate::control::{proto, Controlled};
 use crate::fleet::{Choice, Fleet, Plan, Route};
@@ -17,7 +18,6 @@ use crate::shedding::Shedder;
 use crate::snapshot::Snapshot;
 use crate::stamp::Stamp;
 use crate::traffic::{self, Selected, Shadow};
-use crate::backend_client::{BackendBody, BackendClient};
 use crate::upstream::GatewayClient;
 use crate::{compression, report, stream, version, wire};
 use bytes::Bytes;
@@ -688,7 +688,11 @@ impl Edge {
             .await
     }
 
-    async fn send_to_backend(&self, request: Request<Outgoing>, address: &str) -> Result<Response<BackendBody>, String> {
+    async fn send_to_backend(
+        &self,
+        request: Request<Outgoing>,
+        address: &str,
+    ) -> Result<Response<BackendBody>, String> {
         let request = with_address(request, self.backend_scheme, address).map_err(|refusal| refusal.message)?;
         self.backends
             .request(request)

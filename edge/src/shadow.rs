@@ -7,13 +7,13 @@
 //! size), and the comparison runs on the blocking pool, off the threads that serve calls.
 //! Requests of a sequence are never mirrored: their state lives on one backend.
 
+use crate::backend_client::{BackendBody, BackendClient};
 use crate::body::Outgoing;
 use crate::compare::{self, OutputComparison, Tolerance};
 use crate::faults::fault_scope;
 use crate::fleet::{Fleet, Plan};
 use crate::metrics::Metrics;
 use crate::traffic::Shadow;
-use crate::backend_client::{BackendBody, BackendClient};
 use crate::{compression, log, wire};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
