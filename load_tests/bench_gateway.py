@@ -641,9 +641,10 @@ def machine(h2load: str | None, nginx: str | None) -> dict[str, Any]:
 def split_text(split: dict[str, float]) -> str:
     if len(split) < 2:
         return ""
-    order = sorted(split.items(), key=lambda item: (item[0] != EDGE_BINARY, item[0]))
+    # An A/B build runs under its own file name (tgw-edge-NAME, cut to 15 characters).
+    order = sorted(split.items(), key=lambda item: (not item[0].startswith(EDGE_BINARY), item[0]))
     return "+".join(f"{value:.0f}" for _, value in order) + (
-        " (edge+ctl)" if order[0][0] == EDGE_BINARY else ""
+        " (edge+ctl)" if order[0][0].startswith(EDGE_BINARY) else ""
     )
 
 
