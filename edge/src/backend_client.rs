@@ -82,14 +82,10 @@ impl BackendClient {
     /// Sends `request` (its URI names the backend's address) and waits for the answer's
     /// head. A connection found closed before the request goes out is made anew.
     pub async fn request(&self, request: Request<Outgoing>) -> Result<Response<BackendBody>, Error> {
-        let address = request
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .ok_or("a backend request without an address")?;
         let (parts, body) = request.into_parts();
         let head = Request::from_parts(parts, ());
-        let mut sender = self.ready_sender(&address).await?;
+        let address = head.uri().authority().ok_or("a backend request without an address")?;
+        let mut sender = self.ready_sender(address.as_str()).await?;
         let (answer, stream) = sender.send_request(head, body.is_end_stream())?;
         send_body(body, stream);
         let response = answer.await?;
@@ -103,14 +99,14 @@ impl BackendClient {
             let sender = match slot.ready.await {
                 Ok(sender) => sender,
                 Err(reason) => {
-                    self.forget(address, Some(slot.generation));
+                    self.forget(address, slot.generation);
                     return Err(reason.to_string().into());
                 }
             };
             match sender.ready().await {
                 Ok(sender) => return Ok(sender),
                 // Closed since it was made: forget it and connect again.
-                Err(_) => self.forget(address, Some(slot.generation)),
+                Err(_) => self.forget(address, slot.generation),
             }
         }
         Err(format!("the connection to {address} keeps closing").into())
@@ -131,14 +127,14 @@ impl BackendClient {
         slot
     }
 
-    /// Drops the backend's connection from the map (only `generation`'s, when given: a
-    /// newer one stays).
-    fn forget(&self, address: &str, generation: Option<u64>) {
+    /// Drops the backend's connection of `generation` from the map (a newer one stays).
+    fn forget(&self, address: &str, generation: u64) {
         let mut connections = self.inner.connections.lock().expect("connections lock");
-        if let Some(slot) = connections.get(address) {
-            if generation.is_none_or(|generation| slot.generation == generation) {
-                connections.remove(address);
-            }
+        if connections
+            .get(address)
+            .is_some_and(|slot| slot.generation == generation)
+        {
+            connections.remove(address);
         }
     }
 }
@@ -183,7 +179,7 @@ async fn connect(client: BackendClient, address: String, generation: u64) -> Res
     };
     tokio::spawn(async move {
         driver.await;
-        client.forget(&address, Some(generation));
+        client.forget(&address, generation);
     });
     Ok(sender)
 }
