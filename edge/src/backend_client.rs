@@ -219,9 +219,8 @@ fn send_body(body: Outgoing, mut stream: SendStream<Bytes>) {
         Outgoing::Routed(messages) => {
             tokio::spawn(pipe(messages, stream));
         }
-        Outgoing::Streamed(incoming) => {
-            tokio::spawn(pipe_incoming(incoming, stream));
-        }
+        // Bodies passed through unread go to the gateway only, never to a backend.
+        Outgoing::Streamed(_) => stream.send_reset(h2::Reason::INTERNAL_ERROR),
     }
 }
 
@@ -262,37 +261,6 @@ async fn pipe(mut messages: mpsc::Receiver<Bytes>, mut stream: SendStream<Bytes>
 
 /// Bytes of a stream's waiting messages queued at once before waiting for them to leave.
 const BATCH_BYTES: usize = 64 * 1024;
-
-/// A client's body passed through as it arrives (frames and trailers).
-async fn pipe_incoming(mut incoming: hyper::body::Incoming, mut stream: SendStream<Bytes>) {
-    use http_body_util::BodyExt;
-    loop {
-        if wait_capacity(&mut stream).await.is_err() {
-            return;
-        }
-        let frame = tokio::select! {
-            frame = incoming.frame() => frame,
-            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
-        };
-        let sent = match frame {
-            None => stream.send_data(Bytes::new(), true).map(|()| true),
-            Some(Err(_)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => stream.send_data(data, false).map(|()| false),
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => stream.send_trailers(trailers).map(|()| true),
-                    Err(_) => Ok(false),
-                },
-            },
-        };
-        if !matches!(sent, Ok(false)) {
-            return;
-        }
-    }
-}
 
 /// Waits until what was queued left (some send capacity is free again), so at most one batch
 /// is buffered per stream whatever the backend reads.
