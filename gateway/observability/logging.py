@@ -7,8 +7,10 @@ no call site has to remember to cut them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -66,6 +68,39 @@ def truncate_strings(
     return processor
 
 
+class StderrLogger:
+    """Writes each rendered line to the process's stderr as it is *now*, and never raises.
+
+    structlog's own PrintLogger keeps the stream object it was made with; when that object is
+    swapped out and closed (a test harness capturing output, an embedding application), every
+    later line raised ValueError into whatever request was logging. A log line must never fail
+    a request: a line that cannot be written (closed or broken stderr) is dropped, as the
+    standard library's handlers do.
+    """
+
+    def __init__(self) -> None:
+        # One lock per logger factory: lines from the gRPC threads and the event loop do not
+        # interleave.
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class StderrLoggerFactory:
+    """One :class:`StderrLogger` shared by every bound logger."""
+
+    def __init__(self) -> None:
+        self._logger = StderrLogger()
+
+    def __call__(self, *args: Any) -> StderrLogger:
+        return self._logger
+
+
 def json_logs(settings: LoggingSettings) -> bool:
     """Whether lines are JSON: asked for, or "auto" with stderr not a terminal."""
     return settings.format == "json" or (settings.format == "auto" and not sys.stderr.isatty())
@@ -92,6 +127,6 @@ def configure_logging(settings: LoggingSettings) -> None:
         # The level filter is compiled into the logger class, so a disabled debug call on the
         # request path costs one no-op method call.
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
