@@ -10,11 +10,19 @@
 //! Flow control as before: the connection window is the largest HTTP/2 allows while each
 //! stream's stays small, so an answer nobody reads holds at most one stream window. A routed
 //! stream's messages are sent as send capacity allows, one batch buffered at most.
+//!
+//! A unary call is never cancelled on the backend. Triton (2.51 here; server issues 7368 and
+//! 8034 report it up to r25.01) can crash with SIGSEGV when a ModelInfer call is cancelled
+//! while its answer completes, and a proxy cancels calls routinely: a hedge that lost, a
+//! per-try timeout, a client gone. So deadlines are kept by the edge, not sent to the backend
+//! (Triton would cancel on expiry), and a call the edge no longer wants has its answer read to
+//! the end and dropped on a task of its own. Only one still unanswered after `DRAIN_LIMIT` is
+//! reset: a backend silent that long is not answering.
 
 use crate::body::Outgoing;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use h2::client::SendRequest;
+use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -38,6 +46,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// (a backend that hangs or vanished without a FIN).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the answer of a unary call nobody waits for any more is still read.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -87,9 +97,18 @@ impl BackendClient {
         let address = head.uri().authority().ok_or("a backend request without an address")?;
         let mut sender = self.ready_sender(address.as_str()).await?;
         let (answer, stream) = sender.send_request(head, body.is_end_stream())?;
+        let unary = matches!(body, Outgoing::Buffered(_));
         send_body(body, stream);
-        let response = answer.await?;
-        Ok(response.map(BackendBody::new))
+        if !unary {
+            // A stream's end is the client's to decide, and reaches the backend as it is.
+            let response = answer.await?;
+            return Ok(response.map(|recv| BackendBody::new(recv, false)));
+        }
+        let mut awaited = Unanswered(Some(answer));
+        let response = std::future::poll_fn(|cx| awaited.poll(cx)).await;
+        // Answered or failed: nothing left to read if this call is dropped now.
+        awaited.0 = None;
+        Ok(response?.map(|recv| BackendBody::new(recv, true)))
     }
 
     /// A sender ready for one more stream on the backend's connection (made when missing).
@@ -275,16 +294,75 @@ async fn wait_capacity(stream: &mut SendStream<Bytes>) -> Result<(), ()> {
     Ok(())
 }
 
+/// A unary call's answer still to come; dropped, it is read to the end on a task of its own
+/// instead of being cancelled.
+struct Unanswered(Option<ResponseFuture>);
+
+impl Unanswered {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<RecvStream>, h2::Error>> {
+        match &mut self.0 {
+            Some(answer) => answer.poll_unpin(cx),
+            None => Poll::Ready(Err(h2::Error::from(h2::Reason::INTERNAL_ERROR))),
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            drain(async move {
+                if let Ok(response) = answer.await {
+                    read_to_end(response.into_body()).await;
+                }
+            });
+        }
+    }
+}
+
+/// Runs `reading` on a task of its own for at most `DRAIN_LIMIT` (dropping it then resets
+/// the stream). Outside a runtime (the edge is shutting down) the stream is simply dropped.
+fn drain(reading: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, reading).await;
+        });
+    }
+}
+
+/// Reads an answer nobody waits for to its end, giving its window back as it comes.
+async fn read_to_end(mut recv: RecvStream) {
+    while let Some(Ok(data)) = recv.data().await {
+        let _ = recv.flow_control().release_capacity(data.len());
+    }
+    let _ = recv.trailers().await;
+}
+
 /// A backend's answer body: its DATA (the window given back as it is read), then its
-/// trailers.
+/// trailers. A unary call's body dropped before its end is read to the end elsewhere.
 pub struct BackendBody {
-    recv: RecvStream,
+    /// None once the whole answer was read (or handed to be drained).
+    recv: Option<RecvStream>,
     data_done: bool,
+    drain_when_dropped: bool,
 }
 
 impl BackendBody {
-    fn new(recv: RecvStream) -> BackendBody {
-        BackendBody { recv, data_done: false }
+    fn new(recv: RecvStream, drain_when_dropped: bool) -> BackendBody {
+        BackendBody {
+            recv: Some(recv),
+            data_done: false,
+            drain_when_dropped,
+        }
+    }
+}
+
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        if let Some(recv) = self.recv.take() {
+            if self.drain_when_dropped && !recv.is_end_stream() {
+                drain(read_to_end(recv));
+            }
+        }
     }
 }
 
@@ -294,10 +372,13 @@ impl Body for BackendBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
         if !this.data_done {
-            match this.recv.poll_data(cx) {
+            match recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    let _ = recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
@@ -305,16 +386,19 @@ impl Body for BackendBody {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        match this.recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
-            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Pending => Poll::Pending,
-        }
+        let frame = match recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(trailers))) => Some(Ok(Frame::trailers(trailers))),
+            Poll::Ready(Ok(None)) => None,
+            Poll::Ready(Err(error)) => Some(Err(error.into())),
+            Poll::Pending => return Poll::Pending,
+        };
+        // The stream is over: nothing to drain when dropped.
+        this.recv = None;
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.recv.as_ref().is_none_or(RecvStream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

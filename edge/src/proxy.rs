@@ -596,11 +596,10 @@ impl Edge {
             call.method,
         );
         let mut parts = copy_parts(&call.parts);
-        if let Some(deadline) = call.deadline {
-            // The backend gets what is left of the client's deadline, not the whole of it.
-            let left = deadline.saturating_duration_since(Instant::now());
-            parts.headers.insert("grpc-timeout", grpc::encode_timeout(left));
-        }
+        // The edge keeps the client's deadline itself: Triton cancelling a call on its expiry
+        // can crash it (see backend_client), and a call the edge gives up on is read to its
+        // end instead.
+        parts.headers.remove("grpc-timeout");
         let request = Request::from_parts(parts, Outgoing::Buffered(Some(call.bytes.clone())));
         let sent = self.send_to_backend(request, &backend.address);
         let answer = match per_try {

@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -69,23 +69,23 @@ def truncate_strings(
 
 
 class StderrLogger:
-    """Writes each rendered line to the process's stderr as it is *now*, and never raises.
+    """Writes each rendered line to the process's own stderr, and never raises.
 
-    structlog's own PrintLogger keeps the stream object it was made with; when that object is
-    swapped out and closed (a test harness capturing output, an embedding application), every
-    later line raised ValueError into whatever request was logging. A log line must never fail
-    a request: a line that cannot be written (closed or broken stderr) is dropped, as the
-    standard library's handlers do.
+    ``sys.__stderr__``, not ``sys.stderr``: whoever swaps ``sys.stderr`` (a test harness
+    capturing one command's output, an embedding application) may close what it swapped in,
+    and a logger holding that object raised ValueError into whatever request was logging. A
+    line that cannot be written (a closed or broken stderr) is dropped, as the standard
+    library's handlers do: a log line must never fail a request.
     """
 
-    def __init__(self) -> None:
-        # One lock per logger factory: lines from the gRPC threads and the event loop do not
-        # interleave.
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        # Lines from the gRPC threads and the event loop do not interleave.
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
         with self._lock, contextlib.suppress(OSError, ValueError):
-            print(message, file=sys.stderr, flush=True)
+            print(message, file=self._file, flush=True)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -95,7 +95,7 @@ class StderrLoggerFactory:
     """One :class:`StderrLogger` shared by every bound logger."""
 
     def __init__(self) -> None:
-        self._logger = StderrLogger()
+        self._logger = StderrLogger(sys.__stderr__ or sys.stderr)
 
     def __call__(self, *args: Any) -> StderrLogger:
         return self._logger
