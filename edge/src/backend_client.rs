@@ -405,3 +405,121 @@ impl Body for BackendBody {
         SizeHint::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a real HTTP/2 server on loopback (the `h2` crate's): what reaches the backend
+    //! when the edge gives up on a unary call. No timers: a call is given up on once the
+    //! server holds it, so the tests need no clock at all.
+    use super::*;
+    use h2::server::SendResponse;
+    use http::HeaderMap;
+    use tokio::net::TcpListener;
+
+    type Held = (Request<RecvStream>, SendResponse<Bytes>);
+
+    /// A server that hands every request it receives to the test.
+    async fn server() -> (String, mpsc::UnboundedReceiver<Held>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (held, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(tcp).await.expect("handshake");
+            while let Some(Ok(request)) = connection.accept().await {
+                let _ = held.send(request);
+            }
+        });
+        (address, requests)
+    }
+
+    fn call(address: &str) -> Request<Outgoing> {
+        Request::post(format!("http://{address}/inference.GRPCInferenceService/ModelInfer"))
+            .body(Outgoing::Buffered(Some(Bytes::from_static(b"\0\0\0\0\0"))))
+            .expect("request")
+    }
+
+    /// Whether the backend's stream was reset: asked once a later call on the same
+    /// connection arrived, so any reset sent before it has arrived too.
+    fn reset(respond: &mut SendResponse<Bytes>) -> Option<h2::Reason> {
+        match respond.poll_reset(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(reason)) => Some(reason),
+            Poll::Ready(Err(_)) | Poll::Pending => None,
+        }
+    }
+
+    fn trailers() -> HeaderMap {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers
+    }
+
+    fn answer(respond: &mut SendResponse<Bytes>) {
+        let head = Response::builder().body(()).expect("head");
+        let mut stream = respond.send_response(head, false).expect("answer head");
+        stream
+            .send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
+            .expect("answer data");
+        stream.send_trailers(trailers()).expect("answer trailers");
+    }
+
+    /// Another call on the same connection, answered once the test answers it.
+    fn later_call(client: &BackendClient, address: &str) -> tokio::task::JoinHandle<Result<http::StatusCode, Error>> {
+        let client = client.clone();
+        let request = call(address);
+        tokio::spawn(async move { client.request(request).await.map(|response| response.status()) })
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_before_its_answer_is_not_reset_on_the_backend() {
+        let (address, mut requests) = server().await;
+        let client = BackendClient::new(65_535, None);
+        let given_up = client.request(call(&address));
+        let (_, mut first) = tokio::select! {
+            _ = given_up => panic!("answered before the server answered"),
+            held = requests.recv() => held.expect("the first call"),
+        };
+        // A reset, if one were sent, leaves before the next call's HEADERS.
+        tokio::task::yield_now().await;
+        let later = later_call(&client, &address);
+        let (_, mut second) = requests.recv().await.expect("the second call");
+        assert_eq!(
+            reset(&mut first),
+            None,
+            "the call given up on was cancelled on the backend"
+        );
+        answer(&mut first);
+        answer(&mut second);
+        assert_eq!(later.await.expect("joined").expect("answered"), http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_before_its_end_is_read_to_its_end() {
+        let (address, mut requests) = server().await;
+        let client = BackendClient::new(65_535, None);
+        let asked = {
+            let client = client.clone();
+            let request = call(&address);
+            tokio::spawn(async move { client.request(request).await })
+        };
+        let (_, mut first) = requests.recv().await.expect("the first call");
+        let head = Response::builder().body(()).expect("head");
+        let mut stream = first.send_response(head, false).expect("answer head");
+        let response = asked.await.expect("joined").expect("head answered");
+        drop(response); // before its DATA and trailers
+        tokio::task::yield_now().await;
+        let later = later_call(&client, &address);
+        let (_, mut second) = requests.recv().await.expect("the second call");
+        assert_eq!(
+            reset(&mut first),
+            None,
+            "the answer dropped was cancelled on the backend"
+        );
+        stream
+            .send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
+            .expect("rest of the answer");
+        stream.send_trailers(trailers()).expect("its trailers");
+        answer(&mut second);
+        assert_eq!(later.await.expect("joined").expect("answered"), http::StatusCode::OK);
+    }
+}
