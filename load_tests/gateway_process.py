@@ -56,7 +56,12 @@ def start_gateway(
     )
     address = f"127.0.0.1:{port}"
     if not wait_ready(address, process):
-        process.kill()
+        # SIGTERM: a gateway stopped so stops its edge too (one killed would leave it serving).
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
         raise RuntimeError(f"gateway did not become ready; see {log}")
     return process, address
 
