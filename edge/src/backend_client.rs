@@ -26,6 +26,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounter;
 use rustls_pki_types::ServerName;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -59,6 +60,8 @@ pub struct BackendClient {
 
 struct Inner {
     stream_window_bytes: u32,
+    /// Counts the unary calls given up on and read to their end.
+    drained: IntCounter,
     /// Set when backends are reached over TLS (`https`).
     tls: Option<TlsConnector>,
     connections: Mutex<HashMap<Box<str>, Slot>>,
@@ -74,7 +77,8 @@ struct Slot {
 
 impl BackendClient {
     /// `tls`: how backends are checked when reached over TLS; None for plain HTTP/2.
-    pub fn new(stream_window_bytes: u32, tls: Option<rustls::ClientConfig>) -> BackendClient {
+    /// `drained` counts the unary calls given up on whose answer was read to the end.
+    pub fn new(stream_window_bytes: u32, tls: Option<rustls::ClientConfig>, drained: IntCounter) -> BackendClient {
         let tls = tls.map(|mut config| {
             config.alpn_protocols = vec![b"h2".to_vec()];
             TlsConnector::from(Arc::new(config))
@@ -82,6 +86,7 @@ impl BackendClient {
         BackendClient {
             inner: Arc::new(Inner {
                 stream_window_bytes,
+                drained,
                 tls,
                 connections: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(0),
@@ -102,13 +107,17 @@ impl BackendClient {
         if !unary {
             // A stream's end is the client's to decide, and reaches the backend as it is.
             let response = answer.await?;
-            return Ok(response.map(|recv| BackendBody::new(recv, false)));
+            return Ok(response.map(|recv| BackendBody::new(recv, None)));
         }
-        let mut awaited = Unanswered(Some(answer));
+        let drained = &self.inner.drained;
+        let mut awaited = Unanswered {
+            answer: Some(answer),
+            drained,
+        };
         let response = std::future::poll_fn(|cx| awaited.poll(cx)).await;
         // Answered or failed: nothing left to read if this call is dropped now.
-        awaited.0 = None;
-        Ok(response?.map(|recv| BackendBody::new(recv, true)))
+        awaited.answer = None;
+        Ok(response?.map(|recv| BackendBody::new(recv, Some(drained.clone()))))
     }
 
     /// A sender ready for one more stream on the backend's connection (made when missing).
@@ -296,21 +305,24 @@ async fn wait_capacity(stream: &mut SendStream<Bytes>) -> Result<(), ()> {
 
 /// A unary call's answer still to come; dropped, it is read to the end on a task of its own
 /// instead of being cancelled.
-struct Unanswered(Option<ResponseFuture>);
+struct Unanswered<'a> {
+    answer: Option<ResponseFuture>,
+    drained: &'a IntCounter,
+}
 
-impl Unanswered {
+impl Unanswered<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<RecvStream>, h2::Error>> {
-        match &mut self.0 {
+        match &mut self.answer {
             Some(answer) => answer.poll_unpin(cx),
             None => Poll::Ready(Err(h2::Error::from(h2::Reason::INTERNAL_ERROR))),
         }
     }
 }
 
-impl Drop for Unanswered {
+impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if let Some(answer) = self.0.take() {
-            drain(async move {
+        if let Some(answer) = self.answer.take() {
+            drain(self.drained, async move {
                 if let Ok(response) = answer.await {
                     read_to_end(response.into_body()).await;
                 }
@@ -321,7 +333,8 @@ impl Drop for Unanswered {
 
 /// Runs `reading` on a task of its own for at most `DRAIN_LIMIT` (dropping it then resets
 /// the stream). Outside a runtime (the edge is shutting down) the stream is simply dropped.
-fn drain(reading: impl std::future::Future<Output = ()> + Send + 'static) {
+fn drain(drained: &IntCounter, reading: impl std::future::Future<Output = ()> + Send + 'static) {
+    drained.inc();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let _ = tokio::time::timeout(DRAIN_LIMIT, reading).await;
@@ -343,24 +356,25 @@ pub struct BackendBody {
     /// None once the whole answer was read (or handed to be drained).
     recv: Option<RecvStream>,
     data_done: bool,
-    drain_when_dropped: bool,
+    /// A unary call's (its answer is drained when dropped before its end): what counts it.
+    drained: Option<IntCounter>,
 }
 
 impl BackendBody {
-    fn new(recv: RecvStream, drain_when_dropped: bool) -> BackendBody {
+    fn new(recv: RecvStream, drained: Option<IntCounter>) -> BackendBody {
         BackendBody {
             recv: Some(recv),
             data_done: false,
-            drain_when_dropped,
+            drained,
         }
     }
 }
 
 impl Drop for BackendBody {
     fn drop(&mut self) {
-        if let Some(recv) = self.recv.take() {
-            if self.drain_when_dropped && !recv.is_end_stream() {
-                drain(read_to_end(recv));
+        if let (Some(recv), Some(drained)) = (self.recv.take(), &self.drained) {
+            if !recv.is_end_stream() {
+                drain(drained, read_to_end(recv));
             }
         }
     }
@@ -473,7 +487,8 @@ mod tests {
     #[tokio::test]
     async fn a_call_given_up_before_its_answer_is_not_reset_on_the_backend() {
         let (address, mut requests) = server().await;
-        let client = BackendClient::new(65_535, None);
+        let drained = IntCounter::new("drained", "drained").expect("counter");
+        let client = BackendClient::new(65_535, None, drained.clone());
         let given_up = client.request(call(&address));
         let (_, mut first) = tokio::select! {
             _ = given_up => panic!("answered before the server answered"),
@@ -496,7 +511,8 @@ mod tests {
     #[tokio::test]
     async fn an_answer_dropped_before_its_end_is_read_to_its_end() {
         let (address, mut requests) = server().await;
-        let client = BackendClient::new(65_535, None);
+        let drained = IntCounter::new("drained", "drained").expect("counter");
+        let client = BackendClient::new(65_535, None, drained.clone());
         let asked = {
             let client = client.clone();
             let request = call(&address);

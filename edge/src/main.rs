@@ -105,13 +105,18 @@ async fn run(options: Options, limits: server::ConnectionLimits) -> i32 {
     };
     let window = options.upstream_stream_window_bytes;
     let (ready, mut first_snapshot) = watch::channel(false);
+    let metrics = Arc::new(metrics::Metrics::new());
     let edge = Arc::new(proxy::Edge {
         backend_scheme: if options.backend_tls { "https" } else { "http" },
-        backends: backend_client::BackendClient::new(window, options.backend_tls.then_some(backend_tls)),
+        backends: backend_client::BackendClient::new(
+            window,
+            options.backend_tls.then_some(backend_tls),
+            metrics.backend_calls_drained.clone(),
+        ),
         gateway: upstream::gateway_client(options.gateway_socket.clone(), window),
         fleet: Arc::new(fleet::Fleet::new(options.seed.unwrap_or_else(time_seed))),
         shared: Arc::new(attempt::Shared {
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics,
             outcomes: Arc::default(),
         }),
         shedder: shedding::Shedder::default(),

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub hedges: IntCounterVec,
     pub retry_budget_exhausted: IntCounter,
+    /// Unary calls given up on whose answer was read to the end (see `backend_client`).
+    pub backend_calls_drained: IntCounter,
     pub breaker_transitions: IntCounterVec,
     pub shed: IntCounterVec,
     pub backend_breaker_open: IntGaugeVec,
@@ -210,6 +212,15 @@ impl Metrics {
                 IntCounter::with_opts(opts(
                     "retry_budget_exhausted_total",
                     "Retries and hedges not sent because the retry budget was spent.",
+                ))
+                .expect("valid metric"),
+            ),
+            backend_calls_drained: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "backend_calls_drained_total",
+                    "Unary calls given up on (client gone, deadline, lost hedge, per-try timeout) whose \
+                     answer was read to the end instead of cancelling them on the backend.",
                 ))
                 .expect("valid metric"),
             ),
