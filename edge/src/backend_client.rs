@@ -477,11 +477,23 @@ mod tests {
         stream.send_trailers(trailers()).expect("answer trailers");
     }
 
-    /// Another call on the same connection, answered once the test answers it.
-    fn later_call(client: &BackendClient, address: &str) -> tokio::task::JoinHandle<Result<http::StatusCode, Error>> {
+    /// Another call on the same connection, once the server holds it (any reset sent for an
+    /// earlier call has arrived by then); its status comes once the test answers it.
+    async fn next_call(
+        client: &BackendClient,
+        address: &str,
+        requests: &mut mpsc::UnboundedReceiver<Held>,
+    ) -> (
+        tokio::task::JoinHandle<Result<http::StatusCode, Error>>,
+        SendResponse<Bytes>,
+    ) {
+        // A reset, if one were sent, leaves before the next call's HEADERS.
+        tokio::task::yield_now().await;
         let client = client.clone();
         let request = call(address);
-        tokio::spawn(async move { client.request(request).await.map(|response| response.status()) })
+        let later = tokio::spawn(async move { client.request(request).await.map(|response| response.status()) });
+        let (_, held) = requests.recv().await.expect("the next call");
+        (later, held)
     }
 
     #[tokio::test]
@@ -494,15 +506,13 @@ mod tests {
             _ = given_up => panic!("answered before the server answered"),
             held = requests.recv() => held.expect("the first call"),
         };
-        // A reset, if one were sent, leaves before the next call's HEADERS.
-        tokio::task::yield_now().await;
-        let later = later_call(&client, &address);
-        let (_, mut second) = requests.recv().await.expect("the second call");
+        let (later, mut second) = next_call(&client, &address, &mut requests).await;
         assert_eq!(
             reset(&mut first),
             None,
             "the call given up on was cancelled on the backend"
         );
+        assert_eq!(drained.get(), 1);
         answer(&mut first);
         answer(&mut second);
         assert_eq!(later.await.expect("joined").expect("answered"), http::StatusCode::OK);
@@ -523,14 +533,13 @@ mod tests {
         let mut stream = first.send_response(head, false).expect("answer head");
         let response = asked.await.expect("joined").expect("head answered");
         drop(response); // before its DATA and trailers
-        tokio::task::yield_now().await;
-        let later = later_call(&client, &address);
-        let (_, mut second) = requests.recv().await.expect("the second call");
+        let (later, mut second) = next_call(&client, &address, &mut requests).await;
         assert_eq!(
             reset(&mut first),
             None,
             "the answer dropped was cancelled on the backend"
         );
+        assert_eq!(drained.get(), 1);
         stream
             .send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
             .expect("rest of the answer");

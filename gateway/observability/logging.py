@@ -73,7 +73,7 @@ class StderrLogger:
 
     ``sys.__stderr__``, not ``sys.stderr``: whoever swaps ``sys.stderr`` (a test harness
     capturing one command's output, an embedding application) may close what it swapped in,
-    and a logger holding that object raised ValueError into whatever request was logging. A
+    and a logger holding that object would raise ValueError into whatever request logs. A
     line that cannot be written (a closed or broken stderr) is dropped, as the standard
     library's handlers do: a log line must never fail a request.
     """
