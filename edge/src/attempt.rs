@@ -88,6 +88,13 @@ impl Attempt {
         self.settle(code, message)
     }
 
+    /// A decoupled model's request that ended with its stream and no answer (zero answers is
+    /// one of its valid outcomes): a success whose duration says nothing of the backend's speed.
+    pub fn finish_unanswered(mut self) {
+        self.learn = false;
+        self.settle("OK", "");
+    }
+
     fn settle(&mut self, code: &'static str, message: &str) -> Scope {
         let Some(choice) = self.choice.take() else {
             return Scope::None;

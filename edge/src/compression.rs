@@ -26,7 +26,9 @@ pub fn readable(frame: &Bytes, encoding: Option<&[u8]>, limit: usize) -> Result<
         _ => return Ok(frame.clone()),
     };
     if read.is_err() {
-        return Err(Refusal::new(code::INTERNAL, crate::grpc::UNPARSABLE));
+        let algorithm = String::from_utf8_lossy(encoding);
+        let message = format!("Unexpected error decompressing data for algorithm {algorithm}");
+        return Err(Refusal::new(code::INTERNAL, message));
     }
     if inflated.len() > limit {
         let message = format!("Received message larger than max ({} vs. {limit})", inflated.len());
@@ -35,9 +37,22 @@ pub fn readable(frame: &Bytes, encoding: Option<&[u8]>, limit: usize) -> Result<
     Ok(crate::wire::framed(&inflated))
 }
 
+/// `frame` as Triton reads it, for the gateway's gRPC server: a compressed flag with no
+/// encoding to inflate by (none, or `identity`) is read as plain by Triton but refused by
+/// other gRPC servers, so the flag is cleared. Any other frame is returned as it is.
+pub fn as_triton_reads(frame: Bytes, encoding: Option<&[u8]>) -> Bytes {
+    let inflatable = matches!(encoding, Some(b"gzip" | b"deflate"));
+    if frame.first() != Some(&1) || inflatable {
+        return frame;
+    }
+    let mut plain = frame.to_vec();
+    plain[0] = 0;
+    Bytes::from(plain)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::readable;
+    use super::{as_triton_reads, readable};
     use bytes::Bytes;
     use flate2::write::{GzEncoder, ZlibEncoder};
     use flate2::Compression;
@@ -83,7 +98,30 @@ mod tests {
         assert_eq!(refusal.code, crate::grpc::code::RESOURCE_EXHAUSTED);
         let mut garbage = vec![1u8, 0, 0, 0, 3];
         garbage.extend_from_slice(b"abc");
-        let refusal = readable(&Bytes::from(garbage), Some(b"gzip"), 1024).unwrap_err();
+        let refusal = readable(&Bytes::from(garbage.clone()), Some(b"gzip"), 1024).unwrap_err();
         assert_eq!(refusal.code, crate::grpc::code::INTERNAL);
+        assert_eq!(
+            refusal.message,
+            "Unexpected error decompressing data for algorithm gzip"
+        );
+        let refusal = readable(&Bytes::from(garbage), Some(b"deflate"), 1024).unwrap_err();
+        assert_eq!(
+            refusal.message,
+            "Unexpected error decompressing data for algorithm deflate"
+        );
+    }
+
+    #[test]
+    fn a_compressed_flag_nothing_can_inflate_is_cleared_for_the_gateway() {
+        let flagged = Bytes::from_static(b"\x01\x00\x00\x00\x03\x0a\x01m");
+        for encoding in [None, Some(b"identity".as_slice())] {
+            assert_eq!(
+                &as_triton_reads(flagged.clone(), encoding)[..],
+                b"\x00\x00\x00\x00\x03\x0a\x01m"
+            );
+        }
+        assert_eq!(as_triton_reads(flagged.clone(), Some(b"gzip")), flagged);
+        let plain = crate::wire::framed(b"\x0a\x01m");
+        assert_eq!(as_triton_reads(plain.clone(), None), plain);
     }
 }

@@ -207,13 +207,17 @@ impl Edge {
             Ok(Framing::Opaque) => return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
             Ok(Framing::Readable) => {}
         }
-        let Some(method) = routed else {
-            return self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await;
-        };
         let encoding = parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
-        match compression::readable(&bytes, encoding, limit) {
-            Ok(reading) => self.to_backend(method, parts, bytes, &reading).await,
-            Err(refusal) => refusal.response(),
+        // Every call, routed or the gateway's, is refused here in Triton's words when its
+        // message does not inflate, and read as Triton reads it.
+        let reading = match compression::readable(&bytes, encoding, limit) {
+            Ok(reading) => reading,
+            Err(refusal) => return refusal.response(),
+        };
+        let bytes = compression::as_triton_reads(bytes, encoding);
+        match routed {
+            Some(method) => self.to_backend(method, parts, bytes, &reading).await,
+            None => self.to_gateway(parts, Outgoing::Buffered(Some(bytes))).await,
         }
     }
 

@@ -83,13 +83,23 @@ struct StreamRequest {
     shadow: Option<PrimarySender>,
 }
 
-/// A request sent to a backend and not answered yet.
+impl StreamRequest {
+    /// A decoupled model's request (zero, one or many answers, in no set order): the only
+    /// requests without a place in the answers' order.
+    fn decoupled(&self) -> bool {
+        self.slot.is_none()
+    }
+}
+
+/// A request sent to a backend and not answered yet (a decoupled model's: not answered for
+/// the last time yet).
 struct Pending {
     request: StreamRequest,
-    attempt: Attempt,
+    /// None once settled: a decoupled model's request at its first answer.
+    attempt: Option<Attempt>,
     _admitted: Admitted,
     /// When it counts as lost on a hung backend (None: a sequence's request, which waits as
-    /// long as the client does).
+    /// long as the client does, or a decoupled model's, for which silence is an answer).
     expires: Option<Instant>,
 }
 
@@ -306,18 +316,18 @@ impl Session {
         // refused by the gateway in Triton's words.
         let Some(canonical) = version::canonical(version) else {
             let slot = Some(self.order.reserve());
-            return self.hand_over(frame, &[], slot);
+            return self.hand_over(frame, wire::request_id(reading).to_string(), &[], slot);
         };
         let facts = wire::infer_facts(reading);
         if facts.shared_memory {
             // The client's regions are the gateway's (see `Edge::handle`).
             let slot = Some(self.order.reserve());
-            return self.hand_over(frame, &[], slot);
+            return self.hand_over(frame, wire::request_id(reading).to_string(), &[], slot);
         }
         let sequence = facts.sequence;
         let Some(plan) = self.edge.fleet.plan() else {
             let slot = Some(self.order.reserve());
-            return self.hand_over(frame, &[], slot);
+            return self.hand_over(frame, wire::request_id(reading).to_string(), &[], slot);
         };
         let target = match self.edge.target(
             &plan,
@@ -425,8 +435,11 @@ impl Session {
             };
             return self.answer_error(&message, &request.id, request.slot);
         };
+        // Zero answers is a decoupled model's valid answer to a request, and Triton sends nothing
+        // for it: silence from a backend proves nothing there.
         let expires = match request.sequence {
             Some(_) => None,
+            None if request.decoupled() => None,
             None => Some(
                 now + policy
                     .per_try_overrides
@@ -466,9 +479,12 @@ impl Session {
             }
             None => false,
         };
+        if request.decoupled() {
+            release_oldest_decoupled(&mut upstream.pending);
+        }
         upstream.pending.push_back(Pending {
             request,
-            attempt,
+            attempt: Some(attempt),
             _admitted: admitted,
             expires,
         });
@@ -554,20 +570,31 @@ impl Session {
                         (id.is_empty() || pending.request.id == id)
                             && (model.is_empty() || pending.request.model == model)
                     });
-                    if let Some(mut pending) = position.and_then(|i| stream.pending.remove(i)) {
+                    if let Some(index) = position {
+                        let pending = &mut stream.pending[index];
                         slot = pending.request.slot;
-                        pending.attempt.finish("OK", "");
                         let failed = wire::stream_response_failed(&frame);
-                        if let (Some(sender), false) = (pending.request.shadow.take(), failed) {
-                            if let Some(answer) = wire::stream_infer_response(&frame) {
-                                let _ = sender.send((wire::framed(answer), None));
+                        // A decoupled model's request is done at the answer Triton flags as
+                        // its last, an error, or its stream's end.
+                        let done = !pending.request.decoupled() || failed || wire::stream_response_final(&frame);
+                        // The first answer settles the try (a decoupled model's latency is to
+                        // its first answer).
+                        if let Some(attempt) = pending.attempt.take() {
+                            attempt.finish("OK", "");
+                            if let (Some(sender), false) = (pending.request.shadow.take(), failed) {
+                                if let Some(answer) = wire::stream_infer_response(&frame) {
+                                    let _ = sender.send((wire::framed(answer), None));
+                                }
+                            }
+                            if let Some(route_call) = pending.request.route_call.take() {
+                                route_call.finish_as(if failed { "ERROR" } else { "OK" }, failed);
                             }
                         }
                         if let Some(stamp) = &pending.request.stamp {
                             frame = stamp.stream_answer(frame);
                         }
-                        if let Some(route_call) = pending.request.route_call.take() {
-                            route_call.finish_as(if failed { "ERROR" } else { "OK" }, failed);
+                        if done {
+                            stream.pending.remove(index);
                         }
                     }
                 }
@@ -609,8 +636,11 @@ impl Session {
         let Some(mut upstream) = self.upstreams.remove(name) else {
             return;
         };
-        // A stream that ends OK with requests unanswered was closed under them: a fault too.
-        let code = if code == "OK" { "UNAVAILABLE" } else { code };
+        // Ended OK, the backend's stream is done with every request on it: a decoupled model's
+        // still waiting had all their answers (zero, or a last one Triton did not flag). Any
+        // other request unanswered was closed under: a fault.
+        let ended_ok = code == "OK";
+        let code = if ended_ok { "UNAVAILABLE" } else { code };
         let error = if message.is_empty() {
             format!("backend {} ended the stream ({code})", upstream.backend)
         } else {
@@ -625,6 +655,15 @@ impl Session {
             let Pending {
                 mut request, attempt, ..
             } = pending;
+            if ended_ok && request.decoupled() {
+                settle_unanswered(attempt, &mut request);
+                continue;
+            }
+            let Some(attempt) = attempt else {
+                // Answered in part (a decoupled model's): sent again, its answers would repeat.
+                self.answer_error(&error, &request.id, request.slot);
+                continue;
+            };
             let scope = attempt.finish(code, message);
             request.tried.push(upstream.backend.clone());
             let may_retry = scope.is_fault()
@@ -670,7 +709,11 @@ impl Session {
                     .pending
                     .iter()
                     .find(|pending| pending.expires.is_some_and(|at| at <= now))?;
-                Some((name.clone(), late.attempt.elapsed(now)))
+                let waited = late
+                    .attempt
+                    .as_ref()
+                    .map_or(Duration::ZERO, |attempt| attempt.elapsed(now));
+                Some((name.clone(), waited))
             })
             .collect();
         for (name, waited) in hung {
@@ -689,10 +732,11 @@ impl Session {
         if let Some(route_call) = request.route_call.take() {
             route_call.finish_as("HANDED_OVER", true);
         }
-        self.hand_over(request.frame, &request.tried, request.slot)
+        self.hand_over(request.frame, request.id, &request.tried, request.slot)
     }
 
-    fn hand_over(&mut self, frame: Bytes, tried: &[Arc<str>], slot: Option<u64>) {
+    /// `request_id`: the request's id as the edge read it (`frame` may be compressed).
+    fn hand_over(&mut self, frame: Bytes, request_id: String, tried: &[Arc<str>], slot: Option<u64>) {
         let mut parts = copy_parts(&self.parts);
         parts.uri = http::Uri::from_static(PATH_INFER);
         parts.headers.remove("grpc-timeout");
@@ -706,7 +750,8 @@ impl Session {
                 parts.headers.insert(TRIED_HEADER, value);
             }
         }
-        let request_id = wire::request_id(&frame).to_string();
+        let encoding = parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
+        let frame = compression::as_triton_reads(frame, encoding);
         let request = with_authority(
             Request::from_parts(parts, Outgoing::Buffered(Some(frame))),
             GATEWAY_AUTHORITY,
@@ -786,7 +831,7 @@ async fn unary_as_stream_answer(response: http::Response<Incoming>, request_id: 
     }
     let bytes = collected.to_bytes();
     match bytes.get(5..) {
-        Some(message) => wire::stream_response(message),
+        Some(message) => wire::stream_final_answer(message),
         None => wire::stream_error("triton-gateway sent no answer", request_id),
     }
 }
@@ -798,6 +843,35 @@ fn status_trailers(code: u32, message: &str) -> HeaderMap {
     let mut trailers = answer.into_parts().0.headers;
     trailers.remove("content-type");
     trailers
+}
+
+/// A decoupled model's request that may never be answered again (zero answers, or a last one
+/// Triton does not flag) is kept for its stream's life, to fail it should its backend fail;
+/// past `MAX_UNANSWERED` on one backend's stream the oldest is let go (a fault no longer
+/// reaches it as an error), so a client cannot grow the edge's memory without bound.
+fn release_oldest_decoupled(pending: &mut VecDeque<Pending>) {
+    let mut decoupled = pending.iter().filter(|waiting| waiting.request.decoupled());
+    if decoupled.nth(MAX_UNANSWERED - 1).is_none() {
+        return;
+    }
+    if let Some(index) = pending.iter().position(|waiting| waiting.request.decoupled()) {
+        if let Some(Pending {
+            mut request, attempt, ..
+        }) = pending.remove(index)
+        {
+            settle_unanswered(attempt, &mut request);
+        }
+    }
+}
+
+/// A decoupled model's request done without (another) answer: a success of its backend.
+fn settle_unanswered(attempt: Option<Attempt>, request: &mut StreamRequest) {
+    if let Some(attempt) = attempt {
+        attempt.finish_unanswered();
+    }
+    if let Some(route_call) = request.route_call.take() {
+        route_call.finish_as("OK", false);
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

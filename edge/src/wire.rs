@@ -127,6 +127,29 @@ pub fn stream_infer_response(frame: &[u8]) -> Option<&[u8]> {
     Some(&message[from..to])
 }
 
+/// Whether a ModelStreamInferResponse frame is its request's last answer: Triton marks it with
+/// the `triton_final_response` parameter (a decoupled model's final flag may also never reach
+/// the client: Triton sends no answer for a bare flag unless the request asked for one).
+pub fn stream_response_final(frame: &[u8]) -> bool {
+    let Some(response) = stream_infer_response(frame) else {
+        return false;
+    };
+    // ModelInferResponse.parameters (field 4): the map's last entry for a key wins.
+    let mut last = false;
+    for (field, _, from, to) in (FieldIter {
+        message: response,
+        pos: 0,
+    }) {
+        if field != 4 {
+            continue;
+        }
+        if let Some((b"triton_final_response", Some(parameter))) = map_entry(&response[from..to]) {
+            last = flag(parameter);
+        }
+    }
+    last
+}
+
 /// Whether a ModelStreamInferResponse frame reports a failed request (`error_message`, field 1).
 pub fn stream_response_failed(frame: &[u8]) -> bool {
     message_of(frame).and_then(fields).is_some_and(|found| {
@@ -168,6 +191,35 @@ fn string_field(message: &[u8], number: u64) -> Option<&str> {
         .into_iter()
         .find(|(field, wire, _, _)| *field == number && *wire == 2)?;
     std::str::from_utf8(&message[from..to]).ok()
+}
+
+/// A unary answer (a ModelInferResponse message) as the stream message Triton writes for it:
+/// flagged as its request's last answer (parameter `triton_final_response`), the entry where
+/// Triton puts it (after the id and any other parameter, before the outputs).
+pub fn stream_final_answer(infer_response: &[u8]) -> Bytes {
+    // parameters { key: "triton_final_response" value { bool_param: true } }
+    const FINAL_ENTRY: &[u8] = b"\x22\x1b\x0a\x15triton_final_response\x12\x02\x08\x01";
+    let mut fields = FieldIter {
+        message: infer_response,
+        pos: 0,
+    };
+    let mut split = infer_response.len();
+    loop {
+        let tag_at = fields.pos;
+        match fields.next() {
+            Some((field, ..)) if field > 4 => {
+                split = tag_at;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let mut message = Vec::with_capacity(infer_response.len() + FINAL_ENTRY.len() + 8);
+    message.extend_from_slice(&infer_response[..split]);
+    message.extend_from_slice(FINAL_ENTRY);
+    message.extend_from_slice(&infer_response[split..]);
+    stream_response(&message)
 }
 
 pub fn put_bytes(out: &mut Vec<u8>, field: u64, value: &[u8]) {
@@ -497,6 +549,38 @@ mod tests {
         let wrapped = super::stream_response(b"\x0a\x01m\x1a\x02id");
         assert_eq!(super::stream_response_key(&wrapped), ("m", "id"));
         assert_eq!(&wrapped[5..], b"\x12\x07\x0a\x01m\x1a\x02id");
+    }
+
+    #[test]
+    fn a_final_answer_is_the_one_triton_flags() {
+        // parameters { key: "triton_final_response" value { bool_param: B } }
+        let entry = |flag: u8| {
+            let entry = [b"\x0a\x15triton_final_response".as_slice(), &[0x12, 0x02, 0x08, flag]].concat();
+            [&[0x22, entry.len() as u8], entry.as_slice()].concat()
+        };
+        let answer =
+            |parameters: &[u8]| super::stream_response(&[b"\x0a\x01m\x1a\x01a".as_slice(), parameters].concat());
+        assert!(super::stream_response_final(&answer(&entry(1))));
+        assert!(!super::stream_response_final(&answer(&entry(0))));
+        assert!(!super::stream_response_final(&answer(b"")));
+        // The last entry for the key wins, as a protobuf parser reads the map.
+        assert!(!super::stream_response_final(&answer(&[entry(1), entry(0)].concat())));
+        assert!(!super::stream_response_final(&super::stream_error("boom", "a")));
+    }
+
+    #[test]
+    fn a_unary_answer_on_a_stream_is_flagged_final_where_triton_puts_the_flag() {
+        // model_name "m", id "a", outputs { name: "O" }
+        let answer = super::stream_final_answer(b"\x0a\x01m\x1a\x01a\x2a\x03\x0a\x01O");
+        assert!(super::stream_response_final(&answer));
+        assert_eq!(super::stream_response_key(&answer), ("m", "a"));
+        let infer_response = super::stream_infer_response(&answer).unwrap();
+        assert!(infer_response.starts_with(b"\x0a\x01m\x1a\x01a\x22\x1b\x0a\x15triton_final_response"));
+        assert!(infer_response.ends_with(b"\x08\x01\x2a\x03\x0a\x01O"));
+        // Nothing after the id: the flag comes last.
+        let bare = super::stream_final_answer(b"\x1a\x01a");
+        assert!(super::stream_response_final(&bare));
+        assert_eq!(super::stream_response_key(&bare), ("", "a"));
     }
 
     #[test]

@@ -341,6 +341,27 @@ def test_decoupled_model_answers_n_responses_on_a_stream(stream: _Stream) -> Non
     assert outs == {request_id: list(range(count)) for request_id, (count, _) in counts.items()}
 
 
+def test_a_decoupled_request_answered_with_nothing_is_no_fault(stream: _Stream) -> None:
+    """Zero answers is one of a decoupled model's answers, and without
+    ``enable_empty_final_response`` Triton sends nothing for it, nor any sign that a request
+    with answers is done: silence on the stream proves no backend hung, and a stream that ends
+    OK had every answer. A slower request beside it keeps all its answers."""
+    # Enough answers for the model's latency to be known: its per-try timeout is then short.
+    for index in range(25):
+        stream.client.async_stream_infer("repeat", _repeat_input(1), request_id=f"warm-{index}")
+    warm = [stream.next() for _ in range(25)]
+    assert [error for _, error in warm if error is not None] == []
+    stream.client.async_stream_infer("repeat", _repeat_input(4, delay_ms=150), request_id="slow")
+    stream.client.async_stream_infer("repeat", _repeat_input(0), request_id="nothing")
+    stream.client.stop_stream()  # half-closes, and waits for the stream's end
+    answers: list[tuple[str, int]] = []
+    while not stream.results.empty():
+        result, error = stream.results.get_nowait()
+        assert error is None, error.message()
+        answers.append((result.get_response().id, int(result.as_numpy("OUT")[0])))
+    assert answers == [("slow", n) for n in range(4)]
+
+
 def test_decoupled_model_reports_a_bad_request_on_the_stream(stream: _Stream) -> None:
     stream.client.async_stream_infer("repeat", _repeat_input(-1), request_id="bad")
     result, error = stream.next()

@@ -110,6 +110,8 @@ def test_inputs_and_outputs_in_shared_memory_give_the_inline_results(
         finally:
             streaming.stop_stream()
         assert error is None and result.get_response().id == "s1"
+        # As Triton flags every stream answer: the request's last.
+        assert result.get_response().parameters["triton_final_response"].bool_param
         assert np.array_equal(
             shm.get_contents_as_numpy(regions["out"], np.int32, [1, 16], offset=BYTES), a - b
         )
