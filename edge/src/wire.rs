@@ -43,7 +43,10 @@ pub fn model_key(frame: &[u8]) -> Option<(&str, &str)> {
     if pos != message.len() {
         return None;
     }
-    Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(version).ok()?))
+    let (name, version) = (std::str::from_utf8(name).ok()?, std::str::from_utf8(version).ok()?);
+    // Triton hands the name to its core as a C string: it ends at the first NUL.
+    let name = name.split('\0').next().unwrap_or_default();
+    Some((name, version))
 }
 
 /// Top-level fields of a protobuf message: (field number, wire type, start, end of value);
@@ -581,6 +584,15 @@ mod tests {
         let bare = super::stream_final_answer(b"\x1a\x01a");
         assert!(super::stream_response_final(&bare));
         assert_eq!(super::stream_response_key(&bare), ("", "a"));
+    }
+
+    #[test]
+    fn a_name_ends_at_its_first_nul_as_triton_reads_it() {
+        assert_eq!(
+            model_key(&frame(b"\x0a\x0bsimple\x00junk\x12\x011")),
+            Some(("simple", "1"))
+        );
+        assert_eq!(model_key(&frame(b"\x0a\x07\x00simple")), Some(("", "")));
     }
 
     #[test]

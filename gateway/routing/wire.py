@@ -56,7 +56,8 @@ def read_model_key(data: bytes) -> tuple[str, str]:
                     # Triton's protobuf parse refuses invalid UTF-8 in a string field too.
                     raise UnparsableRequestError from exc
                 if field == 1:
-                    name = text
+                    # Triton's core gets the name as a C string: it ends at the first NUL.
+                    name = text.split("\0", 1)[0]
                 else:
                     version = text
             pos = stop

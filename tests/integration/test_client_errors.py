@@ -82,7 +82,8 @@ def test_an_unknown_shared_memory_region_is_the_clients_not_found(fleet: LocalFl
 LONG = "a" * 300
 # (model, version): an unknown model of a file-name-breaking length, with and without a
 # version; versions Triton cannot parse; a version the model does not have; spellings Triton
-# reads as a version the model has (C++ std::stol: "01", " 2", "2x", "+1" are versions 1 and 2).
+# reads as a version the model has (C++ std::stol: "01", " 2", "2x", "+1" are versions 1 and 2);
+# names with a NUL (Triton's core gets the name as a C string: it ends at the NUL).
 ODD_KEYS = [
     (LONG, ""),
     (LONG, "1"),
@@ -98,6 +99,9 @@ ODD_KEYS = [
     ("classifier", "2x"),
     ("classifier", "+1"),
     ("classifier", "\u0661"),
+    ("classifier\x00junk", ""),
+    ("classifier\x00", "1"),
+    ("\x00classifier", ""),
 ]
 
 

@@ -24,6 +24,13 @@ def test_missing_version_reads_as_empty() -> None:
     assert read_model_key(_infer_request(model_name="simple").SerializeToString()) == ("simple", "")
 
 
+def test_a_name_ends_at_its_first_nul_as_triton_reads_it() -> None:
+    data = service_pb2.ModelReadyRequest(name="simple\x00junk", version="1").SerializeToString()
+    assert read_model_key(data) == ("simple", "1")
+    leading = service_pb2.ModelReadyRequest(name="\x00m").SerializeToString()
+    assert read_model_key(leading) == ("", "")
+
+
 def test_reads_the_same_fields_of_other_model_scoped_requests() -> None:
     for message in (
         service_pb2.ModelReadyRequest(name="m", version="3"),
