@@ -69,7 +69,10 @@ def _accumulate(target: Message, source: Message) -> None:
                     getattr(target, field.name), value, _BUCKET_KEYS.get(field.name)
                 )
             else:
-                _accumulate(getattr(target, field.name), value)
+                child = getattr(target, field.name)
+                # Present even when empty (Triton sends `fail {}` for a model never called).
+                child.SetInParent()
+                _accumulate(child, value)
         elif field.type in _INTEGER_TYPES and not field.is_repeated:
             current = getattr(target, field.name)
             if field.name in _TIMESTAMP_FIELDS:
@@ -99,7 +102,9 @@ def _accumulate_bucket(target: Message, source: Message, bucket_key: str) -> Non
         if field.name == bucket_key:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            _accumulate(getattr(target, field.name), value)
+            child = getattr(target, field.name)
+            child.SetInParent()
+            _accumulate(child, value)
         elif field.type in _INTEGER_TYPES:
             setattr(target, field.name, getattr(target, field.name) + value)
 

@@ -66,3 +66,17 @@ def test_index_drops_the_bare_entry_of_a_model_loaded_elsewhere() -> None:
     assert [(m.name, m.version) for m in merged.models] == [("classifier", "1")]
     alone = merge_repository_index([unloaded_here])
     assert [(m.name, m.version) for m in alone.models] == [("classifier", "")]
+
+
+def test_empty_statistics_stay_present_as_triton_sends_them() -> None:
+    """A model never called: Triton sends ``fail {}``, ``cache_hit {}``... present though
+    empty, and a client comparing answers (or checking ``HasField``) sees them."""
+    response = service_pb2.ModelStatisticsResponse()
+    stats = response.model_stats.add(name="strings", version="1")
+    stats.inference_stats.fail.SetInParent()
+    stats.inference_stats.cache_hit.SetInParent()
+    merged = merge_model_statistics([response, response])
+    assert merged.model_stats[0].inference_stats.HasField("fail")
+    assert merged.model_stats[0].inference_stats.HasField("cache_hit")
+    assert merged == merge_model_statistics([response])
+    assert merged.model_stats[0] == stats
