@@ -838,10 +838,16 @@ async fn unary_as_stream_answer(response: http::Response<Incoming>, request_id: 
 
 const DEADLINE_EXCEEDED: u32 = 4;
 
+/// The status as Triton writes it: grpc-status, then grpc-message.
 fn status_trailers(code: u32, message: &str) -> HeaderMap {
     let answer: http::Response<Upstream> = grpc::trailers_only(code, message);
-    let mut trailers = answer.into_parts().0.headers;
-    trailers.remove("content-type");
+    let headers = answer.into_parts().0.headers;
+    let mut trailers = HeaderMap::with_capacity(2);
+    for name in ["grpc-status", "grpc-message"] {
+        if let Some(value) = headers.get(name) {
+            trailers.insert(name, value.clone());
+        }
+    }
     trailers
 }
 
@@ -965,6 +971,14 @@ mod tests {
         assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"abc")));
         assert_eq!(decoder.next(100).unwrap().unwrap(), Bytes::from(frame(b"de")));
         assert_eq!(decoder.next(100).unwrap(), None);
+    }
+
+    #[test]
+    fn a_streams_status_is_written_as_triton_writes_it() {
+        let trailers = super::status_trailers(4, "Deadline Exceeded");
+        let names: Vec<&str> = trailers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["grpc-status", "grpc-message"]);
+        assert_eq!(super::status_trailers(0, "").keys().count(), 1);
     }
 
     #[test]
