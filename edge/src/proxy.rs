@@ -770,11 +770,16 @@ impl Controlled for Edge {
 }
 
 /// The head of a stream's answer; its messages and status follow in the body.
+/// A stream's answer head, as Triton writes it (the encodings it decodes included: the edge
+/// answers for several backends, so it writes their head itself).
 fn stream_response(body: Upstream) -> Response<ObservedBody> {
     let mut response = Response::new(ObservedBody::from(body));
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        "grpc-accept-encoding",
+        HeaderValue::from_static("identity, deflate, gzip"),
+    );
     response
 }
 

@@ -99,16 +99,18 @@ def test_compressed_stream_messages_are_answered_as_triton_answers_them(
     ]
     body = b"".join(grpc_frame(COMPRESSORS[encoding](r), compressed=True) for r in requests)
 
-    def answers(address: str) -> list[service_pb2.ModelStreamInferResponse]:
+    def answers(address: str) -> tuple[dict[str, str], list[service_pb2.ModelStreamInferResponse]]:
         with H2Client(address, timeout_s=30) as client:
             answer = client.call(
                 f"{SERVICE}/ModelStreamInfer", body, [("grpc-encoding", encoding)], timeout_s=30
             )
         assert answer.code == "OK", answer.describe()
-        return [service_pb2.ModelStreamInferResponse.FromString(m) for m in answer.messages]
+        head = {k: v for k, v in answer.headers.items() if k != "date"}
+        return head, [service_pb2.ModelStreamInferResponse.FromString(m) for m in answer.messages]
 
-    direct = answers(fleet.servers["triton-a"].address)
-    through = answers(gateway_url)
+    direct_head, direct = answers(fleet.servers["triton-a"].address)
+    head, through = answers(gateway_url)
+    assert head == direct_head  # the encodings accepted included
     assert [a.infer_response.id for a in direct] == ["routed", "unknown", "unreadable"]
     assert [(a.error_message, a.infer_response.id) for a in through] == [
         (a.error_message, a.infer_response.id) for a in direct
