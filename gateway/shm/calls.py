@@ -17,7 +17,14 @@ from tritonclient.grpc import service_pb2
 
 from gateway.dataplane import CallContext
 from gateway.errors import GatewayError, UnparsableRequestError
-from gateway.shm.inline import inline, uses_shared_memory, write_outputs
+from gateway.shm.inline import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
+    inline,
+    uses_shared_memory,
+    write_outputs,
+)
 from gateway.shm.regions import SharedMemoryRegions
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -32,6 +39,9 @@ _NOT_FORWARDED = (
     "x-gateway-tried",
     "x-gateway-local-client",
 )
+
+_NO_ANSWER = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+"""How a backend's call ends when it gave no answer of its own."""
 
 
 class SharedMemoryCalls:
@@ -69,26 +79,64 @@ class SharedMemoryCalls:
 
     async def infer(self, request: service_pb2.ModelInferRequest, context: CallContext) -> bytes:
         self.require_local(context)
-        inline_request, targets = inline(request, self.regions)
-        call = self._stub()(
-            inline_request.SerializeToString(),
-            metadata=_forwarded(context.invocation_metadata() or ()),
-            timeout=context.time_remaining(),
-        )
+        stub = self._stub()
         try:
-            answer = await call
-            trailers = await call.trailing_metadata()
-        except grpc.aio.AioRpcError as exc:
-            context.set_trailing_metadata(_strings(exc.trailing_metadata() or ()))
-            raise GatewayError(exc.details() or "", code=exc.code()) from None
+            inline_request, targets = inline(request, self.regions)
+        except GatewayError:
+            await self._refuse_as_earlier(stub, request, context)
+            raise
+        try:
+            answer, trailers = await _send(stub, inline_request, context)
+        except _Refused as refused:
+            context.set_trailing_metadata(refused.trailers)
+            raise refused.error from None
         try:
             response = service_pb2.ModelInferResponse.FromString(answer)
         except Exception:
             raise UnparsableRequestError() from None
         write_outputs(response, targets)
-        context.set_trailing_metadata(_strings(trailers or ()))
+        context.set_trailing_metadata(trailers)
         answered: bytes = response.SerializeToString()
         return answered
+
+    async def _refuse_as_earlier(
+        self,
+        stub: grpc.aio.UnaryUnaryMultiCallable,
+        request: service_pb2.ModelInferRequest,
+        context: CallContext,
+    ) -> None:
+        """Triton reads a request's tensors only once its model, version and parameters have
+        passed (an unknown model is refused before an unknown region): a call Triton refuses
+        before reading them is refused so here too, in the backend's words. The backend is
+        asked with the request's tensors out of shared memory and the first one given an
+        offset without a region, which Triton refuses the moment it reads that tensor, before
+        any inference: that refusal means the one found here stands."""
+        probe = service_pb2.ModelInferRequest()
+        probe.CopyFrom(request)
+        del probe.raw_input_contents[:]
+        for tensor in probe.inputs:
+            tensor.ClearField("contents")
+            for key in (REGION, BYTE_SIZE, OFFSET):
+                tensor.parameters.pop(key, None)
+        for output in probe.outputs:
+            for key in (REGION, BYTE_SIZE, OFFSET):
+                output.parameters.pop(key, None)
+        first = probe.inputs[0] if probe.inputs else probe.outputs[0]
+        first.parameters[OFFSET].int64_param = 0
+        expected = (
+            f"'{OFFSET}' can not be specified without '{REGION}' parameter for tensor "
+            f"'{first.name}'"
+        )
+        try:
+            await _send(stub, probe, context)
+        except _Refused as refused:
+            error = refused.error
+            if error.code in _NO_ANSWER or (
+                error.code == grpc.StatusCode.INVALID_ARGUMENT and error.message == expected
+            ):
+                return
+            context.set_trailing_metadata(refused.trailers)
+            raise error from None
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -112,6 +160,35 @@ class SharedMemoryCalls:
                 ],
             )
         return self._channel.unary_unary(INFER)
+
+
+class _Refused(Exception):
+    """A call the edge answered with an error, and its trailers."""
+
+    def __init__(self, error: GatewayError, trailers: list[tuple[str, str]]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.trailers = trailers
+
+
+async def _send(
+    stub: grpc.aio.UnaryUnaryMultiCallable,
+    request: service_pb2.ModelInferRequest,
+    context: CallContext,
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """The inline call through the edge: its answer and trailers."""
+    call = stub(
+        request.SerializeToString(),
+        metadata=_forwarded(context.invocation_metadata() or ()),
+        timeout=context.time_remaining(),
+    )
+    try:
+        answer: bytes = await call
+        trailers = await call.trailing_metadata()
+    except grpc.aio.AioRpcError as exc:
+        error = GatewayError(exc.details() or "", code=exc.code())
+        raise _Refused(error, _strings(exc.trailing_metadata() or ())) from None
+    return answer, _strings(trailers or ())
 
 
 def _forwarded(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[str, str | bytes]]:

@@ -62,8 +62,8 @@ def test_an_unknown_shared_memory_region_is_the_clients_not_found(fleet: LocalFl
             assert FALLBACK not in trailers
         samples = scrape_with_edge(port)
         # The regions are the gateway's (a client on its host registers them there): it
-        # answers in Triton's words, sends nothing to a backend, tries none again, asks no
-        # fallback...
+        # answers in Triton's words (a backend only tells it whether Triton would refuse the
+        # call earlier, before reading tensors), tries none again, asks no fallback...
         counted = {
             "triton_gateway_retries_total",
             "triton_gateway_hedges_total",
