@@ -8,6 +8,9 @@ const UNKNOWN_MODEL: &str = "Request for unknown model: '";
 /// How Triton refuses a call of a protocol restricted by `--grpc-restricted-protocol` that
 /// lacks its header (UNAVAILABLE): the caller is refused, the server is fine.
 const RESTRICTED_PROTOCOL: &str = "This protocol is restricted, expecting header ";
+/// gRPC's refusals of what the request itself brought, too much metadata or too large a
+/// message (RESOURCE_EXHAUSTED): every backend would refuse it the same way.
+const CLIENTS_EXCESS: [&str; 2] = ["received metadata size exceeds", "Received message larger than max"];
 
 /// The scope of a routed call's status `code` (its name) with Triton's `message`, for the
 /// routed `model` and `version` ("" for the latest). Allocates nothing.
@@ -15,6 +18,7 @@ pub fn fault_scope(code: &str, message: &str, model: &str, version: &str) -> &'s
     match code {
         "NOT_FOUND" if is_stale_route(message, model, version) => "model",
         "UNAVAILABLE" | "RESOURCE_EXHAUSTED" | "INTERNAL" if message.starts_with(RESTRICTED_PROTOCOL) => "",
+        "RESOURCE_EXHAUSTED" if CLIENTS_EXCESS.iter().any(|excess| message.starts_with(excess)) => "",
         "RESOURCE_EXHAUSTED" | "INTERNAL" => "model",
         "UNAVAILABLE" if names_model(message, model) || message.contains(QUEUE_FULL) => "model",
         "UNAVAILABLE" => "backend",

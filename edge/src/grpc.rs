@@ -103,6 +103,46 @@ pub fn check_headers(headers: &mut HeaderMap) -> Result<(), BadHeader> {
     Ok(())
 }
 
+/// gRPC's default hard limit on a request's metadata, which Triton's server keeps: more is
+/// refused with RESOURCE_EXHAUSTED. The edge refuses it the same way before forwarding, as
+/// Triton's answer to a forwarded call past it is not reliable (over one connection Triton
+/// refuses one such call and serves the next).
+pub const TRITON_METADATA_LIMIT: usize = 16 * 1024;
+
+/// Refuses a call whose metadata gRPC would count past [`TRITON_METADATA_LIMIT`]: every
+/// header, pseudo-headers included, counts its name, its value and 32 bytes (HPACK's entry
+/// overhead). Triton's message goes on to list the headers it had read; that list is left out.
+pub fn check_metadata_size(parts: &http::request::Parts) -> Result<(), Refusal> {
+    const OVERHEAD: usize = 32;
+    let pseudo = [
+        (
+            ":path",
+            parts.uri.path_and_query().map_or(0, |path| path.as_str().len()),
+        ),
+        (
+            ":authority",
+            parts.uri.authority().map_or(0, |authority| authority.as_str().len()),
+        ),
+        (":method", parts.method.as_str().len()),
+        (":scheme", parts.uri.scheme_str().map_or(0, str::len)),
+    ];
+    let size = pseudo
+        .iter()
+        .map(|(name, length)| name.len() + length + OVERHEAD)
+        .chain(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + OVERHEAD),
+        )
+        .sum::<usize>();
+    if size <= TRITON_METADATA_LIMIT {
+        return Ok(());
+    }
+    let message = format!("received metadata size exceeds hard limit ({size} vs. {TRITON_METADATA_LIMIT})");
+    Err(Refusal::new(code::RESOURCE_EXHAUSTED, message))
+}
+
 /// The longest deadline forwarded: beyond it a deadline means "none" in practice, and a
 /// larger one overflows the deadline arithmetic of some gRPC servers (an answer of
 /// DEADLINE_EXCEEDED at once). 99,999,999 seconds is over three years.
@@ -180,6 +220,29 @@ mod tests {
         out.extend_from_slice(&(message.len() as u32).to_be_bytes());
         out.extend_from_slice(message);
         Bytes::from(out)
+    }
+
+    #[test]
+    fn metadata_is_counted_as_grpc_counts_it() {
+        let request = |value_length: usize| {
+            let (mut parts, ()) =
+                http::Request::post("http://127.0.0.1:8001/inference.GRPCInferenceService/ModelInfer")
+                    .header("x-big", "a".repeat(value_length))
+                    .body(())
+                    .unwrap()
+                    .into_parts();
+            parts.headers.insert("te", HeaderValue::from_static("trailers"));
+            parts
+        };
+        // :path 5+42+32, :authority 10+14+32, :method 7+4+32, :scheme 7+4+32, te 2+8+32: 263
+        let overhead = 263 + "x-big".len() + 32;
+        assert!(check_metadata_size(&request(TRITON_METADATA_LIMIT - overhead)).is_ok());
+        let refusal = check_metadata_size(&request(TRITON_METADATA_LIMIT - overhead + 1)).unwrap_err();
+        assert_eq!(refusal.code, code::RESOURCE_EXHAUSTED);
+        assert_eq!(
+            refusal.message,
+            "received metadata size exceeds hard limit (16385 vs. 16384)"
+        );
     }
 
     #[test]

@@ -174,6 +174,9 @@ impl Edge {
         local: bool,
     ) -> Result<Response<ObservedBody>, BadHeader> {
         let (mut parts, body) = request.into_parts();
+        if let Err(refusal) = grpc::check_metadata_size(&parts) {
+            return Ok(refusal.response());
+        }
         // Only the edge may tell the gateway which backends already failed a call, and
         // whether its client is on this host.
         parts.headers.remove(TRIED_HEADER);

@@ -16,7 +16,7 @@ from gateway.devfleet import LocalFleet
 from gateway.settings import load_settings
 from tests.support.background import BackgroundGateway
 from tests.support.metrics import scrape_with_edge, total
-from tests.support.models import MODEL_REPOSITORY
+from tests.support.models import MODEL_REPOSITORY, simple_arrays
 from tests.support.settings import gateway_settings
 
 SHM_NOT_FOUND = "Unable to find shared memory region: 'nosuch_region'"
@@ -226,3 +226,36 @@ def test_typed_contents_over_the_fallback_budget_are_resource_exhausted(fleet: L
         code, message, _ = _outcome(infer, typed(2 * 1024 * 1024))  # 8 MiB of fp32
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "fallback.max_request_bytes" in message
+
+
+# Below gRPC's soft limit (8 KiB) all pass; past the hard one (16 KiB) all are refused; between
+# them Triton refuses at random, as gRPC servers do.
+@pytest.mark.parametrize("header_bytes", [4_000, 17_000, 40_000])
+def test_metadata_past_tritons_limit_is_refused_every_time_as_triton_refuses_it(
+    gateway_url: str, fleet: LocalFleet, header_bytes: int
+) -> None:
+    """Triton refuses more than 16 KiB of metadata (RESOURCE_EXHAUSTED, counted as gRPC counts
+    it); forwarded, such calls were refused or served by turns over one connection."""
+    a, b = simple_arrays()
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name, values in (("INPUT0", a), ("INPUT1", b)):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(values.tobytes())
+    metadata = [("x-big", "a" * header_bytes)]
+
+    def outcomes(address: str) -> list[tuple[grpc.StatusCode, str]]:
+        infer = _stub(address).ModelInfer
+        answers = []
+        for _ in range(4):
+            try:
+                infer(request, metadata=metadata, timeout=10)
+                answers.append((grpc.StatusCode.OK, ""))
+            except grpc.RpcError as exc:
+                # The size in parentheses counts each address's own length: not compared
+                # (nor the headers Triton's message goes on to list).
+                answers.append((exc.code(), (exc.details() or "").split(" (")[0]))
+        return answers
+
+    direct = outcomes(fleet.servers["triton-a"].address)
+    assert len(set(direct)) == 1
+    assert outcomes(gateway_url) == direct
