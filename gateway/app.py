@@ -22,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
-from watchfiles import awatch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -36,13 +35,14 @@ from gateway.backends.fallback import OnnxFallback
 from gateway.backends.pool import BackendPool
 from gateway.backends.triton import TritonBackend
 from gateway.config_errors import ConfigError, load_checked
+from gateway.config_watch import content_changes, content_digest
 from gateway.consul_agent import ConsulAgent
 from gateway.control import snapshot
 from gateway.control.arguments import edge_arguments, find_edge_binary
 from gateway.control.errors import ControlError
 from gateway.control.listener import bind_public
 from gateway.control.ports import taken
-from gateway.control.runtime import default_runtime_dir, prepare_runtime_dir
+from gateway.control.runtime import RuntimeLock, default_runtime_dir, prepare_runtime_dir
 from gateway.control.supervisor import EdgeError, EdgeSupervisor
 from gateway.dataplane import DataPlane
 from gateway.discovery.base import Discovery, Endpoint
@@ -204,7 +204,8 @@ class Gateway:
         """The public port, served by tgw-edge."""
         self.private_address = ""
         """Where the Python gRPC server listens: a Unix socket only tgw-edge talks to."""
-        self._runtime_dir: Path | None = None
+        # The runtime folder, once this process holds it.
+        self._runtime: RuntimeLock | None = None
         self._fresh_runtime = False
         self._edge_breakers: dict[str, control_pb2.BackendView] = {}
         self._variant_totals: dict[tuple[str, str], VariantTotals] = {}
@@ -221,22 +222,22 @@ class Gateway:
 
     async def start(self) -> int:
         """Bind, learn the fleet, start serving; returns the bound port."""
+        # What the settings were read from: a save that changes nothing is no reload.
+        config_digest = content_digest(self._config_path) if self._config_path else None
         # grpc.aio objects bind to the running loop, so they are built here, not in __init__.
         self._health = health_aio.HealthServicer()
         # Liveness: SERVING while the process runs (readiness, "", follows the backends).
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._server = self._build_server()
-        binary = find_edge_binary(self.settings.edge.binary)
-        if binary is None:
-            raise EdgeError(
-                "tgw-edge was not found: run 'make install' or set edge.binary "
-                "(GATEWAY_EDGE__BINARY)"
-            )
+        binary = self._edge_binary()
         configured = self.settings.edge.runtime_dir or default_runtime_dir(
             self.settings.server.port
         )
-        runtime, self._fresh_runtime = prepare_runtime_dir(configured)
-        self._runtime_dir = runtime
+        runtime, fresh = prepare_runtime_dir(configured)
+        # Before anything in the folder is touched: a live gateway that holds it keeps its
+        # sockets (its edge hands calls over through them), its state and its edge.
+        self._runtime = RuntimeLock.acquire(runtime)
+        self._fresh_runtime = fresh
         state_dir = self.settings.admin.state_dir or runtime
         self.traffic = TrafficState(
             self._route_store(state_dir),
@@ -255,6 +256,11 @@ class Gateway:
             version_digest=self._version_digest,
             leads=self._leadership.leads,
         )
+        # Every port this process serves besides the public one is bound before the edge
+        # starts: a port in use ends the start with nothing left running.
+        self._serve_metrics()
+        if self.settings.admin.enabled:
+            self._admin_server = self._bind_admin(state_dir)
         await self.traffic.start()
         self._leadership.start()
         self.repository = self._repository_manager(runtime / "store")
@@ -268,21 +274,13 @@ class Gateway:
         if self._server.add_insecure_port(self.private_address) == 0:
             raise OSError(f"cannot listen on {self.private_address}")
         self.pool.on_change(self._report_readiness)
-        if self.settings.metrics.enabled:
-            metrics = self.settings.metrics
-            try:
-                server, _ = start_http_server(metrics.port, metrics.host, registry=self.registry)
-            except OSError as exc:
-                raise ControlError(
-                    taken("metrics", metrics.host, metrics.port, exc, "metrics.port")
-                ) from exc
-            self._metrics_server = server
-            self.metrics_port = server.server_port
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
         self._apply_drains()
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)
         if self._config_path is not None:
-            self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
+            self._config_watch = asyncio.create_task(
+                self._watch_config(self._config_path, config_digest), name="config-watch"
+            )
         await self._set_serving(self.dataplane.is_ready())
         await self._server.start()
         # The folder is already owner-only (0700); the socket is too, in case it is moved.
@@ -307,8 +305,8 @@ class Gateway:
         if self.repository is not None and self.settings.repository.push:
             self.repository.start_reconciling()
         self.rollouts.start()
-        if self.settings.admin.enabled:
-            await self._start_admin(state_dir)
+        if self._admin_server is not None:
+            await self._admin_server.start()
         log.info(
             "gateway_started",
             port=self.port,
@@ -362,10 +360,11 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        if self._runtime_dir is not None:
-            (self._runtime_dir / "gateway.sock").unlink(missing_ok=True)
+        if self._runtime is not None:
+            (self._runtime.folder / "gateway.sock").unlink(missing_ok=True)
             if self._fresh_runtime:
-                shutil.rmtree(self._runtime_dir, ignore_errors=True)
+                shutil.rmtree(self._runtime.folder, ignore_errors=True)
+            self._runtime.release()  # last: the folder may be another gateway's from now on
 
     async def run_until_signal(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain."""
@@ -373,7 +372,15 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except Exception:
+            # Whatever did start stops (an edge above all: it would keep the public port).
+            try:
+                await self.stop(0)
+            except Exception as cleanup:  # the start's own error is the one to tell
+                log.warning("stop_after_failed_start_failed", error=str(cleanup))
+            raise
         assert self.edge is not None
         stopped: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
         failed: asyncio.Future[object] = self.edge.failed  # type: ignore[assignment]
@@ -386,41 +393,49 @@ class Gateway:
         log.info("gateway_draining", grace_s=self.settings.server.shutdown_grace_s)
         await self.stop()
 
-    async def _watch_config(self, path: Path) -> None:
+    async def _watch_config(self, path: Path, since: bytes | None) -> None:
         """Apply backend drains and the per-request policy from the config file whenever it
         is saved: tgw-edge takes both in its next snapshot, without a restart. Other sections
         (ports, edge limits, discovery) take effect at the next start."""
-        async for _ in awatch(path, debounce=200, step=50):
-            try:
-                settings = load_checked(path)
-            except ConfigError as exc:
-                log.warning("config_reload_rejected", path=str(path), error=str(exc))
-                continue
-            changed = sorted(
-                name
-                for name in POLICY_SECTIONS
-                if getattr(settings, name) != getattr(self.settings, name)
+        try:
+            async for _ in content_changes(path, since):
+                self._reload_config(path)
+        except Exception as exc:
+            # Never silently: saves are not applied from now on.
+            log.error("config_watch_failed", path=str(path), error=str(exc))
+            raise
+
+    def _reload_config(self, path: Path) -> None:
+        try:
+            settings = load_checked(path)
+        except ConfigError as exc:
+            log.warning("config_reload_rejected", path=str(path), error=str(exc))
+            return
+        changed = sorted(
+            name
+            for name in POLICY_SECTIONS
+            if getattr(settings, name) != getattr(self.settings, name)
+        )
+        if changed:
+            self.settings = self.settings.model_copy(
+                update={name: getattr(settings, name) for name in changed}
             )
-            if changed:
-                self.settings = self.settings.model_copy(
-                    update={name: getattr(settings, name) for name in changed}
-                )
-                if self.edge is not None:
-                    self.edge.publish()
-            self._config_drained = frozenset(b.name for b in settings.backends if b.drained)
-            self._apply_drains()
-            keys = changed_keys(self._loaded_settings.model_dump(), settings.model_dump())
-            self._loaded_settings = settings
-            applied = [k for k in keys if k.split(".")[0] in POLICY_SECTIONS or is_drain(k)]
-            restart = [k for k in keys if k not in applied]
-            log.info("config_reloaded", path=str(path), applied=applied, needs_restart=restart)
-            if restart:
-                log.warning(
-                    "config_needs_restart",
-                    path=str(path),
-                    keys=restart,
-                    hint="these take effect when the gateway restarts",
-                )
+            if self.edge is not None:
+                self.edge.publish()
+        self._config_drained = frozenset(b.name for b in settings.backends if b.drained)
+        self._apply_drains()
+        keys = changed_keys(self._loaded_settings.model_dump(), settings.model_dump())
+        self._loaded_settings = settings
+        applied = [k for k in keys if k.split(".")[0] in POLICY_SECTIONS or is_drain(k)]
+        restart = [k for k in keys if k not in applied]
+        log.info("config_reloaded", path=str(path), applied=applied, needs_restart=restart)
+        if restart:
+            log.warning(
+                "config_needs_restart",
+                path=str(path),
+                keys=restart,
+                hint="these take effect when the gateway restarts",
+            )
 
     def _build_server(self) -> grpc.aio.Server:
         max_bytes = self.settings.server.max_message_bytes
@@ -448,8 +463,36 @@ class Gateway:
         )
         return server
 
-    async def _start_admin(self, state_dir: Path) -> None:
-        """The admin service on its own port (localhost by default), every call token-checked."""
+    def _edge_binary(self) -> Path:
+        configured = self.settings.edge.binary
+        binary = find_edge_binary(configured)
+        if binary is not None:
+            return binary
+        if configured is not None:
+            raise EdgeError(
+                f"edge.binary {configured} is not a file: give the path of tgw-edge, or unset "
+                "edge.binary (GATEWAY_EDGE__BINARY) to use the one 'make install' installs"
+            )
+        raise EdgeError(
+            "tgw-edge was not found: run 'make install' or set edge.binary (GATEWAY_EDGE__BINARY)"
+        )
+
+    def _serve_metrics(self) -> None:
+        metrics = self.settings.metrics
+        if not metrics.enabled:
+            return
+        try:
+            server, _ = start_http_server(metrics.port, metrics.host, registry=self.registry)
+        except OSError as exc:
+            raise ControlError(
+                taken("metrics", metrics.host, metrics.port, exc, "metrics.port")
+            ) from exc
+        self._metrics_server = server
+        self.metrics_port = server.server_port
+
+    def _bind_admin(self, state_dir: Path) -> grpc.aio.Server:
+        """The admin service on its own port (localhost by default), every call
+        token-checked: bound here, serving once started."""
         admin = self.settings.admin
         server = grpc.aio.server(
             interceptors=[TokenInterceptor(admin_token(admin, state_dir))],
@@ -468,19 +511,21 @@ class Gateway:
             self.traffic, fleet, AdminMetrics(self.registry), self._route_figures, self.rollouts
         )
         admin_pb2_grpc.add_GatewayAdminServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        address = f"{admin.host}:{admin.listen_port(self.settings.server.port)}"
-        port = (
-            server.add_secure_port(address, admin.tls.server_credentials())
-            if admin.tls.enabled
-            else server.add_insecure_port(address)
-        )
+        wanted = admin.listen_port(self.settings.server.port)
+        address = f"{admin.host}:{wanted}"
+        try:
+            port = (
+                server.add_secure_port(address, admin.tls.server_credentials())
+                if admin.tls.enabled
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError:
+            port = 0  # grpcio raises "Failed to bind" where older versions returned 0
         if port == 0:
             in_use = OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
-            wanted = admin.listen_port(self.settings.server.port)
             raise ControlError(taken("the admin service", admin.host, wanted, in_use, "admin.port"))
-        await server.start()
-        self._admin_server = server
         self.admin_port = port
+        return server
 
     def _model_rolled_out(self, content: ModelContent) -> None:
         if self.rollouts is not None:

@@ -153,7 +153,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _fleet_status(args: argparse.Namespace) -> int:
     servers = detached_servers(args.work_dir)
-    if not servers:
+    if servers is None:
         print(f"no fleet was started from {args.work_dir} ('triton-gateway fleet up' starts one)")
         return 0
     for server in servers:
@@ -164,6 +164,9 @@ def _fleet_status(args: argparse.Namespace) -> int:
 
 def _fleet_down(args: argparse.Namespace) -> int:
     stopped = stop_detached(args.work_dir)
+    if stopped is None:
+        print(f"no fleet was started from {args.work_dir}: nothing to stop")
+        return 0
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 

@@ -4,13 +4,18 @@ the closest valid key for a typo), what is wrong — never a traceback."""
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import ENV_NESTED, ENV_PREFIX, GatewaySettings, load_settings
+
+OTHER_VARIABLES = frozenset({"GATEWAY_TRITON_HOME", "GATEWAY_ADMIN_ADDRESS"})
+"""GATEWAY_* variables that are no setting: the CLI's (fleet's Triton home, ctl's address)."""
 
 
 class ConfigError(Exception):
@@ -22,6 +27,7 @@ def load_checked(path: Path | None, **overrides: Any) -> GatewaySettings:
     where = str(path) if path is not None else "the settings"
     if path is not None and not path.is_file():
         raise ConfigError(f"{path}: no such settings file (give --config an existing YAML file)")
+    check_environment(os.environ)
     try:
         return load_settings(path, **overrides)
     except yaml.YAMLError as exc:
@@ -30,16 +36,66 @@ def load_checked(path: Path | None, **overrides: Any) -> GatewaySettings:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {describe(exc)}") from None
+        variable = _variable_setting(_first_problem(exc)["loc"], os.environ)
+        source = where if variable is None else f"the environment variable {variable}"
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def check_environment(environ: Mapping[str, str]) -> None:
+    """A ConfigError for a GATEWAY_* variable that sets no settings section (a typo would
+    otherwise be ignored without a word), with the closest valid name."""
+    sections = {name.upper() for name in GatewaySettings.model_fields}
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+            continue
+        section, nested, rest = name.removeprefix(ENV_PREFIX).partition(ENV_NESTED)
+        if section in sections:
+            continue
+        text = f"{variable}: unknown environment variable (no settings section '{section.lower()}'"
+        suggestion = _close_variable(section, nested + rest, sections)
+        text += f"; did you mean {suggestion}?)" if suggestion else ")"
+        raise ConfigError(text)
+
+
+def _close_variable(section: str, rest: str, sections: set[str]) -> str | None:
+    # GATEWAY_SERVER_PORT: one underscore where two separate the section from its key.
+    for index, char in enumerate(section):
+        if char == "_" and section[:index] in sections:
+            return f"{ENV_PREFIX}{section[:index]}{ENV_NESTED}{section[index + 1 :]}{rest}"
+    matches = difflib.get_close_matches(section, sorted(sections), n=1, cutoff=0.6)
+    return f"{ENV_PREFIX}{matches[0]}{rest}" if matches else None
+
+
+def _variable_setting(location: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """The environment variable that set the value at ``location`` (or the section holding
+    it, as JSON), if one did: the environment overrides the file."""
+    by_name = {variable.upper(): variable for variable in environ}
+    for end in range(len(location), 0, -1):
+        parts = location[:end]
+        if any(isinstance(part, int) for part in parts):
+            continue
+        found = by_name.get(ENV_PREFIX + ENV_NESTED.join(str(part) for part in parts).upper())
+        if found is not None:
+            return found
+    return None
+
+
+def _first_problem(error: ValidationError) -> Any:
+    # An unknown key first: it usually explains a "missing" one beside it (a typo).
+    return sorted(error.errors(), key=lambda p: p["type"] != "extra_forbidden")[0]
+
+
 def describe(error: ValidationError) -> str:
     """The first problem of ``error`` as ``key.path: what`` (and how many more there are)."""
-    # An unknown key first: it usually explains a "missing" one beside it (a typo).
-    problems = sorted(error.errors(), key=lambda p: p["type"] != "extra_forbidden")
-    first = problems[0]
+    problems = error.errors()
+    first = _first_problem(error)
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         text = f"{key}: unknown key"

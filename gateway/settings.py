@@ -17,6 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+_MAX_PORT = 65535
+ENV_PREFIX = "GATEWAY_"
+"""Environment variables named ``GATEWAY_<SECTION>__<KEY>`` override the file."""
+ENV_NESTED = "__"
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -245,6 +250,17 @@ class EdgeSettings(_Frozen):
     """Flow-control window of one call on a backend connection: what a client that stops
     reading can hold buffered. The connection's own window is HTTP/2's largest, so a stalled
     call never stalls others on the same backend connection."""
+
+    @field_validator("binary")
+    @classmethod
+    def _binary_exists(cls, binary: Path | None) -> Path | None:
+        # Said when the settings are read (`check` too), not as "tgw-edge was not found".
+        if binary is not None and not binary.is_file():
+            raise ValueError(
+                "no such file: give the path of tgw-edge, or unset edge.binary to use the one "
+                "'make install' puts beside the Python interpreter"
+            )
+        return binary
 
 
 class BreakerSettings(_Frozen):
@@ -621,7 +637,7 @@ class GatewaySettings(BaseSettings):
     """Everything the gateway needs to start."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, frozen=True, extra="forbid"
     )
 
     server: ServerSettings = ServerSettings()
@@ -656,6 +672,30 @@ class GatewaySettings(BaseSettings):
             raise ValueError("backend names must be unique")
         return backends
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> GatewaySettings:
+        # Caught here (and by `check`), not as a port "in use" by the gateway itself at start.
+        admin_port = self.admin.listen_port(self.server.port)
+        if self.admin.enabled and admin_port > _MAX_PORT:
+            raise ValueError(
+                f"admin.port is not set, and server.port + 2 = {admin_port} is past {_MAX_PORT}: "
+                "set admin.port"
+            )
+        ports = [("server.port", self.server.port)]
+        if self.metrics.enabled:
+            ports.append(("metrics.port", self.metrics.port))
+        if self.admin.enabled:
+            derived = " (server.port + 2)" if self.admin.port is None else ""
+            ports.append((f"admin.port{derived}", admin_port))
+        seen: dict[int, str] = {}
+        for key, port in ports:
+            if port == 0:
+                continue  # a free port each, picked at start
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {key} are both {port}: each needs its own port")
+            seen[port] = key
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -669,13 +709,40 @@ class GatewaySettings(BaseSettings):
         return env_settings, init_settings
 
 
+class DuplicateKeyError(ValueError):
+    """A settings file sets one key twice: YAML would silently keep the last."""
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
-    """Read the YAML file (if any), apply overrides, then the environment; validate once."""
+    """Read the YAML file (if any), apply overrides, then the environment; validate once.
+    A file that is not UTF-8 raises UnicodeDecodeError; one setting a key twice,
+    DuplicateKeyError."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        loaded = yaml.safe_load(text) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
+            raise ValueError("the top level must be a mapping of settings sections")
         data.update(loaded)
     data.update(overrides)
     return GatewaySettings(**data)
+
+
+def _check_unique_keys(node: yaml.Node | None, where: str = "") -> None:
+    """DuplicateKeyError naming the dotted key and both lines, for the first key set twice."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, f"{where}{index}.")
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+            if name and name != "<<":
+                line = key.start_mark.line + 1
+                if name in lines:
+                    raise DuplicateKeyError(
+                        f"{where}{name}: set twice (lines {lines[name]} and {line}): keep one"
+                    )
+                lines[name] = line
+            _check_unique_keys(value, f"{where}{name}.")

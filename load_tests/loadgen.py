@@ -10,6 +10,8 @@ that falls behind shows its queueing in the latency instead of slowing the gener
 
 Reports p50/p90/p99/p99.9 (HdrHistogram), throughput, errors by status code, responses served
 by the gateway's fallback (trailing metadata), and the model versions that answered (A/B).
+Exit status: 0 passed, 1 a threshold crossed, 2 no run (the target or the model cannot be
+reached: said in one line).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ _NUMPY = {
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }  # fmt: skip
+
+
+class LoadError(Exception):
+    """The run cannot start: the message says what failed, in one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +195,15 @@ async def run(
     """
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
-        payload = await build_request(channel, spec)
+        try:
+            payload = await build_request(channel, spec)
+        except grpc.aio.AioRpcError as exc:
+            raise LoadError(
+                f"cannot read the metadata of model '{spec.model}' from {spec.target}: "
+                f"{exc.code().name}: {exc.details()}"
+            ) from exc
+        except ValueError as exc:
+            raise LoadError(f"cannot build a request for model '{spec.model}': {exc}") from exc
         runner = _Runner(spec, payload, channel.unary_unary(INFER))
         with contextlib.suppress(grpc.aio.AioRpcError):
             # Connect outside the measurement; its answer (maybe an error) is not counted.
@@ -326,7 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_s=args.timeout,
         batch=args.batch,
     )
-    result = asyncio.run(run(spec, None if args.quiet else print_progress))
+    try:
+        result = asyncio.run(run(spec, None if args.quiet else print_progress))
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         sys.stderr.write("\n")
     print("\n".join(summary_lines(result)))

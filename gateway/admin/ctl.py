@@ -35,33 +35,62 @@ class CtlError(Exception):
     """What the operator is told, in one line."""
 
 
+def _common_options(parser: argparse.ArgumentParser, *, after_action: bool = False) -> None:
+    """The options of every action, accepted before the action and after it. After it, one
+    not given leaves the value given before it (or its default) as it is."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_action else value
+
+    parser.add_argument(
+        "--address",
+        default=default(None),
+        help="admin address host:port (default: from the settings)",
+    )
+    parser.add_argument(
+        "--token",
+        default=default(None),
+        help="admin token (default: GATEWAY_ADMIN__TOKEN or the token file)",
+    )
+    parser.add_argument(
+        "--token-file", type=Path, default=default(None), help="file holding the admin token"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=default(None), help="the gateway's settings file"
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=default(None),
+        help="CA of a TLS admin port (default: admin.tls.cert_file of the settings)",
+    )
+    parser.add_argument(
+        "--cert-file", type=Path, default=default(None), help="client certificate (mutual TLS)"
+    )
+    parser.add_argument(
+        "--key-file", type=Path, default=default(None), help="client key (mutual TLS)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON instead of tables"
+    )
+    parser.add_argument("--timeout", type=float, default=default(30.0), help="seconds per call")
+
+
 def add_parser(commands: Any) -> None:
     # No abbreviations: `ctl shadow --to` must not be read as the ctl-wide --token.
     ctl = commands.add_parser(
         "ctl", help="change routes, drains and models of a running gateway", allow_abbrev=False
     )
-    ctl.add_argument("--address", help="admin address host:port (default: from the settings)")
-    ctl.add_argument(
-        "--token", help="admin token (default: GATEWAY_ADMIN__TOKEN or the token file)"
-    )
-    ctl.add_argument("--token-file", type=Path, help="file holding the admin token")
-    ctl.add_argument("--config", type=Path, help="the gateway's settings file")
-    ctl.add_argument(
-        "--ca-file",
-        type=Path,
-        help="CA of a TLS admin port (default: admin.tls.cert_file of the settings)",
-    )
-    ctl.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
-    ctl.add_argument("--key-file", type=Path, help="client key (mutual TLS)")
-    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    ctl.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    _common_options(ctl)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _common_options(common, after_action=True)  # `ctl routes --json`, as the README writes it
     actions = ctl.add_subparsers(required=True, metavar="ACTION")
 
     def action(
         name: str, help_text: str, run: Callable[[Admin, argparse.Namespace], Any]
     ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = actions.add_parser(
-            name, help=help_text, allow_abbrev=False
+            name, help=help_text, allow_abbrev=False, parents=[common]
         )
         parser.set_defaults(run=lambda args: _run(args, run))
         return parser
@@ -587,12 +616,17 @@ def _token(args: argparse.Namespace, settings: GatewaySettings) -> str:
     if token_file is None:
         state_dir = admin.state_dir or default_runtime_dir(settings.server.port)
         if state_dir is None:
-            raise CtlError("no admin token: pass --token or --token-file")
+            raise CtlError(
+                "no admin token: pass --token or --token-file, or --config with the gateway's "
+                "settings file"
+            )
         token_file = state_dir / TOKEN_FILE
     try:
         return read_token(token_file)
     except Exception as exc:
-        raise CtlError(f"{exc}: pass --token or --token-file") from None
+        raise CtlError(
+            f"{exc}: pass --token or --token-file, or --config with the gateway's settings file"
+        ) from None
 
 
 def _as_dict(message: Message) -> Any:

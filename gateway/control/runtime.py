@@ -7,6 +7,8 @@ these sockets can reconfigure the data plane or skip its checks.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 import tempfile
@@ -14,9 +16,49 @@ from pathlib import Path
 
 from gateway.control.errors import ControlError
 
+LOCK_FILE = "gateway.lock"
+
 
 class RuntimeDirError(ControlError):
     """The runtime folder cannot be used safely."""
+
+
+class RuntimeLock:
+    """One gateway process's hold on a runtime folder (``flock`` on ``gateway.lock``, which
+    names its pid): a second gateway started for the same folder stops before it touches the
+    first one's sockets. The kernel lets go when the process ends, however it ends; the edge
+    does not inherit it, so a restarted gateway re-attaches to the edge its predecessor left."""
+
+    def __init__(self, folder: Path, descriptor: int) -> None:
+        self.folder = folder
+        self._descriptor: int | None = descriptor
+
+    @classmethod
+    def acquire(cls, folder: Path) -> RuntimeLock:
+        path = folder / LOCK_FILE
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            os.close(descriptor)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise RuntimeDirError(
+                f"another triton-gateway{pid} runs from the runtime folder {folder}: stop it, "
+                "or give this one its own server.port (or edge.runtime_dir)"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        return cls(folder, descriptor)
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._descriptor)
+            self._descriptor = None
 
 
 def default_runtime_dir(port: int) -> Path | None:

@@ -145,6 +145,9 @@ class EdgeSupervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._process is None and not self.pid:
+            await self.client.close()  # a start that failed before any edge ran
+            return
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self.client.shutdown(grace_s, _CALL_TIMEOUT_S)
         if not await self._wait_gone(grace_s + 2.0):
@@ -362,6 +365,8 @@ class EdgeSupervisor:
     def _alive(self) -> bool:
         if self._process is not None:
             return self._process.returncode is None
+        if not self.pid:
+            return False  # none started nor attached (os.kill(0, ...) is the process group)
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:

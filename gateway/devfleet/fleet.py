@@ -333,32 +333,43 @@ class LocalFleet:
         (self._work_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-def detached_servers(work_dir: Path) -> list[TritonServer]:
-    """The servers of a fleet started with ``detached=True`` (none when none was)."""
+def detached_servers(work_dir: Path) -> list[TritonServer] | None:
+    """The servers of a fleet started with ``detached=True``; None when none was. A state file
+    this module did not write is a FleetError naming it."""
     state_path = work_dir / STATE_FILE
     if not state_path.is_file():
-        return []
-    state = json.loads(state_path.read_text())
-    return [
-        TritonServer(
-            name=item["name"],
-            grpc_port=item["grpc_port"],
-            models=tuple(item["models"]),
-            log_path=Path(item["log"]),
-            pid=item["pid"],
-        )
-        for item in state["servers"]
-    ]
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        return [
+            TritonServer(
+                name=str(item["name"]),
+                grpc_port=int(item["grpc_port"]),
+                models=tuple(item["models"]),
+                log_path=Path(item["log"]),
+                pid=int(item["pid"]),
+            )
+            for item in state["servers"]
+        ]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a state 'fleet up' wrote"
+        raise FleetError(
+            f"cannot read the fleet state {state_path} ({reason}): stop its tritonserver "
+            "processes by hand if any run, then remove the file"
+        ) from None
 
 
 def is_running(server: TritonServer) -> bool:
     return _is_tritonserver(server.pid)
 
 
-def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
-    """Stop a fleet started with ``detached=True`` from its state file; return stopped names."""
+def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str] | None:
+    """Stop a fleet started with ``detached=True`` from its state file; return stopped names
+    (None: no fleet was started from ``work_dir``)."""
     state_path = work_dir / STATE_FILE
     servers = detached_servers(work_dir)
+    if servers is None:
+        return None
     running = [s for s in servers if _is_tritonserver(s.pid)]
     for server in running:
         _terminate(server.pid)
@@ -366,7 +377,7 @@ def stop_detached(work_dir: Path, stop_grace_s: float = 10.0) -> list[str]:
     for server in running:
         _wait_exit(server, deadline)
         _kill_group(server.pid)
-    state_path.unlink()
+    state_path.unlink(missing_ok=True)
     return [s.name for s in running]
 
 

@@ -73,6 +73,7 @@ class FileRouteStore:
 
     def load_now(self) -> admin_pb2.State:
         problems: list[str] = []
+        unreadable: list[Path] = []
         for candidate in (self.path, self.copy):
             try:
                 text = candidate.read_text()
@@ -80,21 +81,25 @@ class FileRouteStore:
                 continue
             except OSError as exc:
                 problems.append(f"{candidate}: {exc.strerror or exc}")
+                unreadable.append(candidate)
                 continue
             try:
                 state = parse_state(text)
             except ValueError as exc:
                 problems.append(f"{candidate}: {exc}")
+                unreadable.append(candidate)
                 log.error("route_state_corrupt", path=str(candidate), error=str(exc))
-                self._keep_aside(candidate)
                 continue
             if problems:
                 log.warning("route_state_recovered", path=str(candidate), revision=state.revision)
+                for bad in unreadable:
+                    self._keep_aside(bad)
             return state
         if problems:
+            # Left where they are: the next start refuses too, until someone decides.
             raise RouteStoreError(
                 "the route state cannot be read (" + "; ".join(problems) + "): restore it from "
-                f"a backup or remove {self.path} to start with no routes"
+                f"a backup or remove {' and '.join(map(str, unreadable))} to start with no routes"
             )
         return admin_pb2.State()
 
@@ -108,7 +113,8 @@ class FileRouteStore:
             raise RouteStoreError(f"cannot write the route state to {self.path}: {exc}") from exc
 
     def _keep_aside(self, path: Path) -> None:
-        # The unreadable file is kept for inspection; the next save writes a good one.
+        # The unreadable file is kept for inspection (a good copy serves); the next save
+        # writes a good one.
         with contextlib.suppress(OSError):
             path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.control.errors import ControlError
 from gateway.control.listener import PublicPortError, bind_public, bound_port
-from gateway.control.runtime import RuntimeDirError, default_runtime_dir, prepare_runtime_dir
+from gateway.control.runtime import (
+    RuntimeDirError,
+    RuntimeLock,
+    default_runtime_dir,
+    prepare_runtime_dir,
+)
 
 
 def _mode(path: Path) -> int:
@@ -119,3 +127,64 @@ def test_the_public_port_listens_and_port_0_picks_a_free_one() -> None:
         assert not listener.get_inheritable()
     finally:
         listener.close()
+
+
+def test_a_second_gateway_cannot_hold_a_runtime_folder_held_by_a_live_one(
+    tmp_path: Path,
+) -> None:
+    folder, _ = prepare_runtime_dir(tmp_path / "runtime")
+    first = RuntimeLock.acquire(folder)
+    try:
+        assert (folder / "gateway.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RuntimeDirError) as info:
+            RuntimeLock.acquire(folder)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message == (
+            f"another triton-gateway (pid {os.getpid()}) runs from the runtime folder {folder}: "
+            "stop it, or give this one its own server.port (or edge.runtime_dir)"
+        )
+    finally:
+        first.release()
+    # Released (at stop, or by the kernel when the holder dies), the folder can be taken.
+    RuntimeLock.acquire(folder).release()
+
+
+_HOLDER = """
+import subprocess, sys
+from pathlib import Path
+from gateway.control.runtime import RuntimeLock
+lock = RuntimeLock.acquire(Path(sys.argv[1]))
+# As the gateway starts tgw-edge: a child that outlives it. Even told to keep every
+# descriptor, it must not keep the lock.
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                         stdin=subprocess.PIPE, close_fds=False)
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_runtime_lock_dies_with_its_process_and_is_not_inherited(tmp_path: Path) -> None:
+    folder, _ = prepare_runtime_dir(tmp_path / "runtime")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = 0
+    try:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        with pytest.raises(RuntimeDirError, match=f"pid {holder.pid}"):
+            RuntimeLock.acquire(folder)
+        holder.kill()  # no stop, no release: as a crash (or kill -9) ends it
+        holder.wait()
+        assert Path(f"/proc/{child}").exists(), "its child outlives it"
+        RuntimeLock.acquire(folder).release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if child:
+            os.kill(child, signal.SIGKILL)

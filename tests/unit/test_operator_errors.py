@@ -39,6 +39,35 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
         ),
         ("discovery: {source: dns}\n", "set discovery.dns.name"),
         ("consul: {address: nowhere}\n", "consul.address 'nowhere' must be host:port"),
+        (
+            "server: {port: 8001}\nmetrics: {port: 8001}\n",
+            "server.port and metrics.port are both 8001: each needs its own port",
+        ),
+        (
+            "metrics: {port: 9003}\nadmin: {port: 9003}\n",
+            "metrics.port and admin.port are both 9003",
+        ),
+        (
+            "server: {port: 9001}\nmetrics: {port: 9003}\n",
+            "metrics.port and admin.port (server.port + 2) are both 9003",
+        ),
+        (
+            "server: {port: 65534}\n",
+            "admin.port is not set, and server.port + 2 = 65536 is past 65535: set admin.port",
+        ),
+        (
+            "edge: {binary: /nonexistent/tgw-edge}\n",
+            "edge.binary: no such file: give the path of tgw-edge",
+        ),
+        (
+            "server:\n  port: 9001\n  host: 127.0.0.1\n  port: 9002\n",
+            "server.port: set twice (lines 2 and 4): keep one",
+        ),
+        (
+            "backends:\n  - {name: a, address: 'h:1'}\n  - {name: b, address: 'h:2', name: c}\n",
+            "backends.1.name: set twice (lines 3 and 3)",
+        ),
+        ("- server\n", "the top level must be a mapping of settings sections"),
     ],
 )
 def test_a_bad_settings_file_is_one_line_and_status_2(
@@ -52,6 +81,88 @@ def test_a_bad_settings_file_is_one_line_and_status_2(
         assert err.count("\n") == 1 and "Traceback" not in err
         assert err.startswith(f"triton-gateway: {config}: ")
         assert says in err
+
+
+def test_a_file_that_is_not_utf8_says_so_with_the_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_bytes(b"server:\n  host: caf\xe9\n")
+    code, _, err = run(["check", "--config", str(config)], capsys)
+    assert (code, err) == (
+        2,
+        f"triton-gateway: {config} is not UTF-8 text (byte 0xe9 at offset 19)\n",
+    )
+
+
+def test_an_environment_variable_is_named_as_the_source_of_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("server: {port: 9001}\n")
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "abc")
+    code, _, err = run(["check", "--config", str(config)], capsys)
+    assert code == 2
+    assert err.startswith(
+        "triton-gateway: the environment variable GATEWAY_SERVER__PORT: server.port: "
+    )
+    assert "(got 'abc')" in err and str(config) not in err
+    # An unknown key under a known section comes from the environment too.
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "9100")
+    monkeypatch.setenv("GATEWAY_SERVER__PROT", "1")
+    code, _, err = run(["check", "--config", str(config)], capsys)
+    assert (code, err) == (
+        2,
+        "triton-gateway: the environment variable GATEWAY_SERVER__PROT: server.prot: "
+        "unknown key (did you mean 'port'?)\n",
+    )
+    # A value of the file that the environment does not touch is the file's.
+    monkeypatch.delenv("GATEWAY_SERVER__PROT")
+    config.write_text("server: {port: 9001}\nmetrics: {port: abc}\n")
+    code, _, err = run(["check", "--config", str(config)], capsys)
+    assert code == 2 and err.startswith(f"triton-gateway: {config}: metrics.port: ")
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("GATEWAY_SERVR__PORT", "did you mean GATEWAY_SERVER__PORT?"),
+        ("GATEWAY_SERVER_PORT", "did you mean GATEWAY_SERVER__PORT?"),
+        ("gateway_logging_level", "did you mean GATEWAY_LOGGING__LEVEL?"),
+        ("GATEWAY_ZZZ", None),
+    ],
+)
+def test_an_unknown_gateway_variable_is_an_error_with_the_closest_name(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    suggestion: str | None,
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("server: {port: 9001}\n")
+    monkeypatch.setenv(variable, "9100")
+    for command in ("check", "serve"):
+        code, out, err = run([command, "--config", str(config)], capsys)
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1
+        assert err.startswith(f"triton-gateway: {variable}: unknown environment variable")
+        if suggestion is None:
+            assert "did you mean" not in err
+        else:
+            assert suggestion in err
+
+
+def test_the_clis_own_gateway_variables_are_no_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("server: {port: 9001}\n")
+    monkeypatch.setenv("GATEWAY_ADMIN_ADDRESS", "127.0.0.1:9003")
+    monkeypatch.setenv("GATEWAY_TRITON_HOME", str(tmp_path))
+    monkeypatch.setenv("GATEWAY_LOGGING__LEVEL", "debug")
+    code, out, _ = run(["check", "--config", str(config)], capsys)
+    assert code == 0 and out.startswith(f"{config}: valid; public port 9001")
 
 
 def test_a_missing_file_and_a_valid_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -140,6 +140,23 @@ def test_a_corrupt_state_file_falls_back_to_its_copy_then_refuses(tmp_path: Path
         _state(path)
 
 
+@pytest.mark.parametrize("corrupt", [("traffic.json.bak",), ("traffic.json", "traffic.json.bak")])
+def test_with_no_good_copy_left_the_refusal_names_the_files_to_remove_and_keeps_them(
+    tmp_path: Path, corrupt: tuple[str, ...]
+) -> None:
+    for name in corrupt:
+        (tmp_path / name).write_text("{")
+    store = FileRouteStore(tmp_path / "traffic.json")
+    with pytest.raises(RouteStoreError) as info:
+        store.load_now()
+    named = " and ".join(str(tmp_path / name) for name in corrupt)
+    assert str(info.value).endswith(f"remove {named} to start with no routes")
+    # Nothing is moved aside: the next start refuses as well, until someone decides.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(corrupt)
+    with pytest.raises(RouteStoreError):
+        store.load_now()
+
+
 def test_variant_figures_read_the_edges_report() -> None:
     report = control_pb2.VariantReport(
         route="classifier",
