@@ -184,6 +184,58 @@ def test_a_backend_killed_or_hung_mid_stream_fails_none_of_its_requests(
     )
 
 
+def _repeat_request(request_id: str, count: int, delay_ms: int) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="repeat", id=request_id)
+    for name, datatype, number in (("IN", "INT32", count), ("DELAY", "UINT32", delay_ms)):
+        request.inputs.add(name=name, datatype=datatype, shape=[1])
+        request.raw_input_contents.append(np.array([number], dtype=datatype.lower()).tobytes())
+    return request
+
+
+def test_a_decoupled_request_cut_by_its_backend_is_reported_once_and_the_stream_goes_on(
+    triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Answers a decoupled model already gave cannot be taken back: its request, cut short by
+    its backend's death, is reported in the stream (as Triton reports a failed request), not
+    sent again to repeat them; the stream's next requests go to the backend left."""
+    with fleet_behind_gateway(
+        triton_installation,
+        tmp_path_factory,
+        {"stream-a": ("simple", "repeat"), "stream-b": ("simple",)},
+        fallback={"enabled": False},
+    ) as (fleet, gateway):
+        _cut_decoupled_request(fleet, gateway)
+
+
+def _cut_decoupled_request(fleet: LocalFleet, gateway: BackgroundGateway) -> None:
+    requests: queue.Queue[service_pb2.ModelInferRequest | None] = queue.Queue()
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(gateway.url))
+    answers = stub.ModelStreamInfer(iter(requests.get, None), timeout=60)
+    try:
+        requests.put(_repeat_request("slow", 8, 250))
+        first = [next(answers) for _ in range(2)]
+        os.kill(fleet.servers["stream-a"].pid, signal.SIGKILL)  # the only holder of `repeat`
+        a, b = simple_arrays(seed=6)
+        after = service_pb2.ModelInferRequest(model_name="simple", id="after")
+        for name, values in (("INPUT0", a), ("INPUT1", b)):
+            after.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            after.raw_input_contents.append(values.tobytes())
+        cut = next(answers)
+        requests.put(after)
+        served = next(answers)
+    finally:
+        requests.put(None)
+    rest = list(answers)  # the stream ends OK after the client's half-close
+    assert [(m.error_message, m.infer_response.id) for m in first] == [("", "slow")] * 2
+    assert [np.frombuffer(m.infer_response.raw_output_contents[0], np.int32)[0] for m in first] == [
+        0,
+        1,
+    ]
+    assert (cut.infer_response.id, bool(cut.error_message)) == ("slow", True)
+    assert (served.error_message, served.infer_response.id) == ("", "after")
+    assert rest == []
+
+
 def test_cancelling_a_stream_releases_its_requests_on_the_edge_and_the_backend(
     triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
