@@ -40,8 +40,9 @@ _NOT_FORWARDED = (
     "x-gateway-local-client",
 )
 
-_NO_ANSWER = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-"""How a backend's call ends when it gave no answer of its own."""
+_EARLIER_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+"""How Triton refuses a request before reading its tensors (an unknown model or version, a bad
+parameter); any other end of the probe (no backend up, a deadline) says nothing of that."""
 
 
 class SharedMemoryCalls:
@@ -131,9 +132,7 @@ class SharedMemoryCalls:
             await _send(stub, probe, context)
         except _Refused as refused:
             error = refused.error
-            if error.code in _NO_ANSWER or (
-                error.code == grpc.StatusCode.INVALID_ARGUMENT and error.message == expected
-            ):
+            if error.code not in _EARLIER_REFUSALS or error.message == expected:
                 return
             context.set_trailing_metadata(refused.trailers)
             raise error from None
