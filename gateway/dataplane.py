@@ -380,6 +380,8 @@ class DataPlane:
             with self._tracer.upstream_call("ModelInfer", name, version, "local", context):
                 response = await self._fallback.infer(request)
         except GatewayError as exc:
+            # Its refusals are the fallback's too (its checks are not Triton's own).
+            context.set_trailing_metadata(FALLBACK_METADATA)
             self._record("ModelInfer", name, version, "local", exc.code.name, started, "fallback")
             raise
         context.set_trailing_metadata(FALLBACK_METADATA)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from tritonclient.grpc import service_pb2
 
-from gateway.dataplane import CallContext
+from gateway.dataplane import FALLBACK_METADATA, CallContext
 from gateway.errors import GatewayError, UnparsableRequestError
 from gateway.shm.inline import (
     BYTE_SIZE,
@@ -132,7 +132,9 @@ class SharedMemoryCalls:
             await _send(stub, probe, context)
         except _Refused as refused:
             error = refused.error
-            if error.code not in _EARLIER_REFUSALS or error.message == expected:
+            # The fallback's refusal (no backend took the probe) is not Triton's word.
+            from_fallback = FALLBACK_METADATA[0] in refused.trailers
+            if error.code not in _EARLIER_REFUSALS or error.message == expected or from_fallback:
                 return
             context.set_trailing_metadata(refused.trailers)
             raise error from None

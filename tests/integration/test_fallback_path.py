@@ -92,6 +92,8 @@ def test_client_errors_are_still_invalid_argument(no_fleet: BackgroundGateway) -
     with pytest.raises(grpc.RpcError) as info:
         _infer_with_trailers(no_fleet.url, request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The refusal is the fallback's, and says so as its answers do.
+    assert SERVED_BY in tuple(info.value.trailing_metadata() or ())  # type: ignore[attr-defined]
     del b
 
 
@@ -134,3 +136,19 @@ def test_a_backend_killed_between_polls_is_covered_by_the_fallback(
                 )
 
             assert wait_until(lambda: counted() == (1, 1, 1)), counted()
+
+
+def test_a_shared_memory_refusal_is_not_the_fallbacks_with_no_backend_up(
+    no_fleet: BackgroundGateway,
+) -> None:
+    """With no backend to say whether Triton would refuse a call earlier, the gateway's own
+    check of the client's regions answers, not the fallback's reading of a tensorless copy."""
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        tensor.parameters["shared_memory_region"].string_param = "nosuch_region"
+        tensor.parameters["shared_memory_byte_size"].int64_param = 64
+    with pytest.raises(grpc.RpcError) as info:
+        _infer_with_trailers(no_fleet.url, request)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "Unable to find shared memory region: 'nosuch_region'"
