@@ -33,6 +33,7 @@ import onnxruntime as ort
 import structlog
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from gateway.backends.classification import requested_classes, top_classes
 from gateway.backends.tensor_codec import (
     config_datatype,
     decode_input,
@@ -66,6 +67,8 @@ class _Model:
     inputs: dict[str, _Tensor]
     outputs: dict[str, _Tensor]
     session: Any  # onnxruntime.InferenceSession (untyped)
+    labels: dict[str, tuple[str, ...]]
+    """Per output with a `label_filename`: its lines, for `classification` answers."""
 
 
 class OnnxFallback:
@@ -186,9 +189,12 @@ class OnnxFallback:
             request = service_pb2.ModelInferRequest.FromString(data)
         except Exception as exc:  # protobuf's DecodeError and friends
             raise InvalidRequestError("failed to parse the request") from exc
+        # Triton reads the outputs' parameters with the request, before the model checks it.
+        classes = {o.name: requested_classes(o) for o in request.outputs}
         model = self._model(request.model_name, request.model_version)
         feeds = _validated_inputs(model, request)
-        wanted = [o.name for o in request.outputs] or list(model.outputs)
+        # Each output once (Triton keeps the requested outputs as a set).
+        wanted = list(dict.fromkeys(o.name for o in request.outputs)) or list(model.outputs)
         for name in wanted:
             if name not in model.outputs:
                 raise InvalidRequestError(
@@ -201,6 +207,12 @@ class OnnxFallback:
         for name, value in zip(wanted, results, strict=True):
             datatype = model.outputs[name].datatype
             array = np.asarray(value)
+            k = classes.get(name, 0)
+            if k:
+                array = top_classes(
+                    array, datatype, k, model.max_batch_size > 0, model.labels.get(name, ())
+                )
+                datatype = "BYTES"
             response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
             response.raw_output_contents.append(encode_output(array, datatype))
         answer: bytes = response.SerializeToString()
@@ -250,6 +262,11 @@ class OnnxFallback:
             inputs={t.name: _tensor(t) for t in config.input},
             outputs={t.name: _tensor(t) for t in config.output},
             session=session,
+            labels={
+                t.name: _labels(model_dir, t.label_filename)
+                for t in config.output
+                if t.label_filename
+            },
         )
 
 
@@ -301,6 +318,18 @@ def _tensor(
     spec: model_config_pb2.ModelInput | model_config_pb2.ModelOutput,
 ) -> _Tensor:
     return _Tensor(spec.name, config_datatype(spec.data_type), tuple(spec.dims))
+
+
+def _labels(model_dir: Path, filename: str) -> tuple[str, ...]:
+    """An output's class labels, one per line, from a file in the model's folder (none when
+    the file cannot be read, as Triton then answers without them)."""
+    path = (model_dir / filename).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        return ()
+    try:
+        return tuple(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError):
+        return ()
 
 
 def _rid(request: service_pb2.ModelInferRequest) -> str:

@@ -152,3 +152,50 @@ def test_a_shared_memory_refusal_is_not_the_fallbacks_with_no_backend_up(
         _infer_with_trailers(no_fleet.url, request)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "Unable to find shared memory region: 'nosuch_region'"
+
+
+def _classified(
+    model: str, tensors: dict[str, np.ndarray], output: str, classes: object
+) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model, id="cls")
+    datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int8): "INT8"}
+    for name, values in tensors.items():
+        request.inputs.add(name=name, datatype=datatypes[values.dtype], shape=list(values.shape))
+        request.raw_input_contents.append(values.tobytes())
+    parameter = request.outputs.add(name=output).parameters["classification"]
+    if isinstance(classes, int):
+        parameter.int64_param = classes
+    else:
+        parameter.string_param = str(classes)
+    return request
+
+
+def _outcome_of(url: str, request: service_pb2.ModelInferRequest) -> tuple[str, str, bytes]:
+    try:
+        response, _ = _infer_with_trailers(url, request)
+    except grpc.RpcError as exc:
+        return exc.code().name, exc.details() or "", b""  # type: ignore[attr-defined]
+    return "OK", "", response.SerializeToString()
+
+
+def test_classification_is_answered_as_triton_answers_it(
+    no_fleet: BackgroundGateway, fleet: LocalFleet
+) -> None:
+    """An output asked for with `classification: k` is the top k classes of each batch row,
+    as "value:index" strings (BYTES), the same bytes as Triton's; its refusals are Triton's."""
+    x = classifier_features(batch=2, seed=12)
+    ints = np.arange(-8, 8, dtype=np.int8).reshape(1, 16)
+    cases = [
+        _classified("classifier", {"INPUT": x}, "PROBABILITIES", 2),
+        _classified("classifier", {"INPUT": x}, "PROBABILITIES", 10),  # past the classes
+        _classified("identity", {"INPUT": np.array([3, 1, 2], np.float32)}, "OUTPUT", 2),
+        _classified("int8_add", {"INPUT0": ints, "INPUT1": ints}, "OUTPUT1", 3),
+        _classified("classifier", {"INPUT": x}, "PROBABILITIES", 0),
+        _classified("classifier", {"INPUT": x}, "PROBABILITIES", "2"),
+    ]
+    direct = fleet.servers["triton-a"].address
+    for request in cases:
+        expected = _outcome_of(direct, request)
+        assert _outcome_of(no_fleet.url, request) == expected, request.outputs
+    first = service_pb2.ModelInferResponse.FromString(_outcome_of(direct, cases[0])[2])
+    assert (first.outputs[0].datatype, list(first.outputs[0].shape)) == ("BYTES", [2, 2])
