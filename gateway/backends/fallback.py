@@ -35,6 +35,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.backends.classification import requested_classes, top_classes
 from gateway.backends.tensor_codec import (
+    ByteSizeMismatch,
     config_datatype,
     decode_input,
     decoded_bytes_bound,
@@ -342,18 +343,26 @@ def _validated_inputs(
     """Check the request against the config as Triton does, then decode each input."""
     prefix = _rid(request)
     given = [t.name for t in request.inputs]
-    for name in given:
-        if name not in model.inputs:
-            raise InvalidRequestError(
-                f"{prefix}unexpected inference input '{name}' for model '{model.name}'"
-            )
-    if len(given) != len(model.inputs) or len(set(given)) != len(given):
-        missing = sorted(set(model.inputs) - set(given))
+    seen: set[str] = set()
+    for name in given:  # Triton refuses the second copy as it builds the request
+        if name in seen:
+            raise InvalidRequestError(f"{prefix}input '{name}' already exists in request")
+        seen.add(name)
+    if len(given) != len(model.inputs):
+        missing = [name for name in model.inputs if name not in seen]
         raise InvalidRequestError(
             f"{prefix}expected {len(model.inputs)} inputs but got {len(given)} inputs for "
-            f"model '{model.name}'. Got input(s) {given}, but missing required input(s) "
-            f"{missing}. Please provide all required input(s)."
+            f"model '{model.name}'. Got input(s) {_listed(given)}, but missing required "
+            f"input(s) {_listed(missing)}. Please provide all required input(s)."
         )
+    for name in given:
+        if name not in model.inputs:
+            # Triton's words, without the request id this once.
+            raise InvalidRequestError(
+                f"unexpected inference input '{name}' for model '{model.name}'"
+            )
+    if model.max_batch_size > 0:
+        _check_batch(model, request, prefix)
     raw_count = len(request.raw_input_contents)
     if raw_count and raw_count != len(request.inputs):
         raise InvalidRequestError(
@@ -369,7 +378,13 @@ def _validated_inputs(
                 f"but model '{model.name}' expects '{expected.datatype}'"
             )
         _check_shape(model, expected, list(tensor.shape), prefix)
-        array = decode_input(tensor, raw[index] if raw else None)
+        try:
+            array = decode_input(tensor, raw[index] if raw else None)
+        except ByteSizeMismatch as exc:
+            raise InvalidRequestError(
+                f"{prefix}input byte size mismatch for input '{tensor.name}' for model "
+                f"'{model.name}'. Expected {exc.expected}, got {exc.got}"
+            ) from None
         if array.dtype.hasobject:
             array = _as_text(array, tensor.name, prefix)
         feeds[tensor.name] = array
@@ -389,6 +404,42 @@ def _as_text(array: np.ndarray[Any, Any], name: str, prefix: str) -> np.ndarray[
     return np.array(items, dtype=np.object_).reshape(array.shape)
 
 
+_BATCH_NOTE = (
+    ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension "
+    "to be prepended to each input shape. If you want to specify the full shape including the "
+    "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
+    "configuration docs for more info on max_batch_size."
+)
+
+
+def _listed(names: Sequence[str]) -> str:
+    """A list of names as Triton writes it: ['a','b']."""
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _check_batch(model: _Model, request: service_pb2.ModelInferRequest, prefix: str) -> None:
+    """A batching model's inputs share their first dimension, at most max_batch_size."""
+    batch: int | None = None
+    for tensor in request.inputs:
+        first = tensor.shape[0] if tensor.shape else 0
+        if batch is None:
+            batch = first
+        elif first != batch:
+            raise InvalidRequestError(
+                f"{prefix}input '{tensor.name}' batch size does not match other inputs for "
+                f"'{model.name}'"
+            )
+    if batch is not None and batch > model.max_batch_size:
+        raise InvalidRequestError(
+            f"{prefix}inference request batch-size must be <= {model.max_batch_size} for "
+            f"'{model.name}'"
+        )
+
+
 def _check_shape(model: _Model, expected: _Tensor, shape: list[int], prefix: str) -> None:
     dims = list(expected.dims)
     full = ([-1] if model.max_batch_size > 0 else []) + dims
@@ -398,7 +449,8 @@ def _check_shape(model: _Model, expected: _Tensor, shape: list[int], prefix: str
     if ok and model.max_batch_size > 0:
         ok = 1 <= shape[0] <= model.max_batch_size
     if not ok:
+        note = _BATCH_NOTE if model.max_batch_size > 0 else ""
         raise InvalidRequestError(
             f"{prefix}unexpected shape for input '{expected.name}' for model '{model.name}'. "
-            f"Expected {full}, got {shape}"
+            f"Expected {_dims(full)}, got {_dims(shape)}{note}"
         )

@@ -109,6 +109,18 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
+class ByteSizeMismatch(InvalidRequestError):
+    """Raw contents of another size than the input's shape and datatype need (the caller
+    words it with its model's name, as Triton does)."""
+
+    def __init__(self, name: str, expected: int, got: int) -> None:
+        super().__init__(
+            f"input byte size mismatch for input '{name}': expected {expected}, got {got}"
+        )
+        self.expected = expected
+        self.got = got
+
+
 def decode_input(
     tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None
 ) -> npt.NDArray[np.generic]:
@@ -123,10 +135,7 @@ def decode_input(
             return _decode_bytes(raw, count, tensor.name).reshape(shape)
         expected = count * dtype.itemsize
         if len(raw) != expected:
-            raise InvalidRequestError(
-                f"input byte size mismatch for input '{tensor.name}': expected {expected}, "
-                f"got {len(raw)}"
-            )
+            raise ByteSizeMismatch(tensor.name, expected, len(raw))
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     field = TYPED_FIELDS.get(tensor.datatype)
     if field is None:

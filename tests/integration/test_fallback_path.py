@@ -199,3 +199,38 @@ def test_classification_is_answered_as_triton_answers_it(
         assert _outcome_of(no_fleet.url, request) == expected, request.outputs
     first = service_pb2.ModelInferResponse.FromString(_outcome_of(direct, cases[0])[2])
     assert (first.outputs[0].datatype, list(first.outputs[0].shape)) == ("BYTES", [2, 2])
+
+
+def _simple_request(
+    shapes: list[tuple[str, list[int]]], short_input: str = ""
+) -> service_pb2.ModelInferRequest:
+    """`simple` with these inputs (a name may come twice); `short_input`'s raw contents lack
+    their last four bytes."""
+    request = service_pb2.ModelInferRequest(model_name="simple", id="bad")
+    for name, shape in shapes:
+        raw = np.zeros(shape, np.int32).tobytes()
+        request.inputs.add(name=name, datatype="INT32", shape=shape)
+        request.raw_input_contents.append(raw[:-4] if name == short_input else raw)
+    return request
+
+
+# One input at fault in each: Triton checks a request's inputs in its own map's order.
+BAD_SIMPLE_REQUESTS = {
+    "duplicate input": _simple_request(
+        [("INPUT0", [1, 16]), ("INPUT1", [1, 16]), ("INPUT0", [1, 16])]
+    ),
+    "misspelled input": _simple_request([("INPUT0", [1, 16]), ("input1", [1, 16])]),
+    "batch past the maximum": _simple_request([("INPUT0", [9, 16]), ("INPUT1", [9, 16])]),
+    "wrong shape": _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 15])]),
+    "too few bytes": _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])], "INPUT1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SIMPLE_REQUESTS))
+def test_the_fallbacks_refusals_are_tritons(
+    no_fleet: BackgroundGateway, fleet: LocalFleet, case: str
+) -> None:
+    request = BAD_SIMPLE_REQUESTS[case]
+    expected = _outcome_of(fleet.servers["triton-a"].address, request)
+    assert expected[0] == "INVALID_ARGUMENT"
+    assert _outcome_of(no_fleet.url, request) == expected
