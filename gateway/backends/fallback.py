@@ -190,9 +190,10 @@ class OnnxFallback:
             request = service_pb2.ModelInferRequest.FromString(data)
         except Exception as exc:  # protobuf's DecodeError and friends
             raise InvalidRequestError("failed to parse the request") from exc
+        model = self._model(request.model_name, request.model_version)
+        _check_priority(request)
         # Triton reads the outputs' parameters with the request, before the model checks it.
         classes = {o.name: requested_classes(o) for o in request.outputs}
-        model = self._model(request.model_name, request.model_version)
         feeds = _validated_inputs(model, request)
         # Each output once (Triton keeps the requested outputs as a set).
         wanted = list(dict.fromkeys(o.name for o in request.outputs)) or list(model.outputs)
@@ -343,11 +344,9 @@ def _validated_inputs(
     """Check the request against the config as Triton does, then decode each input."""
     prefix = _rid(request)
     given = [t.name for t in request.inputs]
-    seen: set[str] = set()
-    for name in given:  # Triton refuses the second copy as it builds the request
-        if name in seen:
-            raise InvalidRequestError(f"{prefix}input '{name}' already exists in request")
-        seen.add(name)
+    raw = list(request.raw_input_contents)
+    _check_data_sources(model, request, raw, prefix)
+    seen = set(given)
     if len(given) != len(model.inputs):
         missing = [name for name in model.inputs if name not in seen]
         raise InvalidRequestError(
@@ -363,12 +362,6 @@ def _validated_inputs(
             )
     if model.max_batch_size > 0:
         _check_batch(model, request, prefix)
-    raw_count = len(request.raw_input_contents)
-    if raw_count and raw_count != len(request.inputs):
-        raise InvalidRequestError(
-            f"{prefix}expected {len(request.inputs)} raw_input_contents, got {raw_count}"
-        )
-    raw = list(request.raw_input_contents)
     feeds: dict[str, np.ndarray[Any, Any]] = {}
     for index, tensor in enumerate(request.inputs):
         expected = model.inputs[tensor.name]
@@ -410,6 +403,39 @@ _BATCH_NOTE = (
     "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
     "configuration docs for more info on max_batch_size."
 )
+
+
+def _check_data_sources(
+    model: _Model, request: service_pb2.ModelInferRequest, raw: Sequence[bytes], prefix: str
+) -> None:
+    """As Triton builds the request, input by input: a second copy of a name, then where its
+    data is (raw contents by position, extra ones ignored; or typed contents, never both)."""
+    seen: set[str] = set()
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in seen:
+            raise InvalidRequestError(f"{prefix}input '{tensor.name}' already exists in request")
+        seen.add(tensor.name)
+        if tensor.HasField("contents"):
+            if raw:
+                raise InvalidRequestError(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{model.name}'"
+                )
+        elif index >= len(raw):
+            raise InvalidRequestError(
+                f"unable to find data for input tensor '{tensor.name}' for model "
+                f"'{model.name}' in request."
+            )
+
+
+def _check_priority(request: service_pb2.ModelInferRequest) -> None:
+    if "priority" not in request.parameters:
+        return
+    kind = request.parameters["priority"].WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidRequestError(
+            "invalid value type for 'priority' parameter, expected int64_param or uint64_param."
+        )
 
 
 def _listed(names: Sequence[str]) -> str:

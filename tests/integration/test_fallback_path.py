@@ -224,6 +224,17 @@ BAD_SIMPLE_REQUESTS = {
     "wrong shape": _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 15])]),
     "too few bytes": _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])], "INPUT1"),
 }
+_no_data = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
+del _no_data.raw_input_contents[1]
+_typed_too = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
+_typed_too.inputs[1].contents.int_contents.extend([0] * 16)
+_priority_text = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
+_priority_text.parameters["priority"].string_param = "1"
+BAD_SIMPLE_REQUESTS |= {
+    "an input without data": _no_data,
+    "typed contents beside raw ones": _typed_too,
+    "a priority that is no number": _priority_text,
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_SIMPLE_REQUESTS))

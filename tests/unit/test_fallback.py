@@ -94,7 +94,7 @@ ONE = np.ones((1, 16), np.int32)
         (lambda r: setattr(r.inputs[0], "datatype", "FP32"), "data-type is 'FP32'"),
         (lambda r: setattr(r.inputs[1], "name", "INPUT9"), "unexpected inference input 'INPUT9'"),
         (lambda r: (r.inputs.pop(), r.raw_input_contents.pop()), "expected 2 inputs but got 1"),
-        (lambda r: r.raw_input_contents.pop(), "expected 2 raw_input_contents, got 1"),
+        (lambda r: r.raw_input_contents.pop(), "unable to find data for input tensor 'INPUT1'"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"\x00" * 8), "byte size mismatch"),
         (lambda r: r.outputs.add(name="OUTPUT9"), "unexpected inference output 'OUTPUT9'"),
         (lambda r: setattr(r.inputs[0], "datatype", "BOGUS"), "data-type is 'BOGUS'"),
