@@ -52,6 +52,25 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A unary call that went out and whose connection broke before its answer: the backend may
+/// have died of this very call (a request that crashes its server), unlike a connection that
+/// could not be made or a stream the backend refused.
+#[derive(Debug)]
+pub struct LostMidCall(h2::Error);
+
+impl std::fmt::Display for LostMidCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for LostMidCall {}
+
+/// Whether `error` (from [`BackendClient::request`]) is a [`LostMidCall`].
+pub fn lost_mid_call(error: &Error) -> bool {
+    error.is::<LostMidCall>()
+}
+
 /// Cheap to clone: every clone shares the connections.
 #[derive(Clone)]
 pub struct BackendClient {
@@ -117,7 +136,14 @@ impl BackendClient {
         let response = std::future::poll_fn(|cx| awaited.poll(cx)).await;
         // Answered or failed: nothing left to read if this call is dropped now.
         awaited.answer = None;
-        Ok(response?.map(|recv| BackendBody::new(recv, Some(drained.clone()))))
+        let response = response.map_err(|error| -> Error {
+            if error.is_io() {
+                Box::new(LostMidCall(error))
+            } else {
+                Box::new(error)
+            }
+        })?;
+        Ok(response.map(|recv| BackendBody::new(recv, Some(drained.clone()))))
     }
 
     /// A sender ready for one more stream on the backend's connection (made when missing).

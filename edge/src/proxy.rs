@@ -6,7 +6,7 @@
 //! fleet or the fallback stay the gateway's.
 
 use crate::attempt::{self, Attempt, Scope};
-use crate::backend_client::{BackendBody, BackendClient};
+use crate::backend_client::{self, BackendBody, BackendClient};
 use crate::body::{Outgoing, Upstream};
 use crate::control::{proto, Controlled};
 use crate::fleet::{Choice, Fleet, Plan, Route};
@@ -152,7 +152,21 @@ struct Failure {
     answer: Option<Response<BackendBody>>,
     /// What the client is told when there is no answer to return.
     message: String,
+    /// Its backend's connection broke after the call went out (see `LostMidCall`).
+    lost: bool,
 }
+
+/// Why a try has no answer: what to tell the client, and whether the connection broke with
+/// the call on it.
+struct NoAnswer {
+    message: String,
+    lost: bool,
+}
+
+/// Tries of one call that may lose their backend's connection under them: a server killed
+/// while serving it is survived by one more try, but a request that kills every server it
+/// reaches (Triton has such crashes) takes down no more than two.
+const MAX_LOST_TRIES: u32 = 2;
 
 impl Edge {
     /// Answers one call; `call` keeps the client connection open until the answer is done.
@@ -509,6 +523,7 @@ impl Edge {
         tried.push(first.target.backend.name.clone());
         tries.push(self.attempt(call, first, per_try));
         let mut made = 1u32;
+        let mut lost = 0u32;
         let max_attempts = policy.retry.max_attempts;
         loop {
             tokio::select! {
@@ -517,10 +532,12 @@ impl Edge {
                         Tried::Answer(response) => return response,
                         Tried::Failed(failure) => failure,
                     };
+                    lost += u32::from(failure.lost);
                     let now = Instant::now();
                     let may_retry = failure.scope.is_fault()
                         && call.sequence.is_none()
                         && made < max_attempts
+                        && lost < MAX_LOST_TRIES
                         && call.deadline.is_none_or(|deadline| now < deadline);
                     if may_retry {
                         if let Some(choice) = self.spend_extra_try(call, route, &tried, now) {
@@ -612,17 +629,20 @@ impl Edge {
         let answer = match per_try {
             Some(limit) => match tokio::time::timeout(limit, sent).await {
                 Ok(answer) => answer,
-                Err(_) => Err(format!(
-                    "backend {} did not answer within the per-try timeout of {} ms",
-                    backend.name,
-                    limit.as_millis()
-                )),
+                Err(_) => Err(NoAnswer {
+                    message: format!(
+                        "backend {} did not answer within the per-try timeout of {} ms",
+                        backend.name,
+                        limit.as_millis()
+                    ),
+                    lost: false,
+                }),
             },
             None => sent.await,
         };
         let response = match answer {
             Ok(response) => response,
-            Err(message) => {
+            Err(NoAnswer { message, lost }) => {
                 // No answer at all: it died, refused the connection or passed the per-try
                 // timeout. A server fault.
                 let scope = attempt.finish("UNAVAILABLE", "");
@@ -632,6 +652,7 @@ impl Edge {
                     scope,
                     answer: None,
                     message,
+                    lost,
                 });
             }
         };
@@ -647,6 +668,7 @@ impl Edge {
                     scope,
                     answer: Some(response),
                     message,
+                    lost: false,
                 })
             }
             Some(_) => {
@@ -698,12 +720,15 @@ impl Edge {
         &self,
         request: Request<Outgoing>,
         address: &str,
-    ) -> Result<Response<BackendBody>, String> {
-        let request = with_address(request, self.backend_scheme, address).map_err(|refusal| refusal.message)?;
-        self.backends
-            .request(request)
-            .await
-            .map_err(|error| format!("backend {address} did not answer: {error}"))
+    ) -> Result<Response<BackendBody>, NoAnswer> {
+        let request = with_address(request, self.backend_scheme, address).map_err(|refusal| NoAnswer {
+            message: refusal.message,
+            lost: false,
+        })?;
+        self.backends.request(request).await.map_err(|error| NoAnswer {
+            message: format!("backend {address} did not answer: {error}"),
+            lost: backend_client::lost_mid_call(&error),
+        })
     }
 
     async fn to_gateway(&self, parts: Parts, body: Outgoing) -> Response<ObservedBody> {
