@@ -71,6 +71,12 @@ pub fn lost_mid_call(error: &Error) -> bool {
     error.is::<LostMidCall>()
 }
 
+/// Whether a routed stream's `error` (its answer or a frame of it) is its connection breaking:
+/// the backend may have died of a message on it.
+pub fn stream_connection_broke(error: &Error) -> bool {
+    error.downcast_ref::<h2::Error>().is_some_and(h2::Error::is_io)
+}
+
 /// Cheap to clone: every clone shares the connections.
 #[derive(Clone)]
 pub struct BackendClient {

@@ -166,7 +166,7 @@ struct NoAnswer {
 /// Tries of one call that may lose their backend's connection under them: a server killed
 /// while serving it is survived by one more try, but a request that kills every server it
 /// reaches (Triton has such crashes) takes down no more than two.
-const MAX_LOST_TRIES: u32 = 2;
+pub const MAX_LOST_TRIES: u32 = 2;
 
 impl Edge {
     /// Answers one call; `call` keeps the client connection open until the answer is done.

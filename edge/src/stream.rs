@@ -14,11 +14,12 @@
 //! its cancellation or deadline ends them all.
 
 use crate::attempt::Attempt;
+use crate::backend_client;
 use crate::body::{Outgoing, Upstream};
 use crate::compression;
 use crate::grpc::{self, code};
 use crate::observed::{code_name, message_of, RouteCall};
-use crate::proxy::{copy_parts, with_address, with_authority, Edge, GATEWAY_AUTHORITY, TRIED_HEADER};
+use crate::proxy::{copy_parts, with_address, with_authority, Edge, GATEWAY_AUTHORITY, MAX_LOST_TRIES, TRIED_HEADER};
 use crate::shadow::PrimarySender;
 use crate::shedding::Admitted;
 use crate::stamp::Stamp;
@@ -56,6 +57,8 @@ enum Event {
         upstream: u64,
         code: &'static str,
         message: String,
+        /// Its connection broke (the backend may have died of a message on it).
+        broke: bool,
     },
     /// The gateway's answer to a message handed over, as a stream frame, for its place in
     /// the answers' order.
@@ -73,6 +76,8 @@ struct StreamRequest {
     sequence: Option<wire::Sequence>,
     /// Backends that failed it already.
     tried: Vec<Arc<str>>,
+    /// Of those, the ones whose connection broke under it.
+    lost: u32,
     /// Its place in the order of the client's answers (None: a decoupled model's answers
     /// pass through as they come).
     slot: Option<u64>,
@@ -367,6 +372,7 @@ impl Session {
             sequence,
             frame,
             tried: Vec::new(),
+            lost: 0,
             stamp,
             route_call,
             shadow,
@@ -491,7 +497,7 @@ impl Session {
         if !queued {
             // Its stream ended a moment ago (the event is still queued): that backend failed.
             let message = format!("backend {} is not answering on this stream", backend.name);
-            self.fail_upstream(&backend.name, "UNAVAILABLE", &message);
+            self.fail_upstream(&backend.name, "UNAVAILABLE", &message, false);
         }
     }
 
@@ -533,18 +539,23 @@ impl Session {
         let name = backend.clone();
         let reader = tokio::spawn(async move {
             let ended = match request {
-                Err(refusal) => (code_name(None), refusal.message),
+                Err(refusal) => (code_name(None), refusal.message, false),
                 Ok(request) => match client.request(request).await {
-                    Err(error) => ("UNAVAILABLE", format!("backend {name} did not answer: {error}")),
+                    Err(error) => (
+                        "UNAVAILABLE",
+                        format!("backend {name} did not answer: {error}"),
+                        backend_client::stream_connection_broke(&error),
+                    ),
                     Ok(response) => read_answers(id, response, &events).await,
                 },
             };
-            let (code, message) = ended;
+            let (code, message, broke) = ended;
             let _ = events
                 .send(Event::Ended {
                     upstream: id,
                     code,
                     message,
+                    broke,
                 })
                 .await;
         });
@@ -604,7 +615,8 @@ impl Session {
                 upstream,
                 code,
                 message,
-            } => self.on_upstream_end(upstream, code, &message),
+                broke,
+            } => self.on_upstream_end(upstream, code, &message, broke),
             Event::HandedOver { slot, frame } => {
                 self.handed_over -= 1;
                 self.deliver(slot, frame);
@@ -617,7 +629,7 @@ impl Session {
     }
 
     /// A backend's stream is over (`code` "OK": the backend closed it after its answers).
-    fn on_upstream_end(&mut self, id: u64, code: &'static str, message: &str) {
+    fn on_upstream_end(&mut self, id: u64, code: &'static str, message: &str, broke: bool) {
         let Some(name) = self
             .upstreams
             .iter()
@@ -626,13 +638,15 @@ impl Session {
         else {
             return;
         };
-        self.fail_upstream(&name, code, message);
+        self.fail_upstream(&name, code, message, broke);
     }
 
     /// Drops a backend's stream; the requests still waiting there failed with it: each is
     /// sent to another backend when it may be (not a sequence's, within the attempt limit
     /// and the retry budget), else answered with an error in the stream.
-    fn fail_upstream(&mut self, name: &Arc<str>, code: &'static str, message: &str) {
+    /// `broke`: the stream's connection broke under its requests (each counts it: see
+    /// `MAX_LOST_TRIES`).
+    fn fail_upstream(&mut self, name: &Arc<str>, code: &'static str, message: &str, broke: bool) {
         let Some(mut upstream) = self.upstreams.remove(name) else {
             return;
         };
@@ -666,8 +680,10 @@ impl Session {
             };
             let scope = attempt.finish(code, message);
             request.tried.push(upstream.backend.clone());
+            request.lost += u32::from(broke);
             let may_retry = scope.is_fault()
                 && request.sequence.is_none()
+                && request.lost < MAX_LOST_TRIES
                 && u32::try_from(request.tried.len()).unwrap_or(u32::MAX) < max_attempts
                 && self.edge.fleet.budget.try_retry(Instant::now());
             if may_retry {
@@ -721,7 +737,7 @@ impl Session {
                 "backend {name} did not answer within the per-try timeout of {} ms",
                 waited.as_millis()
             );
-            self.fail_upstream(&name, "UNAVAILABLE", &message);
+            self.fail_upstream(&name, "UNAVAILABLE", &message, false);
         }
     }
 
@@ -775,38 +791,43 @@ impl Session {
     }
 }
 
-/// Reads one upstream stream's answers into the session; returns how it ended.
+/// Reads one upstream stream's answers into the session; returns how it ended (and whether
+/// its connection broke).
 async fn read_answers(
     upstream: u64,
     response: http::Response<crate::backend_client::BackendBody>,
     events: &mpsc::Sender<Event>,
-) -> (&'static str, String) {
+) -> (&'static str, String, bool) {
     if let Some(status) = response.headers().get("grpc-status") {
         // Trailers-only: the backend refused the stream itself.
         return (
             code_name(Some(status.as_bytes())),
             message_of(response.headers()).to_string(),
+            false,
         );
     }
     let mut body = response.into_body();
     let mut decoder = Deframer::default();
     loop {
         match body.frame().await {
-            None => return ("UNAVAILABLE", String::new()),
-            Some(Err(error)) => return ("UNAVAILABLE", format!("stream broken: {error}")),
+            None => return ("UNAVAILABLE", String::new(), false),
+            Some(Err(error)) => {
+                let broke = backend_client::stream_connection_broke(&error);
+                return ("UNAVAILABLE", format!("stream broken: {error}"), broke);
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     decoder.push(data);
                     while let Ok(Some(frame)) = decoder.next(usize::MAX) {
                         if events.send(Event::Answer { upstream, frame }).await.is_err() {
-                            return ("CANCELLED", String::new());
+                            return ("CANCELLED", String::new(), false);
                         }
                     }
                 }
                 Err(frame) => {
                     let trailers = frame.into_trailers().unwrap_or_default();
                     let code = code_name(trailers.get("grpc-status").map(|v| v.as_bytes()));
-                    return (code, message_of(&trailers).to_string());
+                    return (code, message_of(&trailers).to_string(), false);
                 }
             },
         }

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.devfleet import LocalFleet, TritonInstallation
 from tests.support.background import BackgroundGateway
@@ -66,3 +66,14 @@ def test_a_request_that_crashes_its_server_takes_down_at_most_two(
         infer(_strings_request(classification=False), timeout=30)
     )
     assert answer.raw_output_contents[0].endswith(b"HI")
+
+
+def test_on_a_stream_too(three_servers: tuple[LocalFleet, BackgroundGateway]) -> None:
+    fleet, gateway = three_servers
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(gateway.url))
+    crashing = service_pb2.ModelInferRequest.FromString(_strings_request(classification=True))
+    answers = list(stub.ModelStreamInfer(iter([crashing]), timeout=30))
+    # Reported in the stream as Triton reports a failed request; the stream ends OK.
+    assert [(a.infer_response.id, bool(a.error_message)) for a in answers] == [("q", True)]
+    assert wait_until(lambda: sum(not _alive(fleet, name) for name in SERVERS) >= 1, 10)
+    assert [name for name in SERVERS if _alive(fleet, name)], "every server died of one request"
