@@ -35,7 +35,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.backends.classification import requested_classes, top_classes
 from gateway.backends.tensor_codec import (
-    ByteSizeMismatch,
+    DTYPES,
+    Naming,
     config_datatype,
     decode_input,
     decoded_bytes_bound,
@@ -362,22 +363,19 @@ def _validated_inputs(
             )
     if model.max_batch_size > 0:
         _check_batch(model, request, prefix)
+    naming = Naming(model.name, prefix)
     feeds: dict[str, np.ndarray[Any, Any]] = {}
     for index, tensor in enumerate(request.inputs):
         expected = model.inputs[tensor.name]
         if tensor.datatype != expected.datatype:
+            # Triton names a datatype it does not know '<invalid>'.
+            spelled = tensor.datatype if tensor.datatype in DTYPES else "<invalid>"
             raise InvalidRequestError(
-                f"{prefix}inference input '{tensor.name}' data-type is '{tensor.datatype}', "
+                f"{prefix}inference input '{tensor.name}' data-type is '{spelled}', "
                 f"but model '{model.name}' expects '{expected.datatype}'"
             )
         _check_shape(model, expected, list(tensor.shape), prefix)
-        try:
-            array = decode_input(tensor, raw[index] if raw else None)
-        except ByteSizeMismatch as exc:
-            raise InvalidRequestError(
-                f"{prefix}input byte size mismatch for input '{tensor.name}' for model "
-                f"'{model.name}'. Expected {exc.expected}, got {exc.got}"
-            ) from None
+        array = decode_input(tensor, raw[index] if raw else None, naming)
         if array.dtype.hasobject:
             array = _as_text(array, tensor.name, prefix)
         feeds[tensor.name] = array
@@ -467,6 +465,11 @@ def _check_batch(model: _Model, request: service_pb2.ModelInferRequest, prefix: 
 
 
 def _check_shape(model: _Model, expected: _Tensor, shape: list[int], prefix: str) -> None:
+    if any(d < 0 for d in shape):
+        raise InvalidRequestError(
+            f"{prefix}All input dimensions should be specified for input '{expected.name}' for "
+            f"model '{model.name}', got {_dims(shape)}"
+        )
     dims = list(expected.dims)
     full = ([-1] if model.max_batch_size > 0 else []) + dims
     ok = len(shape) == len(full) and all(

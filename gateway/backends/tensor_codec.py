@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -109,22 +110,31 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
-class ByteSizeMismatch(InvalidRequestError):
-    """Raw contents of another size than the input's shape and datatype need (the caller
-    words it with its model's name, as Triton does)."""
+@dataclass(frozen=True, slots=True)
+class Naming:
+    """How Triton names an input in its refusals: the model, and the request-id prefix some
+    of its messages start with."""
 
-    def __init__(self, name: str, expected: int, got: int) -> None:
-        super().__init__(
-            f"input byte size mismatch for input '{name}': expected {expected}, got {got}"
-        )
-        self.expected = expected
-        self.got = got
+    model: str
+    prefix: str
+
+
+_FIELD_TYPES = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
 
 
 def decode_input(
-    tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None
+    tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None, naming: Naming
 ) -> npt.NDArray[np.generic]:
-    """One input as an array of its declared datatype and shape."""
+    """One input as an array of its declared datatype and shape; refused in Triton's words."""
     dtype = DTYPES.get(tensor.datatype)
     if dtype is None:
         raise InvalidRequestError(f"invalid datatype '{tensor.datatype}' for input '{tensor.name}'")
@@ -132,28 +142,49 @@ def decode_input(
     count = element_count(shape)
     if raw is not None:
         if tensor.datatype == "BYTES":
-            return _decode_bytes(raw, count, tensor.name).reshape(shape)
-        expected = count * dtype.itemsize
-        if len(raw) != expected:
-            raise ByteSizeMismatch(tensor.name, expected, len(raw))
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+            return _decode_bytes(raw, count, tensor.name, naming).reshape(shape)
+        sized = _sized(raw, count * dtype.itemsize, tensor.name, naming)
+        return np.frombuffer(sized, dtype=dtype).reshape(shape)
     field = TYPED_FIELDS.get(tensor.datatype)
     if field is None:
         raise InvalidRequestError(
             f"datatype {tensor.datatype} of input '{tensor.name}' must be sent in "
             "raw_input_contents"
         )
+    for other, type_name in _FIELD_TYPES.items():
+        if other != field and len(getattr(tensor.contents, other)):
+            raise InvalidRequestError(
+                f"unexpected explicit tensor data for input tensor '{tensor.name}' for model "
+                f"'{naming.model}' of type '{type_name}', expected datatype '{tensor.datatype}'"
+            )
     values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise InvalidRequestError(
-            f"unexpected number of values for input '{tensor.name}': expected {count}, "
-            f"got {len(values)}"
-        )
     if tensor.datatype == "BYTES":
+        if len(values) != count:
+            raise InvalidRequestError(_fewer_strings(count, len(values), tensor.name, naming))
         return np.fromiter(values, dtype=np.object_, count=count).reshape(shape)
+    # Triton turns typed contents into bytes first: a wrong count is a byte size mismatch.
+    if len(values) != count:
+        _sized(b"", count * dtype.itemsize, tensor.name, naming, got=len(values) * dtype.itemsize)
     # One element at a time into a preallocated array: np.array() would first build a list.
     array = np.fromiter(values, dtype=_FIELD_DTYPES[field], count=count)
     return (array if array.dtype == dtype else array.astype(dtype)).reshape(shape)
+
+
+def _sized(raw: bytes, expected: int, name: str, naming: Naming, got: int | None = None) -> bytes:
+    size = len(raw) if got is None else got
+    if size != expected:
+        raise InvalidRequestError(
+            f"{naming.prefix}input byte size mismatch for input '{name}' for model "
+            f"'{naming.model}'. Expected {expected}, got {size}"
+        )
+    return raw
+
+
+def _fewer_strings(expected: int, got: int, name: str, naming: Naming) -> str:
+    return (
+        f"{naming.prefix}expected {expected} string elements for inference input '{name}' "
+        f"for model '{naming.model}', got {got}"
+    )
 
 
 def decoded_bytes_bound(data: bytes) -> int:
@@ -258,23 +289,32 @@ def encode_output(array: npt.NDArray[np.generic], datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
 
 
-def _decode_bytes(raw: bytes, count: int, name: str) -> npt.NDArray[np.object_]:
+def _decode_bytes(raw: bytes, count: int, name: str, naming: Naming) -> npt.NDArray[np.object_]:
+    """Length-prefixed elements, checked as Triton walks them."""
     items: list[bytes] = []
     pos = 0
     while pos < len(raw):
-        if pos + 4 > len(raw):
-            raise InvalidRequestError(f"malformed BYTES contents for input '{name}'")
+        left = len(raw) - pos
+        if left < 4:
+            raise InvalidRequestError(
+                f"{naming.prefix}incomplete string length indicator for inference input "
+                f"'{name}' for model '{naming.model}', expecting 4 bytes but only {left} bytes "
+                "available. Please make sure the string length indicator is in one buffer."
+            )
         (length,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + length > len(raw):
-            raise InvalidRequestError(f"malformed BYTES contents for input '{name}'")
+            raise InvalidRequestError(
+                f"incomplete string data for inference input '{name}', expecting string of "
+                f"length {length} but only {len(raw) - pos} bytes available"
+            )
         items.append(raw[pos : pos + length])
         pos += length
-        if len(items) > count:
-            break  # more than the shape holds: refused below, with no more objects made
+        if len(items) > count:  # refused before more objects are made
+            raise InvalidRequestError(
+                f"{naming.prefix}unexpected number of string elements {len(items)} for "
+                f"inference input '{name}' for model '{naming.model}', expecting {count}"
+            )
     if len(items) != count:
-        raise InvalidRequestError(
-            f"unexpected number of string elements for input '{name}': expected {count}, "
-            f"got {len(items)}"
-        )
+        raise InvalidRequestError(_fewer_strings(count, len(items), name, naming))
     return np.array(items, dtype=np.object_)

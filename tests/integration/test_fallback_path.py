@@ -245,3 +245,51 @@ def test_the_fallbacks_refusals_are_tritons(
     expected = _outcome_of(fleet.servers["triton-a"].address, request)
     assert expected[0] == "INVALID_ARGUMENT"
     assert _outcome_of(no_fleet.url, request) == expected
+
+
+def _strings_request(count: int, raw: bytes) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="strings", id="t")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[count])
+    request.raw_input_contents.append(raw)
+    return request
+
+
+def _prefixed(*items: bytes) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def _typed(values: list[int], field: str = "int_contents") -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="simple", id="s")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        getattr(tensor.contents, field).extend(values if name == "INPUT1" else list(range(16)))
+    return request
+
+
+_bogus_type = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
+_bogus_type.inputs[1].datatype = "FOO"
+_unknown_length = service_pb2.ModelInferRequest(model_name="identity", id="i")
+_unknown_length.inputs.add(name="INPUT", datatype="FP32", shape=[-1])
+_unknown_length.raw_input_contents.append(b"")
+BAD_TENSORS = {
+    "a string's length cut short": _strings_request(1, _prefixed(b"abc")[:3]),
+    "a string longer than its bytes": _strings_request(1, (5).to_bytes(4, "little") + b"abc"),
+    "bytes after the last string": _strings_request(1, _prefixed(b"a") + b"xy"),
+    "fewer strings than the shape": _strings_request(2, _prefixed(b"a")),
+    "more strings than the shape": _strings_request(1, _prefixed(b"a", b"b")),
+    "typed values too many": _typed(list(range(17))),
+    "typed values too few": _typed(list(range(15))),
+    "typed values of another type": _typed(list(range(16)), "int64_contents"),
+    "an unknown datatype": _bogus_type,
+    "a dimension left unknown": _unknown_length,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TENSORS))
+def test_the_fallbacks_tensor_refusals_are_tritons(
+    no_fleet: BackgroundGateway, fleet: LocalFleet, case: str
+) -> None:
+    request = BAD_TENSORS[case]
+    expected = _outcome_of(fleet.servers["triton-a"].address, request)
+    assert expected[0] == "INVALID_ARGUMENT"
+    assert _outcome_of(no_fleet.url, request) == expected

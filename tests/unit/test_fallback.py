@@ -97,7 +97,7 @@ ONE = np.ones((1, 16), np.int32)
         (lambda r: r.raw_input_contents.pop(), "unable to find data for input tensor 'INPUT1'"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"\x00" * 8), "byte size mismatch"),
         (lambda r: r.outputs.add(name="OUTPUT9"), "unexpected inference output 'OUTPUT9'"),
-        (lambda r: setattr(r.inputs[0], "datatype", "BOGUS"), "data-type is 'BOGUS'"),
+        (lambda r: setattr(r.inputs[0], "datatype", "BOGUS"), "data-type is '<invalid>'"),
     ],
     ids=["shape", "dtype", "unknown-input", "missing-input", "raw-count", "byte-size",
          "unknown-output", "unknown-datatype"],

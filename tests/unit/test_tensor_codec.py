@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.backends.tensor_codec import decode_input, decoded_bytes_bound
+from gateway.backends.tensor_codec import Naming, decode_input, decoded_bytes_bound
 
 ELEMENTS = 1_000_000
+NAMING = Naming("m", "")
 
 
 def _typed(field: str, datatype: str, values: object, shape: list[int]) -> bytes:
@@ -25,7 +26,7 @@ def test_typed_fp32_contents_decode_without_a_python_list() -> None:
     )
     tracemalloc.start()
     try:
-        array = decode_input(request.inputs[0], None)
+        array = decode_input(request.inputs[0], None, NAMING)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -52,7 +53,7 @@ def test_typed_contents_of_each_type_decode_exactly(field: str, datatype: str, d
     request = service_pb2.ModelInferRequest.FromString(
         _typed(field, datatype, expected.reshape(-1).tolist(), [3, 4])
     )
-    array = decode_input(request.inputs[0], None)
+    array = decode_input(request.inputs[0], None, NAMING)
     assert array.dtype == np.dtype(dtype)
     assert np.array_equal(array, expected)
 
