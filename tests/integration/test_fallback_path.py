@@ -215,7 +215,7 @@ def _simple_request(
 
 
 # One input at fault in each: Triton checks a request's inputs in its own map's order.
-BAD_SIMPLE_REQUESTS = {
+BAD_REQUESTS = {
     "duplicate input": _simple_request(
         [("INPUT0", [1, 16]), ("INPUT1", [1, 16]), ("INPUT0", [1, 16])]
     ),
@@ -230,21 +230,11 @@ _typed_too = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
 _typed_too.inputs[1].contents.int_contents.extend([0] * 16)
 _priority_text = _simple_request([("INPUT0", [1, 16]), ("INPUT1", [1, 16])])
 _priority_text.parameters["priority"].string_param = "1"
-BAD_SIMPLE_REQUESTS |= {
+BAD_REQUESTS |= {
     "an input without data": _no_data,
     "typed contents beside raw ones": _typed_too,
     "a priority that is no number": _priority_text,
 }
-
-
-@pytest.mark.parametrize("case", list(BAD_SIMPLE_REQUESTS))
-def test_the_fallbacks_refusals_are_tritons(
-    no_fleet: BackgroundGateway, fleet: LocalFleet, case: str
-) -> None:
-    request = BAD_SIMPLE_REQUESTS[case]
-    expected = _outcome_of(fleet.servers["triton-a"].address, request)
-    assert expected[0] == "INVALID_ARGUMENT"
-    assert _outcome_of(no_fleet.url, request) == expected
 
 
 def _strings_request(count: int, raw: bytes) -> service_pb2.ModelInferRequest:
@@ -271,7 +261,7 @@ _bogus_type.inputs[1].datatype = "FOO"
 _unknown_length = service_pb2.ModelInferRequest(model_name="identity", id="i")
 _unknown_length.inputs.add(name="INPUT", datatype="FP32", shape=[-1])
 _unknown_length.raw_input_contents.append(b"")
-BAD_TENSORS = {
+BAD_REQUESTS |= {
     "a string's length cut short": _strings_request(1, _prefixed(b"abc")[:3]),
     "a string longer than its bytes": _strings_request(1, (5).to_bytes(4, "little") + b"abc"),
     "bytes after the last string": _strings_request(1, _prefixed(b"a") + b"xy"),
@@ -285,11 +275,11 @@ BAD_TENSORS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_TENSORS))
-def test_the_fallbacks_tensor_refusals_are_tritons(
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_the_fallbacks_refusals_are_tritons(
     no_fleet: BackgroundGateway, fleet: LocalFleet, case: str
 ) -> None:
-    request = BAD_TENSORS[case]
+    request = BAD_REQUESTS[case]
     expected = _outcome_of(fleet.servers["triton-a"].address, request)
     assert expected[0] == "INVALID_ARGUMENT"
     assert _outcome_of(no_fleet.url, request) == expected
