@@ -50,6 +50,7 @@ pub struct ShadowMetrics {
     pub faults: IntCounterVec,
     pub skipped: IntCounterVec,
     pub comparisons: IntCounterVec,
+    pub compared: IntCounterVec,
     pub max_abs_diff: HistogramVec,
     pub max_rel_diff: HistogramVec,
     pub argmax_rows: IntCounterVec,
@@ -103,6 +104,11 @@ impl ShadowMetrics {
                 "Shadow outputs compared with the primary's: agree (within atol/rtol), disagree, or nonconforming (datatype or shape differ, or missing).",
                 &["route", "variant", "output", "result"],
             ),
+            compared: counter(
+                "shadow_compared_total",
+                "Shadow answers compared with their primary's: one per call, whatever its number of outputs (what a rollout's minimum of compared calls counts).",
+                &["route", "variant"],
+            ),
             max_abs_diff: histogram(
                 "shadow_max_abs_diff",
                 "Largest |shadow - primary| over an output's elements, per comparison.",
@@ -140,6 +146,7 @@ impl ShadowMetrics {
             (&self.faults, "counter"),
             (&self.skipped, "counter"),
             (&self.comparisons, "counter"),
+            (&self.compared, "counter"),
             (&self.max_abs_diff, "histogram"),
             (&self.max_rel_diff, "histogram"),
             (&self.argmax_rows, "counter"),
@@ -386,6 +393,11 @@ impl Metrics {
                 *report.shadow_results.entry(result).or_default() += metric.get_counter().get_value() as u64;
             }
         }
+        for (labels, metric) in samples(&self.shadow.compared) {
+            if let Some(report) = entry(&mut reports, &labels) {
+                report.shadow_compared += metric.get_counter().get_value() as u64;
+            }
+        }
         for (labels, metric) in samples(&self.shadow.one_sided_non_finite) {
             if let (Some(side), Some(report)) = (labels.get("side").cloned(), entry(&mut reports, &labels)) {
                 let count = metric.get_counter().get_value() as u64;
@@ -524,6 +536,7 @@ mod tests {
         shadow.faults.with_label_values(&["m", "3"]).inc();
         shadow.comparisons.with_label_values(&["m", "3", "A", "agree"]).inc();
         shadow.comparisons.with_label_values(&["m", "3", "B", "disagree"]).inc();
+        shadow.compared.with_label_values(&["m", "3"]).inc();
         shadow.argmax_rows.with_label_values(&["m", "3", "A"]).inc_by(4);
         shadow.argmax_agreeing.with_label_values(&["m", "3", "A"]).inc_by(3);
         shadow
@@ -549,6 +562,7 @@ mod tests {
             (shadowed.shadow_results["agree"], shadowed.shadow_results["disagree"]),
             (1, 1)
         );
+        assert_eq!(shadowed.shadow_compared, 1, "one call of two outputs");
         assert_eq!((shadowed.argmax_rows, shadowed.argmax_agreeing), (4, 3));
         assert_eq!(
             (shadowed.shadow_only_non_finite, shadowed.primary_only_non_finite),

@@ -303,6 +303,7 @@ fn record(
     request_id: &str,
 ) {
     let shadow = &metrics.shadow;
+    shadow.compared.with_label_values(&[route, variant]).inc();
     for output in outputs {
         let labels = [route, variant, output.name.as_str()];
         let result = if !output.conforms {

@@ -66,8 +66,13 @@ class RolloutMetrics:
 
 @dataclass
 class _Window:
-    """Where the current step's window starts: at ``opens`` (None totals until then)."""
+    """Where the current step's window starts: at ``opens`` (None totals until then).
 
+    ``key`` is the (candidate, step, route revision) the window was opened for: a rollout
+    begun, resumed or ended through another replica changes it, and a window that no longer
+    matches is never judged (its start and totals belong to another step)."""
+
+    key: tuple[str, int, int]
     started: float
     candidate: VariantTotals | None
     baseline: VariantTotals | None
@@ -104,6 +109,8 @@ class RolloutController:
             z=settings.confidence_z,
         )
         self._windows: dict[str, _Window] = {}
+        self._gate_series: dict[str, set[str]] = {}
+        """Per route, the gates whose gauges are set (cleared when its step changes)."""
         self._latest: dict[str, list[admin_pb2.GateEvidence]] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -181,6 +188,8 @@ class RolloutController:
                 status="running",
                 route_revision=route.revision,
             )
+            if route.HasField("shadow"):
+                rollout.route_shadow.CopyFrom(route.shadow)
             rollout.started.FromNanoseconds(int(self._wall_clock() * 1e9))
             self._record(rollout, "started", reason)
             return await self._enter(rollout, route, step=0)
@@ -192,7 +201,7 @@ class RolloutController:
                 return self._shown(rollout)
             rollout.status = "paused"
             self._record(rollout, "paused", "asked through the admin service")
-            return self._shown(await self._traffic.save_rollout(rollout))
+            return self._shown(await self._save(rollout))
 
     async def resume(self, route: str) -> admin_pb2.Rollout:
         async with self._lock:
@@ -221,6 +230,9 @@ class RolloutController:
     async def tick(self) -> None:
         """Judge every running rollout's step once (the leading replica only: the others
         follow the state it saves; one that starts leading judges fresh windows)."""
+        for rollout in self._traffic.rollouts():
+            # Every replica shows each route's step (also after a restart, before any change).
+            self._show_step(rollout)
         if not self._leads():
             self._windows.clear()
             return
@@ -248,15 +260,17 @@ class RolloutController:
             self._record(
                 rollout, "paused", f"the route was {shown} by someone else; resume to go on"
             )
-            await self._traffic.save_rollout(rollout)
+            await self._save(rollout)
             return
+        key = _window_key(rollout)
         window = self._windows.get(rollout.route)
         candidate_now = totals.get((rollout.route, rollout.candidate.name), NONE)
         baseline_now = totals.get((rollout.route, rollout.baseline.name), NONE)
         now = self._clock()
-        if window is None:
-            # A gateway that restarted: the step goes on with a fresh window.
-            self._windows[rollout.route] = _Window(now, candidate_now, baseline_now)
+        if window is None or window.key != key:
+            # A gateway that restarted, or a step set through another replica: the step goes
+            # on with a fresh window.
+            self._windows[rollout.route] = _Window(key, now, candidate_now, baseline_now)
             return
         if now < window.opens:
             return  # the step before is still finishing (see rollout.settle_s)
@@ -268,7 +282,7 @@ class RolloutController:
         percent = rollout.plan.steps[rollout.step]
         elapsed = self._clock() - window.started
         if percent == 0:
-            enough = elapsed >= _seconds(rollout.plan) and candidate.compared >= (
+            enough = elapsed >= _seconds(rollout.plan) and candidate.shadow_compared >= (
                 rollout.plan.min_requests
             )
             verdict = judge_shadow(candidate, baseline, self._gates, enough)
@@ -285,7 +299,7 @@ class RolloutController:
             # them is that share of the step's minimum.
             share = self._settings.live_compare_percent / 100
             comparison = Comparison.of_live(baseline) if share > 0 else None
-            compared_enough = comparison is not None and comparison.compared >= max(
+            compared_enough = comparison is not None and comparison.calls >= max(
                 1, math.ceil(rollout.plan.min_requests * share)
             )
             verdict = judge_live(
@@ -304,6 +318,7 @@ class RolloutController:
                 gate = self._metrics.gate
                 gate.labels(route=rollout.route, gate=e.gate, figure="observed").set(e.observed)
                 gate.labels(route=rollout.route, gate=e.gate, figure="threshold").set(e.threshold)
+                self._gate_series.setdefault(rollout.route, set()).add(e.gate)
         if verdict.outcome == "wait":
             return
         if verdict.outcome == "fail":
@@ -322,7 +337,7 @@ class RolloutController:
         paused.status = "paused"
         self._record(paused, "paused", f"{reason}; resume to go on")
         try:
-            await self._traffic.save_rollout(paused)
+            await self._save(paused)
         except AdminError as exc:
             log.error("rollout_pause_failed", route=rollout.route, reason=exc.message)
 
@@ -341,9 +356,17 @@ class RolloutController:
         changed.ClearField("figures")
         del changed.variants[:]
         changed.variants.extend([baseline, candidate])
+        # Outputs are compared within the route's own tolerances (those of the shadow it had
+        # before the rollout; 0 and 0: the gateway's defaults).
+        tolerance = rollout.route_shadow
         if percent == 0:
             changed.shadow.CopyFrom(
-                admin_pb2.Shadow(target=_weighted(rollout.candidate, 0), percent=100)
+                admin_pb2.Shadow(
+                    target=_weighted(rollout.candidate, 0),
+                    percent=100,
+                    atol=tolerance.atol,
+                    rtol=tolerance.rtol,
+                )
             )
         elif self._settings.live_compare_percent > 0:
             # Live comparison: copies of the candidate's calls answered by the baseline (the
@@ -352,15 +375,19 @@ class RolloutController:
                 admin_pb2.Shadow(
                     target=_weighted(rollout.baseline, 0),
                     percent=self._settings.live_compare_percent,
+                    atol=tolerance.atol,
+                    rtol=tolerance.rtol,
                 )
             )
         else:
             changed.ClearField("shadow")
-        saved = await self._traffic.save_rollout(rollout, changed)
+        saved = await self._save(rollout, changed)
         now = self._clock()
-        self._windows[rollout.route] = _Window(now, None, None, now + self._settings.settle_s)
+        self._windows[rollout.route] = _Window(
+            _window_key(saved), now, None, None, now + self._settings.settle_s
+        )
         self._latest.pop(rollout.route, None)
-        self._metrics.step.labels(route=rollout.route).set(percent)
+        self._clear_gates(rollout.route)
         log.info(
             "rollout_step_entered",
             route=rollout.route,
@@ -387,8 +414,9 @@ class RolloutController:
         self._record(rollout, status, reason, evidence)
         self._windows.pop(rollout.route, None)
         self._latest.pop(rollout.route, None)
+        self._clear_gates(rollout.route)
         if route is None:
-            return self._shown(await self._traffic.save_rollout(rollout))
+            return self._shown(await self._save(rollout))
         rollout.route_revision = route.revision  # the operator's word is final here
         changed = admin_pb2.Route()
         changed.CopyFrom(route)
@@ -396,9 +424,15 @@ class RolloutController:
         changed.ClearField("shadow")
         del changed.variants[:]
         withhold = None
+        serving = rollout.candidate if status == "promoted" else rollout.baseline
+        if rollout.HasField("route_shadow") and not _same_version(
+            rollout.route_shadow.target, serving
+        ):
+            # The route's own shadow, set aside for the rollout, comes back (not when it
+            # would mirror calls to the version now answering them).
+            changed.shadow.CopyFrom(rollout.route_shadow)
         if status == "promoted":
             changed.variants.append(_weighted(rollout.candidate, 1))
-            self._metrics.step.labels(route=rollout.route).set(100)
             if rollout.plan.unload_replaced:
                 withhold = self._withheld(rollout.baseline, f"replaced by {rollout.candidate.name}")
         else:
@@ -407,8 +441,7 @@ class RolloutController:
                 withhold = self._withheld(rollout.candidate, f"rollout {status}: {reason}")
             if withhold is None:
                 changed.variants.append(_weighted(rollout.candidate, 0))
-            self._metrics.step.labels(route=rollout.route).set(0)
-        saved = await self._traffic.save_rollout(rollout, changed, withhold)
+        saved = await self._save(rollout, changed, withhold)
         return self._shown(saved)
 
     def _withheld(
@@ -448,14 +481,35 @@ class RolloutController:
             evidence=evidence or [],
         )
         transition.at.FromNanoseconds(int(self._wall_clock() * 1e9))
-        self._metrics.transitions.labels(route=rollout.route, event=event).inc()
+
+    async def _save(
+        self,
+        rollout: admin_pb2.Rollout,
+        route: admin_pb2.Route | None = None,
+        withhold: admin_pb2.WithheldVersion | None = None,
+    ) -> admin_pb2.Rollout:
+        """Keep ``rollout`` (with its route change), then announce the transitions it added
+        in the log and the metrics: a transition that could not be kept never happened."""
+        kept = self._traffic.rollout(rollout.route)
+        same = kept is not None and kept.started == rollout.started
+        announced = len(kept.history) if kept is not None and same else 0
+        saved = await self._traffic.save_rollout(rollout, route, withhold)
+        for transition in saved.history[announced:]:
+            self._announce(saved, transition)
+        self._show_step(saved)
+        return saved
+
+    def _announce(
+        self, rollout: admin_pb2.Rollout, transition: admin_pb2.RolloutTransition
+    ) -> None:
+        self._metrics.transitions.labels(route=rollout.route, event=transition.event).inc()
         log.info(
-            "rollout_" + event,
+            "rollout_" + transition.event,
             route=rollout.route,
             candidate=rollout.candidate.name,
             baseline=rollout.baseline.name,
             step=transition.step,
-            reason=reason,
+            reason=transition.reason,
             evidence=[
                 {
                     "gate": e.gate,
@@ -467,6 +521,22 @@ class RolloutController:
                 for e in transition.evidence
             ],
         )
+
+    def _show_step(self, rollout: admin_pb2.Rollout) -> None:
+        """The candidate's share now: its step's percent while the rollout runs or waits,
+        100 once promoted, 0 once rolled back or aborted."""
+        if rollout.status in ACTIVE and rollout.step < len(rollout.plan.steps):
+            percent = rollout.plan.steps[rollout.step]
+        else:
+            percent = 100.0 if rollout.status == "promoted" else 0.0
+        self._metrics.step.labels(route=rollout.route).set(percent)
+
+    def _clear_gates(self, route: str) -> None:
+        """The gauges of a step that ended: Grafana shows the current step's gates only."""
+        for gate in self._gate_series.pop(route, set()):
+            for figure in ("observed", "threshold"):
+                with contextlib.suppress(KeyError):
+                    self._metrics.gate.remove(route, gate, figure)
 
     def _plan(self, route: str, asked: admin_pb2.RolloutPlan | None) -> admin_pb2.RolloutPlan:
         """What was asked, else the route's plan in the settings, else the defaults."""
@@ -561,6 +631,14 @@ def _weighted(variant: admin_pb2.Variant, weight: int) -> admin_pb2.Variant:
     copy.CopyFrom(variant)
     copy.weight = weight
     return copy
+
+
+def _window_key(rollout: admin_pb2.Rollout) -> tuple[str, int, int]:
+    return (rollout.candidate.name, rollout.step, rollout.route_revision)
+
+
+def _same_version(a: admin_pb2.Variant, b: admin_pb2.Variant) -> bool:
+    return (a.model, a.version) == (b.model, b.version)
 
 
 def _seconds(plan: admin_pb2.RolloutPlan) -> float:

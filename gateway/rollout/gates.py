@@ -71,6 +71,8 @@ class Comparison:
     argmax_rows: int
     argmax_agreeing: int
     candidate_only_non_finite: int
+    calls: int
+    """Calls whose answers were compared (``compared`` counts their outputs)."""
 
     @classmethod
     def of_shadow(cls, candidate: VariantTotals) -> Comparison:
@@ -81,6 +83,7 @@ class Comparison:
             candidate.argmax_rows,
             candidate.argmax_agreeing,
             candidate.shadow_only_non_finite,
+            candidate.shadow_compared,
         )
 
     @classmethod
@@ -93,6 +96,7 @@ class Comparison:
             baseline.argmax_rows,
             baseline.argmax_agreeing,
             baseline.primary_only_non_finite,
+            baseline.shadow_compared,
         )
 
 

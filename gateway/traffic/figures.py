@@ -35,6 +35,8 @@ class VariantTotals:
     """Compared outputs with NaN/Inf in this variant's shadow answer but not the primary's."""
     primary_only_non_finite: int = 0
     """Compared outputs with NaN/Inf in the primary's answer but not this variant's copy."""
+    shadow_compared: int = 0
+    """Shadow answers compared with their primary's: calls, not outputs."""
 
     @classmethod
     def from_report(cls, report: control_pb2.VariantReport) -> VariantTotals:
@@ -49,14 +51,17 @@ class VariantTotals:
             shadow_faults=report.shadow_faults,
             shadow_only_non_finite=report.shadow_only_non_finite,
             primary_only_non_finite=report.primary_only_non_finite,
+            shadow_compared=report.shadow_compared,
         )
 
     def minus(self, earlier: VariantTotals) -> VariantTotals:
         """The figures of the window since ``earlier``. Counters only grow while one edge
         runs; when one fell, the edge restarted and counts from zero: its totals are the
         window."""
-        fell = any(self.codes.get(k, 0) < v for k, v in earlier.codes.items()) or any(
-            self.shadow_results.get(k, 0) < v for k, v in earlier.shadow_results.items()
+        fell = (
+            any(self.codes.get(k, 0) < v for k, v in earlier.codes.items())
+            or any(self.shadow_results.get(k, 0) < v for k, v in earlier.shadow_results.items())
+            or self.shadow_compared < earlier.shadow_compared
         )
         if fell:
             return self
@@ -78,6 +83,7 @@ class VariantTotals:
             shadow_faults=self.shadow_faults - earlier.shadow_faults,
             shadow_only_non_finite=self.shadow_only_non_finite - earlier.shadow_only_non_finite,
             primary_only_non_finite=self.primary_only_non_finite - earlier.primary_only_non_finite,
+            shadow_compared=self.shadow_compared - earlier.shadow_compared,
         )
 
     @property

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.rollout.controller import RolloutController, RolloutMetrics
 from gateway.settings import RolloutSettings, TrafficSettings
 from gateway.traffic.figures import VariantTotals
+from gateway.traffic.routes import AdminError
 from gateway.traffic.state import TrafficState
 from gateway.traffic.store import FileRouteStore
 
@@ -34,13 +38,17 @@ class Fleet:
         *,
         shadow_only_non_finite: int = 0,
         primary_only_non_finite: int = 0,
+        outputs: int = 1,
     ) -> None:
         """``calls`` answered by ``variant``; ``agree``/``disagree``: copies it answered
-        (as the shadow), compared with their primary's answer."""
+        (as the shadow), compared with their primary's answer, each of ``outputs`` outputs
+        (counted per output, as the edge counts them)."""
         before = self.totals.get(("classifier", variant))
         ok = (before.codes.get("OK", 0) if before else 0) + calls
-        agreed = (before.shadow_results.get("agree", 0) if before else 0) + agree
-        disagreed = (before.shadow_results.get("disagree", 0) if before else 0) + disagree
+        agreed = (before.shadow_results.get("agree", 0) if before else 0) + agree * outputs
+        disagreed = (before.shadow_results.get("disagree", 0) if before else 0) + (
+            disagree * outputs
+        )
         copies = (before.shadow_codes.get("OK", 0) if before else 0) + agree + disagree
         self.totals[("classifier", variant)] = VariantTotals(
             codes={"OK": ok},
@@ -53,21 +61,28 @@ class Fleet:
             + shadow_only_non_finite,
             primary_only_non_finite=(before.primary_only_non_finite if before else 0)
             + primary_only_non_finite,
+            # Calls, whatever their number of outputs.
+            shadow_compared=(before.shadow_compared if before else 0) + agree + disagree,
         )
 
 
 async def controller(
-    path: Path, fleet: Fleet, settings: RolloutSettings = SETTINGS
+    path: Path,
+    fleet: Fleet,
+    settings: RolloutSettings = SETTINGS,
+    *,
+    registry: CollectorRegistry | None = None,
+    servable: Callable[[str, str], bool] = lambda model, version: True,
 ) -> tuple[TrafficState, RolloutController]:
     state = TrafficState(
-        FileRouteStore(path), TrafficSettings(), lambda m, v: True, lambda: None, clock=lambda: 0.0
+        FileRouteStore(path), TrafficSettings(), servable, lambda: None, clock=lambda: 0.0
     )
     await state.start()
     rollouts = RolloutController(
         state,
         lambda: fleet.totals,
         settings,
-        RolloutMetrics(CollectorRegistry()),
+        RolloutMetrics(registry or CollectorRegistry()),
         clock=lambda: fleet.now,
         wall_clock=lambda: 1_700_000_000.0,
         version_digest=lambda model, version: f"digest of {model} {version}",
@@ -276,5 +291,167 @@ def test_the_plan_says_whether_replaced_and_rolled_back_versions_are_unloaded(
         assert weights(state) == [("1", 1)]
         assert state.pins("classifier").withheld == {("3", "digest of classifier 3")}
         assert rollouts.rollout("classifier").plan.unload_replaced is False
+
+    asyncio.run(scenario())
+
+
+def test_a_step_waits_for_its_calls_once_its_time_is_up(tmp_path: Path) -> None:
+    """A quiet route: the step's time passes long before its minimum of compared calls,
+    which counts calls, not their outputs."""
+
+    async def scenario() -> None:
+        fleet = Fleet()
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
+        await with_route(state)
+        await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        fleet.now = 1
+        await rollouts.tick()  # the window opens
+        fleet.serve("2", agree=10, outputs=3)  # 30 outputs compared, 10 calls of 20
+        fleet.now = 100
+        await rollouts.tick()
+        waiting = rollouts.rollout("classifier")
+        assert waiting.step == 0, "10 compared calls of the 20 a step needs"
+        assert {e.gate: e.outcome for e in waiting.current}["agreement"] == "wait"
+        fleet.serve("2", agree=10, outputs=3)
+        await rollouts.tick()
+        assert rollouts.rollout("classifier").step == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_rollout_begun_again_elsewhere_is_judged_on_a_window_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Another replica aborts the rollout and begins a new one on the same route: the leader's
+    window of the old one (its time long up, its calls counted) is not the new one's."""
+
+    async def scenario() -> None:
+        fleet = Fleet()
+        state, leader = await controller(tmp_path / "traffic.json", fleet)
+        other = RolloutController(
+            state,
+            lambda: fleet.totals,
+            SETTINGS,
+            RolloutMetrics(CollectorRegistry()),
+            clock=lambda: fleet.now,
+            wall_clock=lambda: 1_700_000_100.0,
+        )
+        await with_route(state)
+        await leader.begin("classifier", admin_pb2.Variant(version="2"))
+        fleet.now = 1
+        await leader.tick()  # the window opens
+        fleet.serve("2", agree=5)
+        fleet.now = 50
+        await leader.tick()
+        assert leader.rollout("classifier").step == 0, "5 compared calls of 20"
+        await other.abort("classifier")
+        back = admin_pb2.Route(
+            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)]
+        )
+        route = state.route("classifier")
+        assert route is not None
+        await state.set_route(back, route.revision)
+        await other.begin("classifier", admin_pb2.Variant(version="2"))
+        fleet.serve("2", agree=20)
+        await leader.tick()  # a fresh window for the new rollout: nothing judged yet
+        await leader.tick()
+        assert leader.rollout("classifier").step == 0, "the new rollout's time is not up"
+        fleet.serve("2", agree=20)
+        fleet.now = 61
+        await leader.tick()
+        assert leader.rollout("classifier").step == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_gauges_show_the_current_step_only(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = Fleet()
+        registry = CollectorRegistry()
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet, registry=registry)
+        await with_route(state)
+        await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+
+        def gauge(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(
+                f"triton_gateway_rollout_{name}", {"route": "classifier", **labels}
+            )
+
+        assert gauge("candidate_percent") == 0
+        fleet.now = 1
+        await rollouts.tick()
+        fleet.serve("2", agree=5)
+        fleet.now = 2
+        await rollouts.tick()
+        assert gauge("gate", gate="agreement", figure="observed") == 1.0
+        fleet.serve("2", agree=20)
+        fleet.now = 20
+        await rollouts.tick()
+        assert rollouts.rollout("classifier").step == 1
+        assert gauge("candidate_percent") == 50
+        assert gauge("gate", gate="agreement", figure="observed") is None, "the last step's"
+
+        # After a restart the step is shown before anything changes.
+        registry = CollectorRegistry()
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet, registry=registry)
+        await rollouts.tick()
+        assert gauge("candidate_percent") == 50
+        await rollouts.abort("classifier")
+        assert gauge("candidate_percent") == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_transition_that_could_not_be_kept_is_not_announced(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = Fleet()
+        registry = CollectorRegistry()
+        state, rollouts = await controller(
+            tmp_path / "traffic.json",
+            fleet,
+            registry=registry,
+            servable=lambda model, version: version != "9",
+        )
+        await with_route(state)
+        with capture_logs() as logs, pytest.raises(AdminError):
+            await rollouts.begin("classifier", admin_pb2.Variant(version="9"))
+        started = {"route": "classifier", "event": "started"}
+        assert (
+            registry.get_sample_value("triton_gateway_rollout_transitions_total", started) is None
+        )
+        assert [e for e in logs if e["event"].startswith("rollout_")] == []
+        assert state.rollout("classifier") is None
+        with capture_logs() as logs:
+            await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        assert registry.get_sample_value("triton_gateway_rollout_transitions_total", started) == 1
+        (line,) = [e for e in logs if e["event"] == "rollout_started"]
+        assert (line["candidate"], line["baseline"], line["step"]) == ("2", "1", 0)
+
+    asyncio.run(scenario())
+
+
+def test_the_routes_own_shadow_sets_the_tolerances_and_comes_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = Fleet()
+        state, rollouts = await controller(tmp_path / "traffic.json", fleet)
+        own = admin_pb2.Shadow(
+            target=admin_pb2.Variant(version="3"), percent=20, atol=0.5, rtol=0.25
+        )
+        route = admin_pb2.Route(
+            name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)], shadow=own
+        )
+        await state.set_route(route, 0)
+        await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
+        shadowed = state.route("classifier")
+        assert shadowed is not None
+        assert (shadowed.shadow.target.name, shadowed.shadow.atol, shadowed.shadow.rtol) == (
+            "2",
+            0.5,
+            0.25,
+        )
+        await rollouts.abort("classifier")
+        after = state.route("classifier")
+        assert after is not None
+        assert (after.shadow.target.name, after.shadow.percent) == ("3", 20)
 
     asyncio.run(scenario())
