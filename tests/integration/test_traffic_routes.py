@@ -389,10 +389,29 @@ def test_ctl_drives_a_rollout(routed: Routed, capsys: pytest.CaptureFixture[str]
     assert "rollout classifier: 2 after 1  running  step 1/2 (shadow)" in capsys.readouterr().out
     assert main([*base, "rollout", "pause", "classifier"]) == 0
     assert "paused" in capsys.readouterr().out
-    assert main([*base, "rollout", "abort", "classifier"]) == 0
-    assert "aborted" in capsys.readouterr().out
+    assert main([*base, "rollout", "status", "classifier"]) == 0
+    assert "2 after 1  paused  step 1/2 (shadow)" in capsys.readouterr().out
+    assert main([*base, "rollout", "resume", "classifier"]) == 0
+    assert "2 after 1  running  step 1/2 (shadow)" in capsys.readouterr().out
+    assert main([*base, "rollout", "promote", "classifier"]) == 0
+    assert "2 after 1  promoted" in capsys.readouterr().out
+    route = routed.route("classifier")
+    assert route is not None and [(v.version, v.weight) for v in route.variants] == [("2", 1)]
     assert main([*base, "rollout", "history", "classifier"]) == 0
     history = capsys.readouterr().out
-    assert all(event in history for event in ("started", "paused", "aborted"))
+    events = ("started", "paused", "resumed", "promoted")
+    assert [e for line in history.splitlines() for e in events if f"  {e}  " in line] == list(
+        events
+    )
+
+    # And back to 1, aborted: every call on the baseline (2) again at once.
+    start[start.index("--to") + 1] = "1"
+    assert main([*base, *start]) == 0
+    assert "1 after 2  running" in capsys.readouterr().out
+    assert main([*base, "rollout", "abort", "classifier"]) == 0
+    assert "aborted" in capsys.readouterr().out
+    route = routed.route("classifier")
+    assert route is not None
+    assert [(v.version, v.weight) for v in route.variants] == [("2", 1), ("1", 0)]
     assert main([*base, "rollout", "resume", "classifier"]) == 2
     assert "aborted already" in capsys.readouterr().err
