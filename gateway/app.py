@@ -274,6 +274,9 @@ class Gateway:
         if self._server.add_insecure_port(self.private_address) == 0:
             raise OSError(f"cannot listen on {self.private_address}")
         self.pool.on_change(self._report_readiness)
+        # A backend found down may have been replaced: its source looks again soon, not only
+        # when the records' TTL runs out.
+        self.pool.on_unreachable(lambda name: self._discovery.refresh_soon())
         self._follow_task = asyncio.create_task(self.pool.follow(self._discovery), name="discovery")
         self._apply_drains()
         await self.pool.wait_discovered(self.settings.health.startup_wait_s)

@@ -134,6 +134,16 @@ class DnsDiscoverySettings(_Frozen):
     to interval_s; the last set keeps serving meanwhile)."""
     timeout_s: float = Field(default=2.0, gt=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> DnsDiscoverySettings:
+        # Else the back-off would start above its cap, and the TTL clamp would be inverted.
+        if self.min_interval_s > self.interval_s:
+            raise ValueError(
+                f"min_interval_s ({self.min_interval_s:g}) is above interval_s "
+                f"({self.interval_s:g}): lower min_interval_s or raise interval_s"
+            )
+        return self
+
     @field_validator("resolver")
     @classmethod
     def _host_and_port(cls, resolver: str | None) -> str | None:
@@ -157,6 +167,16 @@ class ConsulDiscoverySettings(_Frozen):
     retry_min_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=10.0, gt=0)
     """Back-off between tries while Consul cannot be reached (the last set keeps serving)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ConsulDiscoverySettings:
+        # Else the first wait would be retry_min_s and every later one the smaller cap.
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_min_s ({self.retry_min_s:g}) is above retry_max_s "
+                f"({self.retry_max_s:g}): lower retry_min_s or raise retry_max_s"
+            )
+        return self
 
 
 class ConsulSettings(_Frozen):
@@ -193,6 +213,14 @@ class DiscoverySettings(_Frozen):
             raise ValueError("discovery.source is dns: set discovery.dns.name")
         if self.source == "consul" and self.consul is None:
             raise ValueError("discovery.source is consul: set discovery.consul.service")
+        # A block the chosen source never reads is a mistake (a source switched back, a typo
+        # in source): refused, not silently ignored.
+        for block, settings in (("dns", self.dns), ("consul", self.consul)):
+            if settings is not None and self.source != block:
+                raise ValueError(
+                    f"discovery.{block} is set, but discovery.source is {self.source}: "
+                    f"set discovery.source: {block} to use it, or remove discovery.{block}"
+                )
         return self
 
 
@@ -671,6 +699,18 @@ class GatewaySettings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("backend names must be unique")
         return backends
+
+    @model_validator(mode="after")
+    def _static_backends(self) -> GatewaySettings:
+        # The pool follows one source: a list beside DNS or Consul would never be used.
+        source = self.discovery.source
+        if self.backends and source != "static":
+            origin = "DNS" if source == "dns" else "Consul's catalog"
+            raise ValueError(
+                f"backends is set, but discovery.source is {source}: the backends come from "
+                f"{origin}; remove backends, or set discovery.source: static"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> GatewaySettings:

@@ -18,8 +18,24 @@ root="$tools/dnsmasq"
 downloads=$(mktemp -d)
 trap 'rm -rf "$downloads"' EXIT
 # dnsmasq-base and the libraries a minimal Debian 12 lacks.
-(cd "$downloads" && apt-get download -qq dnsmasq-base libnetfilter-conntrack3 libnftables1 \
-    libnfnetlink0 libmnl0 libnftnl11 libjansson4 libxtables12 2>/dev/null)
+packages=(dnsmasq-base libnetfilter-conntrack3 libnftables1 libnfnetlink0 libmnl0 libnftnl11
+    libjansson4 libxtables12)
+download() {
+    (cd "$downloads" && apt-get download -qq "${packages[@]}") >"$downloads/apt.log" 2>&1
+}
+# apt's own last line says what went wrong (a package not found, a mirror not reached).
+apt_said() { grep -v '^\s*$' "$downloads/apt.log" | tail -n 1; }
+if ! download; then
+    # A fresh machine or container has empty package lists: fetch them, then try again.
+    if ! apt-get update -qq >"$downloads/apt.log" 2>&1; then
+        echo "install_dnsmasq: 'apt-get update' failed ($(apt_said)): install dnsmasq (e.g. 'apt-get install dnsmasq-base') or fix the apt sources, then run 'make test' again" >&2
+        exit 2
+    fi
+    if ! download; then
+        echo "install_dnsmasq: 'apt-get download dnsmasq-base' failed after 'apt-get update' ($(apt_said)): install dnsmasq (e.g. 'apt-get install dnsmasq-base'), then run 'make test' again" >&2
+        exit 2
+    fi
+fi
 rm -rf "$root"
 for package in "$downloads"/*.deb; do
     dpkg -x "$package" "$root"

@@ -41,6 +41,7 @@ class BackendPool:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._listeners: list[Callable[[RouteTable[TritonBackend]], None]] = []
+        self._unreachable_listeners: list[Callable[[str], None]] = []
         self._discovered = asyncio.Event()
         self.table: RouteTable[TritonBackend] = RouteTable()
         """READY model versions of the backends that are up and not drained. Breakers and
@@ -82,6 +83,11 @@ class BackendPool:
     def on_change(self, listener: Callable[[RouteTable[TritonBackend]], None]) -> None:
         """Call ``listener`` with every new table (readiness reporting hooks in here)."""
         self._listeners.append(listener)
+
+    def on_unreachable(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with a backend's name when a poll finds it down (at start, after
+        it was up, or for a new reason): discovery looks again, in case it was replaced."""
+        self._unreachable_listeners.append(listener)
 
     async def follow(self, discovery: Discovery) -> None:
         """Apply discovery events until cancelled."""
@@ -222,6 +228,8 @@ class BackendPool:
                 address=backend.address,
                 reason=health.reason,
             )
+            for unreachable in self._unreachable_listeners:
+                unreachable(backend.name)
         else:
             log.info("backend_models_changed", backend=backend.name, models=sorted(health.models))
         return True

@@ -39,3 +39,7 @@ class Discovery(Protocol):
     """A source of backend endpoints; the pool rebuilds only what an event changes."""
 
     def watch(self) -> AsyncIterator[DiscoveryEvent]: ...
+
+    def refresh_soon(self) -> None:
+        """A backend this source gave turned unreachable: look again soon, within the
+        source's own rate limit, in case it was replaced (a no-op where nothing is to gain)."""

@@ -70,6 +70,10 @@ class ConsulDiscovery:
                 current = endpoints
                 yield Reset(endpoints)
 
+    def refresh_soon(self) -> None:
+        """Nothing to do: the blocking query already answers the moment a check fails, and
+        asking before it does would return the same set."""
+
 
 def _endpoint(instance: dict[str, Any]) -> Endpoint:
     service, node = instance["Service"], instance["Node"]

@@ -2,15 +2,18 @@
 per ready pod, the port from the settings) or its SRV records (host and port per backend).
 
 Re-resolved when the answer's TTL runs out, at least every ``interval_s`` and never more often
-than ``min_interval_s``; after a failed lookup (no server, a timeout, SERVFAIL), again with a
-growing back-off while the last set keeps serving. An empty answer (NXDOMAIN, no records) is
-an answer: the set becomes empty, as the service says.
+than ``min_interval_s``; sooner when a backend it gave fails (``refresh_soon``: the pool saw
+it unreachable), since a pod replaced behind a long TTL would otherwise go unnoticed until the
+TTL runs out. After a failed lookup (no server, a timeout, SERVFAIL), again with a growing
+back-off while the last set keeps serving. An empty answer (NXDOMAIN, no records) is an
+answer: the set becomes empty, as the service says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -46,16 +49,27 @@ class DnsDiscovery:
         settings: DnsDiscoverySettings,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._resolver = _resolver(settings)
         self._sleep = sleep
+        self._clock = clock
+        self._refresh = asyncio.Event()
+
+    def refresh_soon(self) -> None:
+        """A backend of the last answer failed: look up again now, or once ``min_interval_s``
+        has passed since the last lookup (a fleet failing at once costs one lookup)."""
+        self._refresh.set()
 
     async def watch(self) -> AsyncIterator[DiscoveryEvent]:
         settings = self._settings
         current: tuple[Endpoint, ...] | None = None
         backoff = settings.min_interval_s
         while True:
+            # Cleared before the lookup, not after: a failure seen while it runs may have been
+            # answered by the old records, so it asks for one more.
+            self._refresh.clear()
             try:
                 answer = await self.resolve()
             except LookupFailed as exc:
@@ -67,10 +81,12 @@ class DnsDiscovery:
                     keeping=[e.name for e in current or ()],
                     retry_in_s=backoff,
                 )
-                await self._wait(backoff)
+                # Not cut short by refresh_soon: a server that fails is not asked harder.
+                await self._sleep(backoff)
                 backoff = min(backoff * 2, settings.interval_s)
                 continue
             backoff = settings.min_interval_s
+            looked_up_at = self._clock()
             if answer.endpoints != current:
                 log.info(
                     "dns_discovery_changed",
@@ -79,7 +95,10 @@ class DnsDiscovery:
                 )
                 current = answer.endpoints
                 yield Reset(answer.endpoints)
-            await self._wait(min(max(answer.ttl_s, settings.min_interval_s), settings.interval_s))
+            await self._wait(
+                min(max(answer.ttl_s, settings.min_interval_s), settings.interval_s),
+                not_before=looked_up_at + settings.min_interval_s,
+            )
 
     async def resolve(self) -> Answer:
         """One lookup: the endpoints in a stable order, and how long they hold."""
@@ -133,8 +152,22 @@ class DnsDiscovery:
             endpoints.extend(Endpoint(name, e.address) for e in addresses.endpoints[:1])
         return Answer(tuple(sorted(endpoints, key=lambda e: e.name)), min(ttls))
 
-    async def _wait(self, seconds: float) -> None:
-        await self._sleep(seconds)
+    async def _wait(self, seconds: float, *, not_before: float) -> None:
+        """Until the next lookup: ``seconds``, or less when ``refresh_soon`` asks, though
+        never before ``not_before`` (on the injected clock)."""
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        asked = asyncio.ensure_future(self._refresh.wait())
+        try:
+            done, _ = await asyncio.wait((timer, asked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            asked.cancel()
+        if timer in done:
+            timer.result()  # an injected sleep that fails fails the watch, as if awaited
+            return
+        left = not_before - self._clock()
+        if left > 0:
+            await self._sleep(left)
 
 
 def _resolver(settings: DnsDiscoverySettings) -> dns.asyncresolver.Resolver:

@@ -13,3 +13,6 @@ class StaticDiscovery:
 
     async def watch(self) -> AsyncIterator[DiscoveryEvent]:
         yield Reset(self._endpoints)
+
+    def refresh_soon(self) -> None:
+        """Nothing to look up again: the list changes only with the settings file."""

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
-from gateway.app import Gateway
+from gateway.app import ADMIN_SERVICE, LIVENESS_SERVICE, Gateway
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, load_settings
 from tests.support.background import BackgroundGateway
 from tests.support.consul import ConsulServer
 from tests.support.drops import SteadyLoad, classify
@@ -49,8 +50,11 @@ def test_catalog_changes_move_backends_under_load_with_no_failure(
         a, b = fleet.servers["cat-a"].address, fleet.servers["cat-b"].address
         consul_server.register("triton-a", SERVICE, a, passing=True)
         consul_server.register("triton-b", SERVICE, b, passing=False)  # not passing: left out
-        config = gateway_settings(
-            fleet,
+        # No backends list: the backends come from Consul's catalog alone.
+        config = load_settings(
+            server={"host": "127.0.0.1", "port": 0},
+            metrics={"host": "127.0.0.1", "port": 0},
+            repository={"path": str(MODEL_REPOSITORY)},
             discovery={"source": "consul", "consul": {"service": SERVICE, "wait_s": 5}},
             consul={"address": consul_server.address},
             fallback={"enabled": False},  # every answer comes from a discovered backend
@@ -188,11 +192,27 @@ def _a_drain_through_one_drains_on_both(one: Routed, two: Routed) -> None:
 
 
 def _losing_consul_keeps_the_last_state_serving(one: Routed, consul_server: ConsulServer) -> None:
+    health = health_pb2_grpc.HealthStub(one.channel)
+
+    def status(service: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return int(health.Check(request, timeout=5).status)
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert status(ADMIN_SERVICE) == serving, "Consul answers: the admin service serves"
     consul_server.stop()
     port = one.running.gateway.metrics_port
     assert wait_until(
         lambda: total(scrape(port), "triton_gateway_state_store_reachable") == 0, timeout_s=30
     )
+    # Said in grpc.health.v1 too (what probes read): the admin service is NOT_SERVING, while
+    # the gateway is live and ready with its last state.
+    assert wait_until(lambda: status(ADMIN_SERVICE) == not_serving, timeout_s=10)
+    assert status(LIVENESS_SERVICE) == serving
+    assert status("") == serving
     with pytest.raises(grpc.RpcError) as refused:
         one.split("classifier", {"1": 100})
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -4,7 +4,7 @@ gateway already serving), and the settings file keeps being applied however it i
 
 These gateways have no Triton backend: what is checked is answered by the gateway itself
 (ServerMetadata, handed over by tgw-edge to the Python server through the runtime folder's
-socket) or by its settings.
+socket), by its settings or by its log (backends it cannot reach, what a reload applied).
 """
 
 from __future__ import annotations
@@ -209,6 +209,93 @@ def test_a_taken_port_stops_the_start_with_one_line_and_nothing_left_running(
     for port in (settings[name]["port"] for name in ("server", "metrics", "admin")):
         assert _port_is_free(port), port
     assert not (runtime / "gateway.sock").exists()
+
+
+@contextlib.contextmanager
+def _serving(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``triton-gateway serve`` logging JSON into ``log``, once started; stopped (and its edge
+    with it) on the way out."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    edge = 0
+    try:
+        (started,) = _wait_event(log, process, "gateway_started")
+        edge = started["edge_pid"]
+        yield process
+        assert process.poll() is None, f"the gateway exited: {log.read_text()[-2000:]}"
+    finally:
+        process.terminate()
+        process.wait(30)
+        if edge and _alive(edge):
+            os.kill(edge, signal.SIGKILL)
+
+
+def test_backends_that_cannot_be_reached_are_logged_at_start_with_address_and_reason(
+    tmp_path: Path, runtime: Path
+) -> None:
+    refused = f"127.0.0.1:{free_port()}"  # nothing listens there
+    unresolvable = "triton.no-such-host.invalid:8001"  # .invalid never resolves (RFC 2606)
+    settings = _settings(
+        runtime,
+        tmp_path / "state",
+        metrics={"enabled": False},
+        admin={"enabled": False},
+        health={"startup_wait_s": 5, "poll_timeout_s": 2},
+    )
+    settings["backends"] = [
+        {"name": "refused", "address": refused},
+        {"name": "unresolvable", "address": unresolvable},
+    ]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    log = tmp_path / "gateway.log"
+    with _serving(config, log):
+        events = _events(log)
+    names = [e["event"] for e in events]
+    # Said before the gateway reports itself started: the first poll of each is at start.
+    unreachable = {
+        e["backend"]: e
+        for e in events[: names.index("gateway_started")]
+        if e["event"] == "backend_unreachable"
+    }
+    assert set(unreachable) == {"refused", "unresolvable"}
+    assert unreachable["refused"]["address"] == refused
+    assert "Connection refused" in unreachable["refused"]["reason"]
+    assert unreachable["unresolvable"]["address"] == unresolvable
+    # gRPC's resolvers word it differently ("DNS resolution failed", "errors resolving").
+    reason = unreachable["unresolvable"]["reason"]
+    assert "resolv" in reason.lower() and "triton.no-such-host.invalid" in reason
+
+
+def test_a_reload_logs_the_keys_it_applied_and_those_needing_a_restart(
+    tmp_path: Path, runtime: Path
+) -> None:
+    settings = _settings(
+        runtime, tmp_path / "state", metrics={"enabled": False}, admin={"enabled": False}
+    )
+    folder = tmp_path / "config"  # watched: nothing else is written there
+    folder.mkdir()
+    config = folder / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    log = tmp_path / "gateway.log"
+    with _serving(config, log) as process:
+        settings["retry"] = {"max_attempts": 2}  # a policy: applied at once
+        settings["health"] = {**settings["health"], "poll_interval_s": 3.0}  # read at start
+        saved = folder / ".gateway.yaml.new"
+        saved.write_text(yaml.safe_dump(settings))
+        os.replace(saved, config)
+        # Logged right after config_reloaded, by the same reload.
+        needs_restart = _wait_event(log, process, "config_needs_restart")
+        reloaded = _events_named(log, "config_reloaded")
+    assert [(e["applied"], e["needs_restart"]) for e in reloaded] == [
+        (["retry.max_attempts"], ["health.poll_interval_s"])
+    ]
+    assert [e["keys"] for e in needs_restart] == [["health.poll_interval_s"]]
 
 
 def _configmap(mount: Path, generation: int, attempts: int) -> None:

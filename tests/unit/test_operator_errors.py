@@ -38,6 +38,27 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
             "rollout.plans.classifier.stepz: unknown key (did you mean 'steps'?)",
         ),
         ("discovery: {source: dns}\n", "set discovery.dns.name"),
+        (
+            "discovery: {source: dns, dns: {name: t.svc, interval_s: 2, min_interval_s: 3}}\n",
+            "discovery.dns: min_interval_s (3) is above interval_s (2): lower min_interval_s",
+        ),
+        (
+            "discovery: {source: consul, consul: {service: t, retry_min_s: 20}}\n",
+            "discovery.consul: retry_min_s (20) is above retry_max_s (10): lower retry_min_s",
+        ),
+        (
+            "discovery: {dns: {name: t.svc}}\n",
+            "discovery.dns is set, but discovery.source is static: set discovery.source: dns",
+        ),
+        (
+            "discovery: {source: dns, dns: {name: t.svc}, consul: {service: t}}\n",
+            "discovery.consul is set, but discovery.source is dns: set discovery.source: consul",
+        ),
+        (
+            "backends: [{name: a, address: 'h:1'}]\ndiscovery: {source: dns, dns: {name: t}}\n",
+            "backends is set, but discovery.source is dns: the backends come from DNS; remove "
+            "backends, or set discovery.source: static",
+        ),
         ("consul: {address: nowhere}\n", "consul.address 'nowhere' must be host:port"),
         (
             "server: {port: 8001}\nmetrics: {port: 8001}\n",
