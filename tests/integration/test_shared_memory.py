@@ -44,6 +44,17 @@ def register(client: grpcclient.InferenceServerClient, regions: dict[str, Any]) 
     client.register_system_shared_memory(f"out-{tag}", f"/tgw-out-{tag}", 2 * BYTES)
 
 
+def keys(regions: dict[str, Any]) -> list[str]:
+    tag = regions["tag"]
+    return [f"/tgw-in-{tag}", f"/tgw-out-{tag}"]
+
+
+def mappings_of(key: str) -> int:
+    """How many mappings of the POSIX region ``key`` this process holds."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(f"/dev/shm{key}"))
+
+
 def inputs_in(regions: dict[str, Any]) -> list[grpcclient.InferInput]:
     tag = regions["tag"]
     first = grpcclient.InferInput("INPUT0", [1, 16], "INT32")
@@ -115,9 +126,15 @@ def test_inputs_and_outputs_in_shared_memory_give_the_inline_results(
         assert np.array_equal(
             shm.get_contents_as_numpy(regions["out"], np.int32, [1, 16], offset=BYTES), a - b
         )
+        # The gateway runs in this process: its mappings of the regions sit beside the
+        # client's own, and unregistering must let them go.
+        mapped_before = {key: mappings_of(key) for key in keys(regions)}
+        assert all(count >= 2 for count in mapped_before.values()), mapped_before
     finally:
         client.unregister_system_shared_memory()
     assert client.get_system_shared_memory_status().regions == {}, "unregistering frees them"
+    mapped_after = {key: mappings_of(key) for key in keys(regions)}
+    assert mapped_after == {key: count - 1 for key, count in mapped_before.items()}, "unmapped"
 
 
 def _inline_inputs(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> list[grpcclient.InferInput]:
