@@ -134,6 +134,8 @@ def test_two_replicas_share_one_traffic_state(
 
 
 def _a_split_through_one_reaches_the_other(one: Routed, two: Routed) -> None:
+    probe = classifier_request(key="user-0")
+    assert "x-gateway-variant" not in two.stamps(probe)[1], "no route yet"
     asked = time.monotonic()
     route = one.split("classifier", {"1": 50, "2": 50})
     traffic = two.running.gateway.traffic
@@ -144,9 +146,17 @@ def _a_split_through_one_reaches_the_other(one: Routed, two: Routed) -> None:
         ),
         timeout_s=10,
     )
-    seconds = time.monotonic() - asked
-    two.running.run(two.running.gateway.edge.sync(5.0))  # type: ignore[union-attr]
-    print(f"a split set through one replica reached the other in {seconds * 1000:.0f} ms")
+    in_state = time.monotonic() - asked
+    # Until the other replica's data plane routes by it: its calls come back stamped with
+    # the variant that answered (one call after another, each about a millisecond).
+    deadline = asked + 10
+    while "x-gateway-variant" not in two.stamps(probe)[1]:
+        assert time.monotonic() < deadline, "the other replica's edge never applied the split"
+    in_edge = time.monotonic() - asked
+    print(
+        "a split set through one replica reached the other's state in "
+        f"{in_state * 1000:.0f} ms and its data plane in {in_edge * 1000:.0f} ms"
+    )
     # Sticky keys: the same variant through either replica (no per-replica state).
     keyed = [(classifier_request(key=f"user-{i}"), ()) for i in range(60)]
     through_one, through_two = one.variants_of(keyed), two.variants_of(keyed)
