@@ -5,10 +5,13 @@ other, one replica drives the rollouts, and losing Consul keeps the last state s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,8 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway._protos.tgw.admin.v1 import admin_pb2
 from gateway.app import ADMIN_SERVICE, LIVENESS_SERVICE, Gateway
+from gateway.consul_agent import ConsulAgent
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
-from gateway.settings import GatewaySettings, load_settings
+from gateway.discovery.base import DiscoveryEvent, Reset
+from gateway.discovery.consul import ConsulDiscovery, health_query
+from gateway.settings import (
+    ConsulDiscoverySettings,
+    ConsulSettings,
+    GatewaySettings,
+    load_settings,
+)
 from tests.support.background import BackgroundGateway
 from tests.support.consul import ConsulServer
 from tests.support.drops import SteadyLoad, classify
@@ -229,3 +240,75 @@ def _losing_consul_keeps_the_last_state_serving(one: Routed, consul_server: Cons
     _, stamps = one.stamps(classifier_request())
     assert stamps["x-gateway-variant"] in {"1", "2"}, "still split by the last state"
     assert classify(one.running.url).get_response().model_name == "classifier"
+
+
+def test_discovery_blocks_on_the_index_and_backs_off_while_consul_is_gone(
+    consul_server: ConsulServer,
+) -> None:
+    """ConsulDiscovery on the real agent's health endpoint: each query after the first waits
+    past the index it was given (a change answers it at once, no polling in between); with
+    Consul gone the queries back off, doubling to their cap, and the last set stands."""
+    settings = ConsulDiscoverySettings(service=SERVICE, wait_s=30, retry_min_s=0.1, retry_max_s=0.4)
+    consul_server.register("triton-a", SERVICE, "127.0.0.1:9001", passing=True)
+
+    async def scenario() -> None:
+        agent = ConsulAgent(ConsulSettings(address=consul_server.address))
+        real = health_query(agent, settings)
+        asked: list[int | None] = []
+        answered: list[int] = []
+        waits: list[float] = []
+
+        second_query, fifth_wait = asyncio.Event(), asyncio.Event()
+
+        async def query(index: int | None) -> tuple[int, list[dict[str, Any]]]:
+            asked.append(index)
+            if len(asked) == 2:
+                second_query.set()
+            found = await real(index)
+            answered.append(found[0])
+            return found
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 5:
+                fifth_wait.set()
+            await asyncio.sleep(0)
+
+        events: asyncio.Queue[DiscoveryEvent] = asyncio.Queue()
+
+        async def follow() -> None:
+            async for event in ConsulDiscovery(query, settings, sleep=sleep).watch():
+                await events.put(event)
+
+        following = asyncio.create_task(follow())
+        try:
+            first = await asyncio.wait_for(events.get(), 30)
+            assert isinstance(first, Reset)
+            assert [e.name for e in first.endpoints] == [f"{consul_server.node}/triton-a"]
+            # The next query waits past the first answer's index: in flight, unanswered.
+            await asyncio.wait_for(second_query.wait(), 30)
+            assert asked == [None, answered[0]] and len(answered) == 1
+
+            await asyncio.to_thread(
+                consul_server.register, "triton-b", SERVICE, "127.0.0.1:9002", passing=True
+            )
+            second = await asyncio.wait_for(events.get(), 30)
+            assert isinstance(second, Reset) and len(second.endpoints) == 2
+            # Two changes (the instance registered with a failing check, then its check
+            # passing) answered two blocked queries (the agent's own syncs may answer one or
+            # two more; a query that did not block would have been asked hundreds of times);
+            # no query went without the latest index.
+            assert len(asked) <= 8, f"answered by the changes, not by polling: {asked}"
+            assert asked[1:] == answered[: len(asked) - 1]
+
+            await asyncio.to_thread(consul_server.stop)
+            await asyncio.wait_for(fifth_wait.wait(), 30)
+            assert waits[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]
+            assert events.empty(), "the last set stands while Consul is gone"
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await agent.close()
+
+    asyncio.run(scenario())
