@@ -1,8 +1,9 @@
 """deploy/ as a platform team applies it: every Kubernetes manifest valid against the
 Kubernetes API schemas (kubernetes-validate, strict: unknown fields are errors), the pieces
 wired to each other, the gateway's own configuration in them accepted by the gateway, and
-the Consul, Prometheus and container definitions well-formed. (No container engine runs
-here: the Dockerfile is checked, not built.)"""
+the Consul, Prometheus and container definitions well-formed. (The Dockerfile's text is
+checked here; the image was built by hand with podman over locally made base images, the
+registry being unreachable from here.)"""
 
 from __future__ import annotations
 
