@@ -656,7 +656,10 @@ def _when(at: Any) -> str:
 
 
 def _variants(route: admin_pb2.Route) -> str:
-    return " ".join(f"{v.name}={v.weight}" for v in route.variants)
+    """Each variant's share of the calls: weights are relative (a rollout sets them in
+    hundredths of a percent), so the share is what a reader compares."""
+    total = sum(v.weight for v in route.variants) or 1
+    return " ".join(f"{v.name}={100 * v.weight / total:g}%" for v in route.variants)
 
 
 def _key_text(route: admin_pb2.Route) -> str:
