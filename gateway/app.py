@@ -60,6 +60,7 @@ from gateway.repository.scanner import RepositoryScanner
 from gateway.repository.store import ContentStore
 from gateway.repository.validation import Limits
 from gateway.rollout.controller import RolloutController, RolloutMetrics
+from gateway.rollout.fleet_figures import FleetFigures
 from gateway.rollout.leadership import ConsulLeadership, Leadership, SoleLeader
 from gateway.routing.table import RouteTable
 from gateway.server.drain import DrainGate
@@ -147,16 +148,9 @@ class Gateway:
         self._discovery = discovery or discovery_source(settings, self._consul)
         self.shared_memory = SharedMemoryCalls(SharedMemoryRegions(), self._loopback_address)
         """System shared-memory regions of clients on this host, and their calls."""
-        self._leadership: Leadership = (
-            ConsulLeadership(
-                self._consul,
-                f"{settings.admin.state_key}/rollout-leader",
-                replica=f"{socket.gethostname()}:{os.getpid()}",
-                clock=clock,
-            )
-            if self._consul is not None and settings.admin.state_store == "consul"
-            else SoleLeader()
-        )
+        # With replicas (the traffic state in Consul): one judges the rollouts, on every
+        # replica's figures.
+        self._leadership, self._fleet_figures = self._replica_roles(clock, wall_clock)
         backend_metadata = settings.security.backend_metadata()
         backend_credentials = settings.backend_tls.channel_credentials()
         self.pool = BackendPool(
@@ -246,9 +240,10 @@ class Gateway:
             self._traffic_changed,
             clock=self._wall_clock,
         )
+        fleet_figures = self._fleet_figures
         self.rollouts = RolloutController(
             self.traffic,
-            lambda: self._variant_totals,
+            fleet_figures.totals if fleet_figures is not None else lambda: self._variant_totals,
             self.settings.rollout,
             RolloutMetrics(self.registry),
             clock=self._clock,
@@ -263,6 +258,8 @@ class Gateway:
             self._admin_server = self._bind_admin(state_dir)
         await self.traffic.start()
         self._leadership.start()
+        if self._fleet_figures is not None:
+            self._fleet_figures.start()
         self.repository = self._repository_manager(runtime / "store")
         if self.repository is not None:
             await self.repository.start(self.settings.health.startup_wait_s)
@@ -332,6 +329,8 @@ class Gateway:
         if self.rollouts is not None:
             await self.rollouts.close()
         await self._leadership.close()
+        if self._fleet_figures is not None:
+            await self._fleet_figures.close()
         if self.traffic is not None:
             await self.traffic.close()
         if self.edge is not None:
@@ -568,6 +567,34 @@ class Gateway:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self.port}"
+
+    def _replica_roles(
+        self, clock: Callable[[], float], wall_clock: Callable[[], float]
+    ) -> tuple[Leadership, FleetFigures | None]:
+        settings = self.settings
+        if self._consul is None or settings.admin.state_store != "consul":
+            return SoleLeader(), None
+        replica = f"{socket.gethostname()}:{os.getpid()}"
+        leadership = ConsulLeadership(
+            self._consul,
+            f"{settings.admin.state_key}/rollout-leader",
+            replica=replica,
+            clock=clock,
+        )
+        figures = FleetFigures(
+            self._consul,
+            f"{settings.admin.state_key}/figures",
+            replica,
+            lambda: self._variant_totals,
+            leadership.leads,
+            lambda: (
+                self.traffic is not None
+                and any(r.status == "running" for r in self.traffic.rollouts())
+            ),
+            interval_s=settings.rollout.tick_s,
+            wall_clock=wall_clock,
+        )
+        return leadership, figures
 
     def leads_rollouts(self) -> bool:
         """Whether this replica judges the progressive rollouts (always, alone)."""

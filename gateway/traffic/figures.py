@@ -65,25 +65,33 @@ class VariantTotals:
         )
         if fell:
             return self
-        before = dict(earlier.latency)
+        return self._combined(earlier, -1)
+
+    def plus(self, other: VariantTotals) -> VariantTotals:
+        """The figures of both (two replicas' edges, say): every count added."""
+        return self._combined(other, 1)
+
+    def _combined(self, other: VariantTotals, sign: int) -> VariantTotals:
+        def each(mine: Mapping[str, int], theirs: Mapping[str, int]) -> dict[str, int]:
+            return {k: mine.get(k, 0) + sign * theirs.get(k, 0) for k in {**mine, **theirs}}
+
+        # Every edge of one build has the same latency bounds; a side with no calls has none.
+        bounds = self.latency or tuple((bound, 0) for bound, _ in other.latency)
+        theirs = dict(other.latency)
         return VariantTotals(
-            codes={code: count - earlier.codes.get(code, 0) for code, count in self.codes.items()},
-            latency=tuple((bound, count - before.get(bound, 0)) for bound, count in self.latency),
-            shadow_results={
-                result: count - earlier.shadow_results.get(result, 0)
-                for result, count in self.shadow_results.items()
-            },
-            argmax_rows=self.argmax_rows - earlier.argmax_rows,
-            argmax_agreeing=self.argmax_agreeing - earlier.argmax_agreeing,
-            shadow_codes={
-                code: count - earlier.shadow_codes.get(code, 0)
-                for code, count in self.shadow_codes.items()
-            },
-            faults=self.faults - earlier.faults,
-            shadow_faults=self.shadow_faults - earlier.shadow_faults,
-            shadow_only_non_finite=self.shadow_only_non_finite - earlier.shadow_only_non_finite,
-            primary_only_non_finite=self.primary_only_non_finite - earlier.primary_only_non_finite,
-            shadow_compared=self.shadow_compared - earlier.shadow_compared,
+            codes=each(self.codes, other.codes),
+            latency=tuple((bound, count + sign * theirs.get(bound, 0)) for bound, count in bounds),
+            shadow_results=each(self.shadow_results, other.shadow_results),
+            argmax_rows=self.argmax_rows + sign * other.argmax_rows,
+            argmax_agreeing=self.argmax_agreeing + sign * other.argmax_agreeing,
+            shadow_codes=each(self.shadow_codes, other.shadow_codes),
+            faults=self.faults + sign * other.faults,
+            shadow_faults=self.shadow_faults + sign * other.shadow_faults,
+            shadow_only_non_finite=self.shadow_only_non_finite
+            + sign * other.shadow_only_non_finite,
+            primary_only_non_finite=self.primary_only_non_finite
+            + sign * other.primary_only_non_finite,
+            shadow_compared=self.shadow_compared + sign * other.shadow_compared,
         )
 
     @property

@@ -32,7 +32,7 @@ from gateway.settings import (
 from tests.support.background import BackgroundGateway
 from tests.support.consul import ConsulServer
 from tests.support.drops import SteadyLoad, classify
-from tests.support.metrics import scrape, total, wait_until
+from tests.support.metrics import scrape, scrape_with_edge, total, wait_until
 from tests.support.models import MODEL_REPOSITORY
 from tests.support.settings import gateway_settings
 from tests.support.traffic import AUTH, TOKEN, Routed, classifier_request
@@ -138,6 +138,7 @@ def test_two_replicas_share_one_traffic_state(
                 lambda: sum(r.running.gateway.leads_rollouts() for r in (one, two)) == 1,
                 timeout_s=30,
             )
+            _a_rollout_is_judged_on_every_replicas_calls(one, two)
             _losing_consul_keeps_the_last_state_serving(one, consul_server)
         finally:
             one.close()
@@ -210,6 +211,45 @@ def _a_drain_through_one_drains_on_both(one: Routed, two: Routed) -> None:
             admin_pb2.BackendRequest(name="triton-b"), metadata=AUTH, timeout=10
         )
     assert wait_until(lambda: not two.running.gateway.pool.is_drained("triton-b"), timeout_s=10)
+
+
+def _a_rollout_is_judged_on_every_replicas_calls(one: Routed, two: Routed) -> None:
+    """Calls only through the replica that does not judge: the one that does sums every
+    replica's figures, and rolls back a candidate whose copies disagree (versions 1 and 2
+    of classifier have other weights) though its own edge served none of these calls."""
+    leader, follower = (one, two) if one.running.gateway.leads_rollouts() else (two, one)
+    leader.split("classifier", {"1": 100})
+    follower.running.run(follower.running.gateway.edge.sync(5.0))  # type: ignore[union-attr]
+    port = leader.running.gateway.metrics_port
+
+    def leaders_calls() -> float:
+        return total(
+            scrape_with_edge(port), "triton_gateway_route_requests_total", route="classifier"
+        )
+
+    before = leaders_calls()
+    plan = admin_pb2.RolloutPlan(steps=[0, 100], min_requests=10)
+    plan.min_step.FromMilliseconds(500)
+    request = admin_pb2.StartRolloutRequest(
+        route="classifier", candidate=admin_pb2.Variant(version="2"), plan=plan
+    )
+    leader.admin.StartRollout(request, metadata=AUTH, timeout=10)
+
+    def status() -> admin_pb2.Rollout:
+        found: admin_pb2.Rollout = leader.admin.GetRollout(
+            admin_pb2.RolloutRequest(route="classifier"), metadata=AUTH, timeout=10
+        )
+        return found
+
+    with SteadyLoad(follower.running.url, varied=True) as load:
+        assert wait_until(lambda: status().status == "rolled_back", timeout_s=60)
+    done = status()
+    assert done.step == 0, "at the shadow step"
+    failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
+    assert "agreement" in failed
+    assert load.failures == []
+    assert leaders_calls() == before, "the judge's own edge served none of them"
+    leader.split("classifier", {"1": 50, "2": 50})  # as it was
 
 
 def _losing_consul_keeps_the_last_state_serving(one: Routed, consul_server: ConsulServer) -> None:
