@@ -36,12 +36,16 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from gateway.backends.classification import requested_classes, top_classes
 from gateway.backends.tensor_codec import (
     DTYPES,
+    TYPED_FIELDS,
     Naming,
+    check_contents_type,
     config_datatype,
     decode_input,
     decoded_bytes_bound,
+    element_count,
     encode_output,
 )
+from gateway.backends.triton_order import map_order
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.repository.config import ModelConfigError, model_versions, read_config
 from gateway.repository.content import ModelContent
@@ -346,26 +350,30 @@ def _validated_inputs(
     prefix = _rid(request)
     given = [t.name for t in request.inputs]
     raw = list(request.raw_input_contents)
-    _check_data_sources(model, request, raw, prefix)
-    seen = set(given)
+    _check_data_sources(model, request, raw, prefix)  # by now no name comes twice
+    # From here on Triton's core walks the inputs in its map's order, not the request's.
+    walked = map_order(given)
+    positions = {name: index for index, name in enumerate(given)}
     if len(given) != len(model.inputs):
-        missing = [name for name in model.inputs if name not in seen]
+        missing = [name for name in model.inputs if name not in positions]
         raise InvalidRequestError(
             f"{prefix}expected {len(model.inputs)} inputs but got {len(given)} inputs for "
-            f"model '{model.name}'. Got input(s) {_listed(given)}, but missing required "
-            f"input(s) {_listed(missing)}. Please provide all required input(s)."
+            f"model '{model.name}'. Got input(s) {_listed(walked)}, but missing required "
+            f"input(s) {_listed_missing(missing)}. Please provide all required input(s)."
         )
-    for name in given:
+    for name in walked:
         if name not in model.inputs:
             # Triton's words, without the request id this once.
             raise InvalidRequestError(
                 f"unexpected inference input '{name}' for model '{model.name}'"
             )
     if model.max_batch_size > 0:
-        _check_batch(model, request, prefix)
+        _check_batch(model, [request.inputs[positions[name]] for name in walked], prefix)
     naming = Naming(model.name, prefix)
     feeds: dict[str, np.ndarray[Any, Any]] = {}
-    for index, tensor in enumerate(request.inputs):
+    for name in walked:
+        index = positions[name]
+        tensor = request.inputs[index]
         expected = model.inputs[tensor.name]
         if tensor.datatype != expected.datatype:
             # Triton names a datatype it does not know '<invalid>'.
@@ -374,6 +382,8 @@ def _validated_inputs(
                 f"{prefix}inference input '{tensor.name}' data-type is '{spelled}', "
                 f"but model '{model.name}' expects '{expected.datatype}'"
             )
+        if model.max_batch_size > 0 and tensor.shape and tensor.shape[0] == 0 and raw:
+            _check_empty_batch(tensor, raw[index], naming)
         _check_shape(model, expected, list(tensor.shape), prefix)
         array = decode_input(tensor, raw[index] if raw else None, naming)
         if array.dtype.hasobject:
@@ -419,6 +429,8 @@ def _check_data_sources(
                     f"contents field must not be specified when using raw_input_contents for "
                     f"'{tensor.name}' for model '{model.name}'"
                 )
+            if tensor.datatype in TYPED_FIELDS:
+                check_contents_type(tensor, model.name)
         elif index >= len(raw):
             raise InvalidRequestError(
                 f"unable to find data for input tensor '{tensor.name}' for model "
@@ -441,14 +453,42 @@ def _listed(names: Sequence[str]) -> str:
     return "[" + ",".join(f"'{name}'" for name in names) + "]"
 
 
+def _listed_missing(names: Sequence[str]) -> str:
+    """The missing inputs as Triton lists them: ['a','b'] — and, for none, "]" (it drops the
+    last character of "['a','b'," to lose the comma, and with no name that is the bracket)."""
+    return ("[" + "".join(f"'{name}'," for name in names))[:-1] + "]"
+
+
+def _check_empty_batch(
+    tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes, naming: Naming
+) -> None:
+    """A batch of 0 passes Triton's shape check, and it sizes the input's bytes by the
+    shape without its batch dimension: other bytes get its byte size refusal. (Bytes of
+    that size it hands to the backend; the fallback refuses them by their shape.)"""
+    dtype = DTYPES.get(tensor.datatype)
+    if dtype is None or tensor.datatype == "BYTES":
+        return
+    expected = element_count(list(tensor.shape)[1:]) * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequestError(
+            f"{naming.prefix}input byte size mismatch for input '{tensor.name}' for model "
+            f"'{naming.model}'. Expected {expected}, got {len(raw)}"
+        )
+
+
 def _dims(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _check_batch(model: _Model, request: service_pb2.ModelInferRequest, prefix: str) -> None:
-    """A batching model's inputs share their first dimension, at most max_batch_size."""
+def _check_batch(
+    model: _Model,
+    inputs: Sequence[service_pb2.ModelInferRequest.InferInputTensor],
+    prefix: str,
+) -> None:
+    """A batching model's inputs (in Triton's order) share their first dimension, at most
+    max_batch_size."""
     batch: int | None = None
-    for tensor in request.inputs:
+    for tensor in inputs:
         first = tensor.shape[0] if tensor.shape else 0
         if batch is None:
             batch = first

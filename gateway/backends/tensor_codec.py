@@ -151,12 +151,7 @@ def decode_input(
             f"datatype {tensor.datatype} of input '{tensor.name}' must be sent in "
             "raw_input_contents"
         )
-    for other, type_name in _FIELD_TYPES.items():
-        if other != field and len(getattr(tensor.contents, other)):
-            raise InvalidRequestError(
-                f"unexpected explicit tensor data for input tensor '{tensor.name}' for model "
-                f"'{naming.model}' of type '{type_name}', expected datatype '{tensor.datatype}'"
-            )
+    check_contents_type(tensor, naming.model)
     values = getattr(tensor.contents, field)
     if tensor.datatype == "BYTES":
         if len(values) != count:
@@ -168,6 +163,18 @@ def decode_input(
     # One element at a time into a preallocated array: np.array() would first build a list.
     array = np.fromiter(values, dtype=_FIELD_DTYPES[field], count=count)
     return (array if array.dtype == dtype else array.astype(dtype)).reshape(shape)
+
+
+def check_contents_type(tensor: service_pb2.ModelInferRequest.InferInputTensor, model: str) -> None:
+    """Typed contents in a field of another datatype than the input's: refused as Triton's
+    frontend refuses them, while it reads the request's inputs in their order."""
+    field = TYPED_FIELDS.get(tensor.datatype)
+    for other, type_name in _FIELD_TYPES.items():
+        if other != field and len(getattr(tensor.contents, other)):
+            raise InvalidRequestError(
+                f"unexpected explicit tensor data for input tensor '{tensor.name}' for model "
+                f"'{model}' of type '{type_name}', expected datatype '{tensor.datatype}'"
+            )
 
 
 def _sized(raw: bytes, expected: int, name: str, naming: Naming, got: int | None = None) -> bytes:

@@ -275,6 +275,48 @@ BAD_REQUESTS |= {
 }
 
 
+def _faults(*inputs: tuple[str, str, list[int], int]) -> service_pb2.ModelInferRequest:
+    """`simple` with these (name, datatype, shape, raw byte count) inputs."""
+    request = service_pb2.ModelInferRequest(model_name="simple", id="two")
+    for name, datatype, shape, size in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(bytes(size))
+    return request
+
+
+# Faults in more than one input, and lists of inputs: which input Triton names, and in which
+# order it lists them, is its core's map order (gateway/backends/triton_order.py), not the
+# request's.
+BAD_REQUESTS |= {
+    "an input missing": _simple_request([("INPUT1", [1, 16])]),
+    "no input at all": _faults(),
+    "an input too many": _simple_request(
+        [("INPUT0", [1, 16]), ("INPUT1", [1, 16]), ("INPUT2", [1, 16])]
+    ),
+    "four inputs for two": _faults(
+        ("A", "INT32", [1, 16], 64),
+        ("INPUT1", "INT32", [1, 16], 64),
+        ("INPUT2", "INT32", [1, 16], 64),
+        ("INPUT0", "INT32", [1, 16], 64),
+    ),
+    "two unknown names": _faults(("a", "INT32", [1, 16], 64), ("b", "INT32", [1, 16], 64)),
+    "a batch of none": _simple_request([("INPUT0", [0, 16]), ("INPUT1", [0, 16])]),
+    "batch sizes that differ": _simple_request([("INPUT0", [1, 16]), ("INPUT1", [2, 16])]),
+    "batch sizes 9 and 1": _faults(
+        ("INPUT0", "INT32", [9, 16], 576), ("INPUT1", "INT32", [1, 16], 64)
+    ),
+    "a datatype and a shape wrong": _faults(
+        ("INPUT0", "FP32", [1, 16], 64), ("INPUT1", "INT32", [1, 15], 60)
+    ),
+    "a shape and a byte size wrong": _faults(
+        ("INPUT0", "INT32", [1, 15], 60), ("INPUT1", "INT32", [1, 16], 56)
+    ),
+    "both byte sizes wrong, in reverse": _faults(
+        ("INPUT1", "INT32", [1, 16], 56), ("INPUT0", "INT32", [1, 16], 60)
+    ),
+}
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_the_fallbacks_refusals_are_tritons(
     no_fleet: BackgroundGateway, fleet: LocalFleet, case: str
