@@ -9,12 +9,13 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.app import Gateway
+from gateway.backends.pool import BackendPool
 from gateway.devfleet import LocalFleet, ServerSpec, TritonInstallation
 from gateway.discovery.base import Endpoint, Reset
 from gateway.discovery.dns import DnsDiscovery, LookupFailed
@@ -196,15 +197,7 @@ def test_a_backend_that_dies_is_replaced_from_dns_without_waiting_for_the_ttl(
             },
         )
         with BackgroundGateway(Gateway(config), start_timeout_s=60) as running:
-            pool = running.gateway.pool
-
-            def backends() -> set[str]:
-                return {backend.name for backend in pool.backends}
-
-            def serving(name: str) -> bool:
-                holders = pool.table.candidates.get(("classifier", ""), ())
-                return any(backend.name == name for backend in holders)
-
+            backends, serving = _watching(running.gateway.pool)
             name_a, name_b = f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"
             assert wait_until(lambda: serving(name_a), timeout_s=30)
             dns_server.serve(hosts=hosts, srv={SRV_NAME: [b]})
@@ -212,6 +205,19 @@ def test_a_backend_that_dies_is_replaced_from_dns_without_waiting_for_the_ttl(
             os.kill(fleet.servers["ttl-a"].pid, signal.SIGKILL)
             assert wait_until(lambda: backends() == {name_b} and serving(name_b), timeout_s=30)
             assert classify(running.url).get_response().model_name == "classifier"
+
+
+def _watching(pool: BackendPool) -> tuple[Callable[[], set[str]], Callable[[str], bool]]:
+    """The pool's backends by name, and whether a backend takes `classifier` calls."""
+
+    def backends() -> set[str]:
+        return {backend.name for backend in pool.backends}
+
+    def serving(name: str) -> bool:
+        holders = pool.table.candidates.get(("classifier", ""), ())
+        return any(backend.name == name for backend in holders)
+
+    return backends, serving
 
 
 def test_records_added_and_removed_move_backends_under_load_with_no_failure(
@@ -254,15 +260,7 @@ def test_records_added_and_removed_move_backends_under_load_with_no_failure(
         )
         with BackgroundGateway(Gateway(config), start_timeout_s=60) as running:
             wait_idle(running)
-            pool = running.gateway.pool
-
-            def backends() -> set[str]:
-                return {backend.name for backend in pool.backends}
-
-            def serving(name: str) -> bool:
-                holders = pool.table.candidates.get(("classifier", ""), ())
-                return any(backend.name == name for backend in holders)
-
+            backends, serving = _watching(running.gateway.pool)
             name_a, name_b = f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"
             assert backends() == {name_a} and serving(name_a)
             with SteadyLoad(running.url) as load:

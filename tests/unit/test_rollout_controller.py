@@ -91,6 +91,23 @@ async def controller(
     return state, rollouts
 
 
+def another_controller(
+    state: TrafficState,
+    fleet: Fleet,
+    settings: RolloutSettings = SETTINGS,
+    wall_clock: float = 1_700_000_000.0,
+) -> RolloutController:
+    """A second controller on the same state (another replica's, or other settings)."""
+    return RolloutController(
+        state,
+        lambda: fleet.totals,
+        settings,
+        RolloutMetrics(CollectorRegistry()),
+        clock=lambda: fleet.now,
+        wall_clock=lambda: wall_clock,
+    )
+
+
 async def with_route(state: TrafficState) -> None:
     """Route ``classifier`` all to version 1: the baseline."""
     route = admin_pb2.Route(name="classifier", variants=[admin_pb2.Variant(version="1", weight=1)])
@@ -203,14 +220,7 @@ def test_a_route_may_have_its_own_plan(tmp_path: Path) -> None:
         fleet = Fleet()
         state, _ = await controller(tmp_path / "traffic.json", fleet)
         own = RolloutSettings(plans={"classifier": {"steps": [0, 10, 100], "min_requests": 5}})
-        rollouts = RolloutController(
-            state,
-            lambda: fleet.totals,
-            own,
-            RolloutMetrics(CollectorRegistry()),
-            clock=lambda: fleet.now,
-            wall_clock=lambda: 0.0,
-        )
+        rollouts = another_controller(state, fleet, own, wall_clock=0.0)
         await with_route(state)
         started = await rollouts.begin("classifier", admin_pb2.Variant(version="2"))
         assert list(started.plan.steps) == [0, 10, 100]
@@ -329,14 +339,7 @@ def test_a_rollout_begun_again_elsewhere_is_judged_on_a_window_of_its_own(
     async def scenario() -> None:
         fleet = Fleet()
         state, leader = await controller(tmp_path / "traffic.json", fleet)
-        other = RolloutController(
-            state,
-            lambda: fleet.totals,
-            SETTINGS,
-            RolloutMetrics(CollectorRegistry()),
-            clock=lambda: fleet.now,
-            wall_clock=lambda: 1_700_000_100.0,
-        )
+        other = another_controller(state, fleet, wall_clock=1_700_000_100.0)
         await with_route(state)
         await leader.begin("classifier", admin_pb2.Variant(version="2"))
         fleet.now = 1
