@@ -117,6 +117,14 @@ def finished(routed: Routed, candidate: str, since: int | None = None) -> admin_
     return rollout(routed)
 
 
+def start_rollout(routed: Routed, candidate: str, plan: admin_pb2.RolloutPlan) -> None:
+    """StartRollout of ``candidate`` on the classifier route, with ``plan``."""
+    request = admin_pb2.StartRolloutRequest(
+        route="classifier", candidate=admin_pb2.Variant(version=candidate), plan=plan
+    )
+    routed.admin.StartRollout(request, metadata=AUTH, timeout=10)
+
+
 def newest(repository: Path) -> int:
     return max(int(p.name) for p in (repository / "classifier").iterdir() if p.name.isdigit())
 
@@ -239,13 +247,7 @@ def test_sticky_keys_only_move_forward_during_a_ramp(
     requests = [(classifier_request(key=key), ()) for key in keys]
     seen: dict[str, list[str]] = {key: [] for key in keys}
     asked = time.time_ns()
-    routed.admin.StartRollout(
-        admin_pb2.StartRolloutRequest(
-            route="classifier", candidate=admin_pb2.Variant(version=candidate), plan=ramp
-        ),
-        metadata=AUTH,
-        timeout=10,
-    )
+    start_rollout(routed, candidate, ramp)
     shares = []
     deadline = time.monotonic() + ROLLOUT_WAIT_S
     while rollout(routed).status == "running":
@@ -474,13 +476,7 @@ def test_a_version_whose_outputs_disagree_is_rolled_back_at_the_shadow_step(
     live_only.min_step.FromMilliseconds(500)
     with SteadyLoad(routed.running.url) as load:
         asked = time.time_ns()
-        routed.admin.StartRollout(
-            admin_pb2.StartRolloutRequest(
-                route="classifier", candidate=admin_pb2.Variant(version=new), plan=live_only
-            ),
-            metadata=AUTH,
-            timeout=10,
-        )
+        start_rollout(routed, new, live_only)
         done = finished(routed, new, since=asked)
     assert (done.status, done.step) == ("rolled_back", 0)
     failed = {e.gate for e in done.history[-1].evidence if e.outcome == "fail"}
@@ -561,15 +557,7 @@ def test_a_rollout_survives_a_gateway_restart_at_its_step(
         try:
             client.split("classifier", {baseline: 100})
             with SteadyLoad(first.url) as load:
-                client.admin.StartRollout(
-                    admin_pb2.StartRolloutRequest(
-                        route="classifier",
-                        candidate=admin_pb2.Variant(version=candidate),
-                        plan=plan,
-                    ),
-                    metadata=AUTH,
-                    timeout=10,
-                )
+                start_rollout(client, candidate, plan)
                 assert wait_until(lambda: rollout(client).step == 1, timeout_s=ROLLOUT_WAIT_S)
                 paused = client.admin.PauseRollout(request, metadata=AUTH, timeout=10)
             assert load.failures == []
@@ -633,13 +621,7 @@ def test_a_routed_version_stays_loaded_until_its_route_moves_on_then_goes_by_pol
         # would serve it.
         held = admin_pb2.RolloutPlan(steps=[0, 100], min_requests=1_000_000, unload_replaced=True)
         held.min_step.FromSeconds(3600)
-        routed.admin.StartRollout(
-            admin_pb2.StartRolloutRequest(
-                route="classifier", candidate=admin_pb2.Variant(version=newer), plan=held
-            ),
-            metadata=AUTH,
-            timeout=10,
-        )
+        start_rollout(routed, newer, held)
         promoted = routed.admin.PromoteRollout(
             admin_pb2.RolloutRequest(route="classifier"), metadata=AUTH, timeout=10
         )
